@@ -1,0 +1,412 @@
+//! The config file's shape: serde types with a JSON Schema (schemars).
+//!
+//! Choices between alternatives (`store`, an issuer, a DNS provider, …) are structs of
+//! optional fields checked for "exactly one" by validation, because that gives users
+//! errors about the field they wrote instead of "matches none of the variants".
+//! This module holds no logic beyond small accessors over validated values.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::values::{Duration, RenewBefore};
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+/// tlsward configuration: one file drives credentials, DNS, Gateway and VirtualServices.
+pub struct ConfigFile {
+    /// Stamped on every object and record tlsward owns; never change it casually.
+    pub owner_id: String,
+    /// Where credentials and objects go: exactly one of `kubernetes`, `files`.
+    pub store: StoreSpec,
+    #[serde(default)]
+    pub gateway: GatewaySpec,
+    /// Named issuers that sites refer to.
+    pub issuers: BTreeMap<String, IssuerSpec>,
+    #[serde(default)]
+    pub dns: DnsSpec,
+    /// Renew when this share of the lifetime (`33%`) or this duration (`30d`) is left.
+    #[serde(default = "default_renew_before")]
+    pub renew_before: RenewBefore,
+    pub sites: Vec<SiteSpec>,
+}
+
+fn default_renew_before() -> RenewBefore {
+    RenewBefore::Percent(33.0)
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
+pub struct StoreSpec {
+    /// In-cluster config or `$KUBECONFIG`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesStoreSpec>,
+    /// A directory, for setups without a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesStoreSpec>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesStoreSpec {}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilesStoreSpec {
+    /// Output directory, relative to the working directory.
+    pub dir: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySpec {
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default = "default_service")]
+    pub service: String,
+    #[serde(default = "default_selector")]
+    pub selector: BTreeMap<String, String>,
+    #[serde(default = "default_gateway_name")]
+    pub name: String,
+    /// The load balancer's address when there is no Service to follow (files store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<AddressSpec>,
+}
+
+impl Default for GatewaySpec {
+    fn default() -> Self {
+        GatewaySpec {
+            namespace: default_namespace(),
+            service: default_service(),
+            selector: default_selector(),
+            name: default_gateway_name(),
+            address: None,
+        }
+    }
+}
+
+fn default_namespace() -> String {
+    "istio-system".into()
+}
+fn default_service() -> String {
+    "istio-ingressgateway".into()
+}
+fn default_selector() -> BTreeMap<String, String> {
+    BTreeMap::from([("istio".to_string(), "ingressgateway".to_string())])
+}
+fn default_gateway_name() -> String {
+    "tlsward-gateway".into()
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
+pub struct AddressSpec {
+    /// IPs (A/AAAA records) or one hostname (CNAME record).
+    #[serde(rename = "static", default, skip_serializing_if = "Option::is_none")]
+    pub static_: Option<Vec<String>>,
+    /// A hostname looked up on every pass; its IPs become A/AAAA records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
+pub struct IssuerSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaSpec {
+    #[serde(default)]
+    pub key: KeyAlgorithm,
+    #[serde(default = "default_leaf_validity")]
+    pub leaf_validity: Duration,
+}
+
+fn default_leaf_validity() -> Duration {
+    Duration::from_days(90)
+}
+
+/// Key algorithm for CA and leaf keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyAlgorithm {
+    #[default]
+    EcdsaP256,
+    EcdsaP384,
+    Rsa2048,
+}
+
+impl KeyAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlgorithm::EcdsaP256 => "ecdsa-p256",
+            KeyAlgorithm::EcdsaP384 => "ecdsa-p384",
+            KeyAlgorithm::Rsa2048 => "rsa-2048",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeSpec {
+    /// The ACME directory URL.
+    pub directory: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// PEM bundle to trust a private ACME server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_file: Option<String>,
+    /// External Account Binding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eab: Option<EabSpec>,
+    pub solver: SolverSpec,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EabSpec {
+    pub kid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac_key_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac_key_env: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
+pub struct SolverSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http01: Option<Http01Spec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns01: Option<Dns01Spec>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Http01Spec {}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Dns01Spec {
+    /// Name of a provider under `dns.providers`.
+    pub provider: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSpec {
+    /// TTL of every record tlsward writes, in seconds.
+    #[serde(default = "default_ttl")]
+    #[schemars(range(min = 1, max = 2147483647))]
+    pub ttl: u32,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderSpec>,
+}
+
+impl Default for DnsSpec {
+    fn default() -> Self {
+        DnsSpec {
+            ttl: default_ttl(),
+            providers: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_ttl() -> u32 {
+    60
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
+pub struct ProviderSpec {
+    /// An RFC 1035 zone file under the files store (`dns/<zone>.zone`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zonefile: Option<ZonefileSpec>,
+    /// RFC 2136 dynamic updates signed with TSIG.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rfc2136: Option<Rfc2136Spec>,
+    /// The PowerDNS HTTP API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub powerdns: Option<PowerDnsSpec>,
+    /// An external-dns webhook provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ZonefileSpec {
+    pub zone: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rfc2136Spec {
+    /// `host:port` of the primary server.
+    pub server: String,
+    pub zone: String,
+    pub tsig: TsigSpec,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TsigSpec {
+    pub name: String,
+    #[serde(default)]
+    pub algorithm: TsigAlgorithm,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
+}
+
+/// TSIG HMAC algorithm.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TsigAlgorithm {
+    #[default]
+    HmacSha256,
+    HmacSha512,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PowerDnsSpec {
+    pub url: String,
+    #[serde(default = "default_server_id")]
+    pub server_id: String,
+    pub zone: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+}
+
+fn default_server_id() -> String {
+    "localhost".into()
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    pub url: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSpec {
+    /// Names the credential Secret `<name>-credential`; a DNS label.
+    pub name: String,
+    #[schemars(length(min = 1))]
+    pub hosts: Vec<String>,
+    /// Name of an issuer under `issuers`.
+    pub issuer: String,
+    /// Name of a provider under `dns.providers`; without it tlsward leaves DNS alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<String>,
+    #[serde(default)]
+    pub tls: TlsSpec,
+    pub route: RouteSpec,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// Client certificate names (MUTUAL only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<String>,
+    #[serde(default)]
+    pub format: SecretFormat,
+}
+
+/// Istio server TLS mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TlsMode {
+    #[default]
+    Simple,
+    Mutual,
+}
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Simple => "SIMPLE",
+            TlsMode::Mutual => "MUTUAL",
+        }
+    }
+}
+
+/// Secret layout: `tls` (kubernetes.io/tls keys) or `generic` (`cert`, `key`, `cacert`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretFormat {
+    #[default]
+    Tls,
+    Generic,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Destination host, e.g. `frontend.ux.svc.cluster.local`.
+    pub to: String,
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+}
+
+/// What an issuer is, once validation has checked exactly one kind is set.
+pub enum IssuerKind<'a> {
+    Ca(&'a CaSpec),
+    Acme(&'a AcmeSpec),
+}
+
+impl IssuerSpec {
+    pub fn kind(&self) -> IssuerKind<'_> {
+        match (&self.ca, &self.acme) {
+            (_, Some(acme)) => IssuerKind::Acme(acme),
+            (Some(ca), None) => IssuerKind::Ca(ca),
+            (None, None) => unreachable!("validation guarantees one issuer kind"),
+        }
+    }
+}
+
+impl ProviderSpec {
+    /// The zone this provider manages (with its trailing dot, as written).
+    pub fn zone(&self) -> &str {
+        if let Some(z) = &self.zonefile {
+            &z.zone
+        } else if let Some(r) = &self.rfc2136 {
+            &r.zone
+        } else if let Some(p) = &self.powerdns {
+            &p.zone
+        } else {
+            ""
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        if self.zonefile.is_some() {
+            "zonefile"
+        } else if self.rfc2136.is_some() {
+            "rfc2136"
+        } else if self.powerdns.is_some() {
+            "powerdns"
+        } else {
+            "webhook"
+        }
+    }
+}

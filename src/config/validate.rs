@@ -1,0 +1,443 @@
+//! Semantic checks that a schema cannot express: references between sections,
+//! duplicates, host names, zones, secrets that must come from files. It works on the
+//! raw JSON piece by piece, so one malformed section does not hide errors elsewhere.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::types::*;
+use super::values::RenewBefore;
+use super::yaml::escape_pointer;
+use crate::model::{Hostname, check_label};
+
+/// A problem at a JSON pointer; `at_key` points at the key rather than its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub pointer: String,
+    pub at_key: bool,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn at_value(pointer: &str, message: String) -> Problem {
+        Problem {
+            pointer: pointer.to_string(),
+            at_key: false,
+            message,
+        }
+    }
+    pub fn at_key(pointer: &str, message: String) -> Problem {
+        Problem {
+            pointer: pointer.to_string(),
+            at_key: true,
+            message,
+        }
+    }
+}
+
+/// Deserializes the piece at `pointer` if it is well-formed (the schema reports it otherwise).
+fn piece<T: DeserializeOwned>(root: &Value, pointer: &str) -> Option<T> {
+    root.pointer(pointer)
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+}
+
+fn map_keys(root: &Value, pointer: &str) -> Vec<String> {
+    root.pointer(pointer)
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn at(&mut self, pointer: impl AsRef<str>, message: impl Into<String>) {
+        self.problems.push(Problem::at_value(pointer.as_ref(), message.into()));
+    }
+    fn at_key(&mut self, pointer: impl AsRef<str>, message: impl Into<String>) {
+        self.problems.push(Problem::at_key(pointer.as_ref(), message.into()));
+    }
+
+    /// A secret must come from exactly one of a file or an environment variable.
+    fn one_secret_source(&mut self, pointer: &str, field: &str, file: &Option<String>, env: &Option<String>) {
+        match (file, env) {
+            (Some(_), Some(_)) => self.at(pointer, format!("set only one of `{field}_file` and `{field}_env`")),
+            (None, None) => self.at(pointer, format!("`{field}_file` or `{field}_env` is required")),
+            (Some(f), None) if f.is_empty() => self.at(format!("{pointer}/{field}_file"), "must not be empty"),
+            (None, Some(e)) if e.is_empty() => self.at(format!("{pointer}/{field}_env"), "must not be empty"),
+            _ => {}
+        }
+    }
+
+    fn url(&mut self, pointer: &str, url: &str) {
+        if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() < 10 {
+            self.at(pointer, format!("`{url}` is not an http(s) URL"));
+        }
+    }
+}
+
+/// Kubernetes label values: ≤ 63 characters, alphanumerics with `-_.` inside.
+fn label_value_problem(v: &str) -> Option<String> {
+    if v.is_empty() || v.len() > 63 {
+        return Some(format!(
+            "`{v}` must be 1 to 63 characters (it is a Kubernetes label value)"
+        ));
+    }
+    let ok_inner = v
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let ok_ends =
+        v.starts_with(|c: char| c.is_ascii_alphanumeric()) && v.ends_with(|c: char| c.is_ascii_alphanumeric());
+    (!(ok_inner && ok_ends)).then(|| {
+        format!("`{v}` must be letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit (it is a Kubernetes label value)")
+    })
+}
+
+/// A name used in Kubernetes object names and file names: a lowercase RFC 1123 label.
+fn object_name_problem(v: &str) -> Option<String> {
+    if v.chars().any(|c| c.is_ascii_uppercase()) {
+        return Some(format!(
+            "`{v}` must be lowercase (it names Kubernetes objects and files)"
+        ));
+    }
+    check_label(v).err()
+}
+
+fn zone_problem(zone: &str) -> Option<String> {
+    let name = zone.strip_suffix('.').unwrap_or(zone);
+    if name.is_empty() {
+        return Some("the zone must not be empty".into());
+    }
+    name.split('.')
+        .find_map(|l| check_label(l).err())
+        .map(|e| format!("zone `{zone}`: {e}"))
+}
+
+pub fn semantics(root: &Value) -> Vec<Problem> {
+    let mut c = Checker { problems: Vec::new() };
+
+    if let Some(Value::String(owner)) = root.get("owner_id")
+        && let Some(p) = label_value_problem(owner)
+    {
+        c.at("/owner_id", p);
+    }
+
+    let store: Option<StoreSpec> = piece(root, "/store");
+    let files_store = store.as_ref().is_some_and(|s| s.files.is_some());
+    if let Some(files) = store.as_ref().and_then(|s| s.files.as_ref())
+        && files.dir.trim().is_empty()
+    {
+        c.at("/store/files/dir", "must not be empty");
+    }
+
+    let renew_before: Option<RenewBefore> = piece(root, "/renew_before");
+    if let Some(RenewBefore::Percent(p)) = renew_before
+        && !(p > 0.0 && p < 100.0)
+    {
+        c.at("/renew_before", format!("{p}% is outside 0% < renew_before < 100%"));
+    }
+
+    let gateway: Option<GatewaySpec> = piece(root, "/gateway");
+    let mut static_address_is_hostname = false;
+    if let Some(g) = &gateway {
+        for (field, v) in [("namespace", &g.namespace), ("service", &g.service), ("name", &g.name)] {
+            if let Some(p) = object_name_problem(v) {
+                c.at(format!("/gateway/{field}"), p);
+            }
+        }
+        if g.selector.is_empty() {
+            c.at(
+                "/gateway/selector",
+                "must select the gateway workload by at least one label",
+            );
+        }
+        if let Some(addr) = &g.address {
+            static_address_is_hostname = check_address(&mut c, addr);
+        }
+    }
+    let has_address = gateway.as_ref().is_some_and(|g| g.address.is_some());
+
+    let issuer_names: HashSet<String> = map_keys(root, "/issuers").into_iter().collect();
+    let provider_names: HashSet<String> = map_keys(root, "/dns/providers").into_iter().collect();
+
+    let mut issuers: BTreeMap<String, IssuerSpec> = BTreeMap::new();
+    for name in &issuer_names {
+        let pointer = format!("/issuers/{}", escape_pointer(name));
+        if let Some(p) = object_name_problem(name) {
+            c.at_key(&pointer, format!("issuer name {p}"));
+        }
+        let Some(spec) = piece::<IssuerSpec>(root, &pointer) else {
+            continue;
+        };
+        if let Some(acme) = &spec.acme {
+            c.url(&format!("{pointer}/acme/directory"), &acme.directory);
+            if let Some(email) = &acme.email
+                && !(email.contains('@') && !email.starts_with('@') && !email.ends_with('@'))
+            {
+                c.at(
+                    format!("{pointer}/acme/email"),
+                    format!("`{email}` is not an email address"),
+                );
+            }
+            if let Some(eab) = &acme.eab {
+                c.one_secret_source(
+                    &format!("{pointer}/acme/eab"),
+                    "hmac_key",
+                    &eab.hmac_key_file,
+                    &eab.hmac_key_env,
+                );
+            }
+            if let Some(dns01) = &acme.solver.dns01
+                && !provider_names.contains(&dns01.provider)
+            {
+                c.at(
+                    format!("{pointer}/acme/solver/dns01/provider"),
+                    format!("no DNS provider named `{}` under dns.providers", dns01.provider),
+                );
+            }
+        }
+        if let (Some(ca), Some(RenewBefore::Remaining(d))) = (&spec.ca, renew_before)
+            && d >= ca.leaf_validity
+        {
+            c.at(
+                format!("{pointer}/ca/leaf_validity"),
+                format!(
+                    "leaf_validity {} is not longer than renew_before {d}: every certificate would be due at once",
+                    ca.leaf_validity
+                ),
+            );
+        }
+        if let Some(ca) = &spec.ca
+            && ca.leaf_validity.as_secs() < 3_600
+        {
+            c.at(format!("{pointer}/ca/leaf_validity"), "must be at least 1h");
+        }
+        issuers.insert(name.clone(), spec);
+    }
+
+    let mut providers: HashMap<String, ProviderSpec> = HashMap::new();
+    for name in &provider_names {
+        let pointer = format!("/dns/providers/{}", escape_pointer(name));
+        if let Some(p) = object_name_problem(name) {
+            c.at_key(&pointer, format!("provider name {p}"));
+        }
+        let Some(spec) = piece::<ProviderSpec>(root, &pointer) else {
+            continue;
+        };
+        check_provider(&mut c, &pointer, &spec, files_store);
+        providers.insert(name.clone(), spec);
+    }
+
+    let sites = root.get("sites").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut seen_sites: HashMap<String, usize> = HashMap::new();
+    let mut seen_hosts: HashMap<String, (usize, usize)> = HashMap::new();
+    for (i, raw) in sites.iter().enumerate() {
+        let pointer = format!("/sites/{i}");
+        if let Some(Value::String(name)) = raw.get("name") {
+            if let Some(p) = object_name_problem(name) {
+                c.at(format!("{pointer}/name"), p);
+            } else if name.len() > 50 {
+                c.at(
+                    format!("{pointer}/name"),
+                    "must be at most 50 characters (Secret and server names add to it)",
+                );
+            }
+            if let Some(first) = seen_sites.insert(name.clone(), i) {
+                c.at(
+                    format!("{pointer}/name"),
+                    format!("duplicate site name `{name}` (also sites[{first}])"),
+                );
+            }
+        }
+        let issuer = raw.get("issuer").and_then(Value::as_str);
+        if let Some(issuer) = issuer
+            && !issuer_names.contains(issuer)
+        {
+            c.at(
+                format!("{pointer}/issuer"),
+                format!("no issuer named `{issuer}` under issuers"),
+            );
+        }
+        let http01 = issuer
+            .and_then(|n| issuers.get(n))
+            .and_then(|s| s.acme.as_ref())
+            .is_some_and(|a| a.solver.http01.is_some());
+        let dns = raw.get("dns").and_then(Value::as_str);
+        let provider = dns.and_then(|d| providers.get(d));
+        if let Some(d) = dns {
+            if !provider_names.contains(d) {
+                c.at(
+                    format!("{pointer}/dns"),
+                    format!("no DNS provider named `{d}` under dns.providers"),
+                );
+            } else if files_store && !has_address {
+                c.at(
+                    format!("{pointer}/dns"),
+                    "DNS records need the load balancer's address: set gateway.address (the files store has no Service to follow)",
+                );
+            }
+        }
+        if let Some(hosts) = raw.get("hosts").and_then(Value::as_array) {
+            for (j, h) in hosts.iter().enumerate() {
+                let Some(text) = h.as_str() else { continue };
+                let hp = format!("{pointer}/hosts/{j}");
+                match Hostname::parse(text, true) {
+                    Err(e) => c.at(&hp, e),
+                    Ok(host) => {
+                        if host.is_wildcard() && http01 {
+                            c.at(
+                                &hp,
+                                format!(
+                                    "`{host}`: ACME issues wildcards only through DNS-01, and issuer `{}` uses HTTP-01",
+                                    issuer.unwrap_or_default()
+                                ),
+                            );
+                        }
+                        if let Some(p) = provider {
+                            let zone = p.zone();
+                            if !zone.is_empty() && !host.within(zone) {
+                                c.at(
+                                    &hp,
+                                    format!(
+                                        "`{host}` is not in zone `{zone}` of DNS provider `{}`",
+                                        dns.unwrap_or_default()
+                                    ),
+                                );
+                            } else if !zone.is_empty()
+                                && host.as_str() == zone.trim_end_matches('.')
+                                && static_address_is_hostname
+                            {
+                                c.at(&hp, format!("`{host}` is the zone apex, where a CNAME is impossible: give gateway.address as IPs"));
+                            }
+                        }
+                        if let Some((si, sj)) = seen_hosts.insert(host.as_str().to_string(), (i, j)) {
+                            c.at(&hp, format!("duplicate host `{host}` (also sites[{si}].hosts[{sj}])"));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(tls) = piece::<TlsSpec>(raw, "/tls") {
+            if tls.mode == TlsMode::Simple && !tls.clients.is_empty() {
+                c.at(
+                    format!("{pointer}/tls/clients"),
+                    "client certificates need `mode: MUTUAL`",
+                );
+            }
+            let mut seen = HashSet::new();
+            for (j, client) in tls.clients.iter().enumerate() {
+                let cp = format!("{pointer}/tls/clients/{j}");
+                if let Some(p) = object_name_problem(client) {
+                    c.at(&cp, p);
+                }
+                if !seen.insert(client) {
+                    c.at(&cp, format!("duplicate client `{client}`"));
+                }
+            }
+        }
+        if let Some(Value::String(to)) = raw.pointer("/route/to") {
+            let to_name = to.strip_suffix('.').unwrap_or(to);
+            if let Some(e) = to_name.split('.').find_map(|l| check_label(l).err()) {
+                c.at(
+                    format!("{pointer}/route/to"),
+                    format!("`{to}` is not a service host name: {e}"),
+                );
+            }
+        }
+    }
+    c.problems
+}
+
+/// Returns whether the address is a hostname (published as a CNAME).
+fn check_address(c: &mut Checker, addr: &AddressSpec) -> bool {
+    if let Some(list) = &addr.static_ {
+        if list.is_empty() {
+            c.at("/gateway/address/static", "list at least one IP or one hostname");
+        }
+        let mut ips = 0;
+        let mut names = 0;
+        for (i, entry) in list.iter().enumerate() {
+            if entry.parse::<IpAddr>().is_ok() {
+                ips += 1;
+            } else if let Err(e) = Hostname::parse(entry, false) {
+                c.at(
+                    format!("/gateway/address/static/{i}"),
+                    format!("neither an IP address nor a host name: {e}"),
+                );
+            } else {
+                names += 1;
+            }
+        }
+        if names > 0 && ips > 0 {
+            c.at(
+                "/gateway/address/static",
+                "mixes IPs and a hostname: a name has either A/AAAA records or one CNAME",
+            );
+        } else if names > 1 {
+            c.at(
+                "/gateway/address/static",
+                "lists more than one hostname: a CNAME has one target",
+            );
+        }
+        return names > 0 && ips == 0;
+    }
+    if let Some(host) = &addr.resolve
+        && let Err(e) = Hostname::parse(host, false)
+    {
+        c.at("/gateway/address/resolve", e);
+    }
+    false
+}
+
+fn check_provider(c: &mut Checker, pointer: &str, spec: &ProviderSpec, files_store: bool) {
+    let zone = spec.zone();
+    if spec.webhook.is_none()
+        && let Some(p) = zone_problem(zone)
+    {
+        let field = spec.kind_name();
+        c.at(format!("{pointer}/{field}/zone"), p);
+    }
+    if spec.zonefile.is_some() && !files_store {
+        c.at(
+            format!("{pointer}/zonefile"),
+            "the zonefile provider writes under the files store: use `store: {files: …}` or another provider",
+        );
+    }
+    if let Some(r) = &spec.rfc2136 {
+        if r.server.parse::<SocketAddr>().is_err() {
+            c.at(
+                format!("{pointer}/rfc2136/server"),
+                format!("`{}` is not IP:PORT (for example 10.0.0.53:53)", r.server),
+            );
+        }
+        c.one_secret_source(
+            &format!("{pointer}/rfc2136/tsig"),
+            "secret",
+            &r.tsig.secret_file,
+            &r.tsig.secret_env,
+        );
+        if Hostname::parse(&r.tsig.name, false).is_err() && check_label(&r.tsig.name).is_err() {
+            c.at(
+                format!("{pointer}/rfc2136/tsig/name"),
+                format!("`{}` is not a valid TSIG key name", r.tsig.name),
+            );
+        }
+    }
+    if let Some(p) = &spec.powerdns {
+        c.url(&format!("{pointer}/powerdns/url"), &p.url);
+        c.one_secret_source(
+            &format!("{pointer}/powerdns"),
+            "api_key",
+            &p.api_key_file,
+            &p.api_key_env,
+        );
+    }
+    if let Some(w) = &spec.webhook {
+        c.url(&format!("{pointer}/webhook/url"), &w.url);
+    }
+}

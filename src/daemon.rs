@@ -1,0 +1,600 @@
+//! The one loop: events and timers → observe → plan → apply → record. Nothing else
+//! schedules work. `Runtime` wires the adapters a config names; `Runtime::pass` is
+//! one reconcile; `run` repeats it on the renewal timer, on config-file changes and
+//! after failures (with backoff), and stops between writes on SIGTERM/SIGINT.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::address::{self, AddressSource};
+use crate::config::{Config, IssuerKind, KeyAlgorithm, TlsMode};
+use crate::dns::zonefile::ZoneFileProvider;
+use crate::dns::{DnsError, DnsProvider};
+use crate::issuer::ca::{self, CaIssuer};
+use crate::issuer::{IssueError, Issuer, ServerRequest};
+use crate::metrics::{CertificateState, Metrics};
+use crate::plan::{self, Action, CredentialPlan, Observed, Plan, renewal};
+use crate::store::files::FilesStore;
+use crate::store::{CredentialBundle, KeyPairPem, Store, StoreError, StoredCredentials};
+
+/// Default client-certificate lifetime when the site's issuer is not the internal CA.
+const DEFAULT_CLIENT_VALIDITY: time::Duration = time::Duration::days(90);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Address(#[from] address::AddressError),
+}
+
+/// One failure in a pass: the stage (as in `tlsward_reconcile_errors_total`), what it
+/// concerns, and the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub stage: &'static str,
+    pub subject: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PassReport {
+    pub failures: Vec<Failure>,
+    pub issued: Vec<String>,
+    pub dns_changes: usize,
+    pub next_renewal: Option<OffsetDateTime>,
+    /// Whether a fresh plan after the pass has nothing left to do.
+    pub converged: bool,
+    /// Conflicts that left something untouched (not failures, but reported).
+    pub conflicts: Vec<String>,
+}
+
+/// The adapters for one config.
+pub struct Runtime {
+    pub config: Config,
+    store: Arc<dyn Store>,
+    providers: BTreeMap<String, Arc<dyn DnsProvider>>,
+    address: Option<Box<dyn AddressSource>>,
+    metrics: Arc<Metrics>,
+    seed: u64,
+}
+
+/// The jitter seed: stable for an owner, so a restart does not move renewals.
+pub fn seed_for(owner: &str) -> u64 {
+    (renewal::jitter_for(0x7415_3a4d, owner) * (1u64 << 53) as f64) as u64
+}
+
+impl Runtime {
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Runtime, SetupError> {
+        let file = &config.file;
+        let store: Arc<dyn Store> = match (&file.store.files, &file.store.kubernetes) {
+            (Some(files), _) => Arc::new(FilesStore::new(PathBuf::from(&files.dir), &file.owner_id)),
+            (None, _) => {
+                return Err(SetupError::Unsupported(
+                    "store.kubernetes: the Kubernetes store is not supported by this build yet; use store.files".into(),
+                ));
+            }
+        };
+        let files_root = file
+            .store
+            .files
+            .as_ref()
+            .map(|f| PathBuf::from(&f.dir))
+            .unwrap_or_default();
+        let mut providers: BTreeMap<String, Arc<dyn DnsProvider>> = BTreeMap::new();
+        for (name, spec) in &file.dns.providers {
+            match &spec.zonefile {
+                Some(z) => {
+                    providers.insert(
+                        name.clone(),
+                        Arc::new(ZoneFileProvider::new(name, &z.zone, file.dns.ttl, &files_root)),
+                    );
+                }
+                None => {
+                    return Err(SetupError::Unsupported(format!(
+                        "dns.providers.{name}: {} providers are not supported by this build yet",
+                        spec.kind_name()
+                    )));
+                }
+            }
+        }
+        let address = file.gateway.address.as_ref().map(address::from_spec).transpose()?;
+        let seed = seed_for(&file.owner_id);
+        Ok(Runtime {
+            config,
+            store,
+            providers,
+            address,
+            metrics,
+            seed,
+        })
+    }
+
+    /// Reads the world: stored credentials, CA state, the address, every zone.
+    pub async fn observe(&self, failures: &mut Vec<Failure>) -> Result<(Observed, StoredCredentials), StoreError> {
+        let file = &self.config.file;
+        let stored = self.store.credentials().await?;
+        let mut observed = Observed {
+            foreign_credentials: stored.foreign.clone(),
+            unreadable_credentials: stored.unreadable.clone(),
+            owned_objects: self.store.owned_objects().await?,
+            ..Observed::default()
+        };
+        for (site, bundle) in &stored.owned {
+            match bundle.observe() {
+                Ok(c) => {
+                    observed.credentials.insert(site.clone(), c);
+                }
+                Err(e) => {
+                    observed.unreadable_credentials.insert(site.clone(), e.to_string());
+                }
+            }
+        }
+        for (name, spec) in &file.issuers {
+            if let IssuerKind::Ca(_) = spec.kind()
+                && let Some(fp) = CaIssuer::stored_signer_fingerprint(name, self.store.as_ref()).await?
+            {
+                observed.signers.insert(name.clone(), fp);
+            }
+        }
+        for site in file.sites.iter().filter(|s| s.tls.mode == TlsMode::Mutual) {
+            if let Some(fp) = ca::stored_client_ca_fingerprint(&site.name, self.store.as_ref()).await? {
+                observed.client_cas.insert(site.name.clone(), fp);
+            }
+        }
+        if let Some(source) = &self.address {
+            match source.current().await {
+                Ok(a) => observed.address = Some(a),
+                Err(e) => failures.push(Failure {
+                    stage: "address",
+                    subject: "gateway.address".into(),
+                    message: e.to_string(),
+                }),
+            }
+        }
+        for (name, provider) in &self.providers {
+            let records = provider.records().await.map_err(|e| e.to_string());
+            if let Err(e) = &records {
+                failures.push(Failure {
+                    stage: "dns",
+                    subject: format!("dns provider {name}"),
+                    message: e.clone(),
+                });
+            }
+            observed.zones.insert(name.clone(), records);
+        }
+        Ok((observed, stored))
+    }
+
+    /// Observe and plan, writing nothing (the `plan` command).
+    pub async fn plan(&self, now: OffsetDateTime) -> Result<(Plan, Vec<Failure>), StoreError> {
+        let mut failures = Vec::new();
+        let (observed, _) = self.observe(&mut failures).await?;
+        Ok((plan::plan(&self.config.file, &observed, now, self.seed), failures))
+    }
+
+    async fn open_issuers(
+        &self,
+        now: OffsetDateTime,
+        failures: &mut Vec<Failure>,
+    ) -> BTreeMap<String, Arc<dyn Issuer>> {
+        let mut issuers: BTreeMap<String, Arc<dyn Issuer>> = BTreeMap::new();
+        for (name, spec) in &self.config.file.issuers {
+            match spec.kind() {
+                IssuerKind::Ca(ca_spec) => match CaIssuer::open(name, ca_spec, self.store.as_ref(), now).await {
+                    Ok(issuer) => {
+                        if let Some(root) = issuer.trust_anchor_pem()
+                            && let Err(e) = self.store.write_trust(name, root).await
+                        {
+                            failures.push(Failure {
+                                stage: "store",
+                                subject: format!("trust/{name}.crt"),
+                                message: e.to_string(),
+                            });
+                        }
+                        issuers.insert(name.clone(), Arc::new(issuer));
+                    }
+                    Err(e) => failures.push(Failure {
+                        stage: "issue",
+                        subject: format!("issuer {name}"),
+                        message: e.to_string(),
+                    }),
+                },
+                IssuerKind::Acme(_) => {}
+            }
+        }
+        issuers
+    }
+
+    /// Issues what the plan asks for one site and writes the credential whole.
+    async fn renew_site(
+        &self,
+        c: &CredentialPlan,
+        stored: Option<&CredentialBundle>,
+        issuers: &BTreeMap<String, Arc<dyn Issuer>>,
+        now: OffsetDateTime,
+    ) -> Result<(), Failure> {
+        let fail = |stage: &'static str, message: String| Failure {
+            stage,
+            subject: format!("site {}", c.site),
+            message,
+        };
+        let site = self.config.site(&c.site).expect("planned sites are configured");
+        let server = match (&c.server, stored) {
+            (Action::Keep { .. }, Some(b)) => b.server.clone(),
+            _ => {
+                let issuer = issuers.get(&c.issuer).ok_or_else(|| {
+                    let kind = match self.config.file.issuers.get(&c.issuer).map(|i| i.kind()) {
+                        Some(IssuerKind::Acme(_)) => IssueError::Unsupported {
+                            issuer: c.issuer.clone(),
+                            kind: "ACME",
+                        }
+                        .to_string(),
+                        _ => format!("issuer `{}` is unavailable (see its own error)", c.issuer),
+                    };
+                    fail("issue", kind)
+                })?;
+                let started = Instant::now();
+                let result = issuer
+                    .issue(&ServerRequest {
+                        site: c.site.clone(),
+                        hosts: c.hosts.clone(),
+                    })
+                    .await;
+                self.metrics
+                    .issued(&c.issuer, result.is_ok(), started.elapsed().as_secs_f64());
+                let issued = result.map_err(|e| fail("issue", e.to_string()))?;
+                KeyPairPem {
+                    chain_pem: issued.chain_pem,
+                    key: issued.key,
+                }
+            }
+        };
+        let mut bundle = CredentialBundle {
+            site: c.site.clone(),
+            issuer: c.issuer.clone(),
+            server,
+            client_ca_pem: None,
+            clients: BTreeMap::new(),
+        };
+        if site.tls.mode == TlsMode::Mutual {
+            let (alg, validity) = match self.config.file.issuers.get(&site.issuer).map(|i| i.kind()) {
+                Some(IssuerKind::Ca(spec)) => (spec.key, spec.leaf_validity.to_time()),
+                _ => (KeyAlgorithm::default(), DEFAULT_CLIENT_VALIDITY),
+            };
+            let client_ca = ca::open_client_ca(&c.site, alg, self.store.as_ref(), now)
+                .await
+                .map_err(|e| fail("issue", e.to_string()))?;
+            bundle.client_ca_pem = Some(client_ca.cert_pem().to_string());
+            for (name, action) in &c.clients {
+                let kept = stored.and_then(|b| b.clients.get(name)).filter(|_| !action.is_issue());
+                let pair = match kept {
+                    Some(pair) => pair.clone(),
+                    None => {
+                        let issued = client_ca
+                            .issue_client(name, alg, validity, now)
+                            .map_err(|e| fail("issue", format!("client `{name}`: {e}")))?;
+                        KeyPairPem {
+                            chain_pem: issued.chain_pem,
+                            key: issued.key,
+                        }
+                    }
+                };
+                bundle.clients.insert(name.clone(), pair);
+            }
+        }
+        self.store
+            .write_credential(&bundle)
+            .await
+            .map_err(|e| fail("store", e.to_string()))
+    }
+
+    /// One reconcile. Stops starting new issuances once `cancel` fires; what it
+    /// started is finished, so nothing is left half-written.
+    pub async fn pass(&self, cancel: &CancellationToken) -> PassReport {
+        let mut report = PassReport::default();
+        let now = OffsetDateTime::now_utc();
+        let (observed, stored) = match self.observe(&mut report.failures).await {
+            Ok(o) => o,
+            Err(e) => {
+                report.failures.push(Failure {
+                    stage: "observe",
+                    subject: "store".into(),
+                    message: e.to_string(),
+                });
+                return self.finish(report);
+            }
+        };
+        let plan = plan::plan(&self.config.file, &observed, now, self.seed);
+        report.conflicts = plan
+            .conflicts
+            .iter()
+            .map(|c| format!("{}: {}", c.subject, c.message))
+            .collect();
+        for c in &report.conflicts {
+            tracing::warn!(conflict = %c, "left untouched");
+        }
+
+        let issuers =
+            if plan.credentials.iter().any(CredentialPlan::needs_write) || !self.config.file.issuers.is_empty() {
+                self.open_issuers(now, &mut report.failures).await
+            } else {
+                BTreeMap::new()
+            };
+        let mut ready: BTreeSet<String> = BTreeSet::new();
+        for c in &plan.credentials {
+            if c.blocked.is_some() {
+                continue;
+            }
+            let current = observed.credentials.get(&c.site);
+            let usable_now = current.is_some_and(|o| o.key_matches && now < o.server.not_after);
+            if !c.needs_write() {
+                if usable_now {
+                    ready.insert(c.site.clone());
+                }
+                continue;
+            }
+            if cancel.is_cancelled() {
+                if usable_now {
+                    ready.insert(c.site.clone());
+                }
+                continue;
+            }
+            match self.renew_site(c, stored.owned.get(&c.site), &issuers, now).await {
+                Ok(()) => {
+                    tracing::info!(site = %c.site, issuer = %c.issuer, reason = %describe(c), "credential written");
+                    report.issued.push(c.site.clone());
+                    ready.insert(c.site.clone());
+                }
+                Err(f) => {
+                    tracing::error!(site = %c.site, stage = f.stage, error = %f.message, "credential not renewed");
+                    report.failures.push(f);
+                    if usable_now {
+                        ready.insert(c.site.clone());
+                    }
+                }
+            }
+        }
+
+        // Objects after credentials: a Gateway server never names a missing credential.
+        let objects = crate::render::objects(&self.config.file, &ready);
+        for object in &objects {
+            if let Err(e) = self.store.apply_object(object).await {
+                report.failures.push(Failure {
+                    stage: "objects",
+                    subject: crate::store::object_key(object),
+                    message: e.to_string(),
+                });
+            }
+        }
+        match self.store.owned_objects().await {
+            Ok(owned) => {
+                for key in crate::render::unwanted(&objects, &owned) {
+                    if let Err(e) = self.store.delete_object(&key).await {
+                        report.failures.push(Failure {
+                            stage: "objects",
+                            subject: key,
+                            message: e.to_string(),
+                        });
+                    }
+                }
+            }
+            Err(e) => report.failures.push(Failure {
+                stage: "objects",
+                subject: "manifests".into(),
+                message: e.to_string(),
+            }),
+        }
+        // Credentials of removed sites go only after the Gateway stopped naming them.
+        for site in &plan.removed_credentials {
+            match self.store.delete_credential(site).await {
+                Ok(()) => tracing::info!(site = %site, "credential of a removed site deleted"),
+                Err(e) => report.failures.push(Failure {
+                    stage: "store",
+                    subject: format!("site {site}"),
+                    message: e.to_string(),
+                }),
+            }
+        }
+        for zone in &plan.zones {
+            if zone.diff.changes.is_empty() {
+                continue;
+            }
+            let Some(provider) = self.providers.get(&zone.provider) else {
+                continue;
+            };
+            let result: Result<(), DnsError> = provider.apply(&zone.diff.changes).await;
+            self.metrics
+                .dns_changes(&zone.provider, result.is_ok(), zone.diff.changes.len() as u64);
+            match result {
+                Ok(()) => {
+                    report.dns_changes += zone.diff.changes.len();
+                    tracing::info!(provider = %zone.provider, changes = zone.diff.changes.len(), "dns updated");
+                }
+                Err(e) => report.failures.push(Failure {
+                    stage: "dns",
+                    subject: format!("dns provider {}", zone.provider),
+                    message: e.to_string(),
+                }),
+            }
+        }
+        self.finish(report)
+    }
+
+    /// Counts a pass's failures by stage.
+    fn finish(&self, report: PassReport) -> PassReport {
+        for f in &report.failures {
+            self.metrics.reconcile_error(f.stage);
+        }
+        report
+    }
+
+    /// Records the state after a pass: a fresh observation and plan give the metrics,
+    /// the next renewal, and whether everything converged.
+    pub async fn record(&self, report: &mut PassReport) {
+        let now = OffsetDateTime::now_utc();
+        let mut ignored = Vec::new();
+        let Ok((observed, _)) = self.observe(&mut ignored).await else {
+            return;
+        };
+        let after = plan::plan(&self.config.file, &observed, now, self.seed);
+        report.next_renewal = after.next_renewal;
+        report.converged = report.failures.is_empty() && after.is_noop();
+        let states: Vec<CertificateState> = after
+            .credentials
+            .iter()
+            .map(|c| {
+                let stored = observed.credentials.get(&c.site);
+                let renew_at = stored.map(|o| {
+                    renewal::renew_at(
+                        o.server.not_before,
+                        o.server.not_after,
+                        self.config.file.renew_before,
+                        renewal::jitter_for(self.seed, &c.site),
+                    )
+                });
+                CertificateState {
+                    site: c.site.clone(),
+                    issuer: c.issuer.clone(),
+                    hosts: stored.map(|o| o.server.dns_names.clone()).unwrap_or_default(),
+                    not_after: stored.map(|o| o.server.not_after.unix_timestamp()),
+                    renew_at: renew_at.map(|t| t.unix_timestamp()),
+                    ready: c.blocked.is_none()
+                        && !c.server.is_issue()
+                        && stored.is_some_and(|o| o.key_matches && now < o.server.not_after),
+                }
+            })
+            .collect();
+        let addresses: Vec<String> = observed
+            .address
+            .iter()
+            .flat_map(|a| a.addresses().iter().map(|x| x.to_string()))
+            .collect();
+        self.metrics.record_state(&states, &addresses);
+    }
+}
+
+fn describe(c: &CredentialPlan) -> String {
+    let mut parts = Vec::new();
+    if let Action::Issue(r) = &c.server {
+        parts.push(format!("server: {r}"));
+    }
+    if let Some(Action::Issue(r)) = &c.client_ca {
+        parts.push(format!("client CA: {r}"));
+    }
+    for (n, a) in &c.clients {
+        if let Action::Issue(r) = a {
+            parts.push(format!("client {n}: {r}"));
+        }
+    }
+    if !c.dropped.is_empty() {
+        parts.push(format!("dropped {}", c.dropped.join(", ")));
+    }
+    parts.join("; ")
+}
+
+/// Shared with the HTTP server: whether the first pass has completed.
+#[derive(Clone, Default)]
+pub struct Health {
+    pub ready: Arc<AtomicBool>,
+}
+
+impl Health {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// Backoff after a failed pass: 10 s doubling to 5 min, with ±20 % jitter.
+pub fn backoff(consecutive_failures: u32) -> std::time::Duration {
+    let base = 10.0 * 2f64.powi(consecutive_failures.saturating_sub(1).min(5) as i32);
+    let capped = base.min(300.0);
+    let jitter = 0.8 + 0.4 * rand::random::<f64>();
+    std::time::Duration::from_secs_f64(capped * jitter)
+}
+
+/// The daemon: passes until `shutdown` fires. A new config that fails validation is
+/// reported and the running one kept.
+pub async fn run(
+    config: Config,
+    metrics: Arc<Metrics>,
+    health: Health,
+    mut config_changed: tokio::sync::mpsc::Receiver<()>,
+    shutdown: CancellationToken,
+) -> Result<(), SetupError> {
+    let mut runtime = Runtime::new(config, metrics.clone())?;
+    let mut failures_in_row = 0u32;
+    let mut config_text = std::fs::read_to_string(&runtime.config.path).unwrap_or_default();
+    loop {
+        let mut report = runtime.pass(&shutdown).await;
+        runtime.record(&mut report).await;
+        health.ready.store(true, Ordering::Relaxed);
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        failures_in_row = if report.failures.is_empty() {
+            0
+        } else {
+            failures_in_row + 1
+        };
+        let now = OffsetDateTime::now_utc();
+        let mut wait = report
+            .next_renewal
+            .map(|t| (t - now).max(time::Duration::ZERO).unsigned_abs())
+            .unwrap_or(std::time::Duration::from_secs(24 * 3600));
+        if failures_in_row > 0 {
+            wait = wait.min(backoff(failures_in_row));
+        }
+        if runtime
+            .config
+            .file
+            .gateway
+            .address
+            .as_ref()
+            .is_some_and(|a| a.resolve.is_some())
+        {
+            // A resolved address can change at any time: look again every minute.
+            wait = wait.min(std::time::Duration::from_secs(60));
+        }
+        tracing::info!(
+            issued = report.issued.len(),
+            dns_changes = report.dns_changes,
+            failures = report.failures.len(),
+            converged = report.converged,
+            next_pass_in_s = wait.as_secs(),
+            "pass complete"
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+            Some(()) = config_changed.recv() => {
+                let text = std::fs::read_to_string(&runtime.config.path).unwrap_or_default();
+                if text == config_text {
+                    continue;
+                }
+                match Config::load(&runtime.config.path) {
+                    Ok(new) => match Runtime::new(new, metrics.clone()) {
+                        Ok(r) => {
+                            tracing::info!(config = %runtime.config.path.display(), "config changed: reloaded");
+                            config_text = text;
+                            runtime = r;
+                        }
+                        Err(e) => tracing::error!(error = %e, "new config cannot run; keeping the previous one"),
+                    },
+                    Err(errors) => {
+                        for e in &errors.0 {
+                            tracing::error!(error = %e, "new config is invalid; keeping the previous one");
+                        }
+                        config_text = text;
+                    }
+                }
+            }
+        }
+    }
+}

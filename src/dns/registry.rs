@@ -1,0 +1,318 @@
+//! Ownership of DNS names, external-dns style: a TXT record at a prefixed name
+//! (`_tlsward.<host>`) says which owner and site a name belongs to. The diff here
+//! changes only names that carry our ownership record (or are free), and reports
+//! every other name as a conflict. Pure: records in, changes out.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::model::{RecordSet, RecordType, names};
+
+/// Record types tlsward manages at a published name.
+pub const MANAGED_TYPES: [RecordType; 3] = [RecordType::A, RecordType::AAAA, RecordType::CNAME];
+
+/// The name of the ownership record of `host` (`*` becomes a plain label).
+pub fn ownership_name(host: &str) -> String {
+    let host = match host.strip_prefix("*.") {
+        Some(rest) => format!("{}.{rest}", names::WILDCARD_LABEL),
+        None => host.to_string(),
+    };
+    format!("{}.{host}", names::OWNERSHIP_PREFIX)
+}
+
+/// The ownership record's text for `owner` and `site`.
+pub fn ownership_value(owner: &str, site: &str) -> String {
+    format!("heritage=tlsward,tlsward/owner={owner},tlsward/site={site}")
+}
+
+/// The owner named by an ownership record's text, if it is one.
+pub fn owner_of(value: &str) -> Option<&str> {
+    let mut fields = value.split(',');
+    if fields.next() != Some("heritage=tlsward") {
+        return None;
+    }
+    fields.find_map(|f| f.strip_prefix("tlsward/owner="))
+}
+
+/// One change to a zone. A delete carries the record set as it is now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Change {
+    Upsert(RecordSet),
+    Delete(RecordSet),
+}
+
+impl Change {
+    pub fn record(&self) -> &RecordSet {
+        match self {
+            Change::Upsert(r) | Change::Delete(r) => r,
+        }
+    }
+}
+
+/// What tlsward wants at one name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredName {
+    pub host: String,
+    pub site: String,
+    /// A/AAAA or one CNAME set, never both.
+    pub records: Vec<RecordSet>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ZoneDiff {
+    /// Deletes first, then upserts (a type switch must free the name first).
+    pub changes: Vec<Change>,
+    /// Names left alone, with why.
+    pub conflicts: Vec<(String, String)>,
+}
+
+/// Computes the changes that bring `current` to `desired` for `owner`, touching only
+/// names tlsward owns or that are free.
+pub fn diff(owner: &str, ttl: u32, desired: &[DesiredName], current: &[RecordSet]) -> ZoneDiff {
+    let at: BTreeMap<(&str, RecordType), &RecordSet> = current.iter().map(|r| ((r.name.as_str(), r.kind), r)).collect();
+    let names_present: BTreeMap<&str, Vec<RecordType>> = current.iter().fold(BTreeMap::new(), |mut m, r| {
+        m.entry(r.name.as_str()).or_insert_with(Vec::new).push(r.kind);
+        m
+    });
+    let ownership = |host: &str| -> Option<Vec<&str>> {
+        at.get(&(ownership_name(host).as_str(), RecordType::TXT))
+            .map(|r| r.values.iter().filter_map(|v| owner_of(v)).collect())
+    };
+    // Names whose ownership record names us, found from the records themselves.
+    let owned: BTreeSet<String> = current
+        .iter()
+        .filter(|r| r.kind == RecordType::TXT && r.values.iter().any(|v| owner_of(v) == Some(owner)))
+        .filter_map(|r| r.name.strip_prefix(&format!("{}.", names::OWNERSHIP_PREFIX)))
+        .map(|n| match n.strip_prefix(&format!("{}.", names::WILDCARD_LABEL)) {
+            Some(rest) => format!("*.{rest}"),
+            None => n.to_string(),
+        })
+        .collect();
+
+    let mut out = ZoneDiff::default();
+    let mut deletes = Vec::new();
+    let mut upserts = Vec::new();
+    let wanted: BTreeSet<&str> = desired.iter().map(|d| d.host.as_str()).collect();
+
+    for want in desired {
+        let host = want.host.as_str();
+        let is_ours = owned.contains(host);
+        if !is_ours {
+            if let Some(owners) = ownership(host).filter(|o| !o.is_empty()) {
+                out.conflicts.push((
+                    host.to_string(),
+                    format!("owned by `{}`, not `{owner}`", owners.join("`, `")),
+                ));
+                continue;
+            }
+            let present = names_present.get(host).cloned().unwrap_or_default();
+            let wants_cname = want.records.iter().any(|r| r.kind == RecordType::CNAME);
+            let blocking: Vec<String> = present
+                .iter()
+                .filter(|t| wants_cname || MANAGED_TYPES.contains(t))
+                .map(|t| t.to_string())
+                .collect();
+            if !blocking.is_empty() {
+                out.conflicts.push((
+                    host.to_string(),
+                    format!(
+                        "has {} records without tlsward's ownership record {}: left untouched",
+                        blocking.join("/"),
+                        ownership_name(host)
+                    ),
+                ));
+                continue;
+            }
+        }
+        let owner_record = RecordSet::new(
+            ownership_name(host),
+            RecordType::TXT,
+            ttl,
+            vec![ownership_value(owner, &want.site)],
+        );
+        if at.get(&(owner_record.name.as_str(), RecordType::TXT)).copied() != Some(&owner_record) {
+            upserts.push(Change::Upsert(owner_record));
+        }
+        for kind in MANAGED_TYPES {
+            let now = at.get(&(host, kind)).copied();
+            let target = want.records.iter().find(|r| r.kind == kind);
+            match (now, target) {
+                (Some(n), Some(t)) if n == t => {}
+                (_, Some(t)) => upserts.push(Change::Upsert(t.clone())),
+                (Some(n), None) => deletes.push(Change::Delete(n.clone())),
+                (None, None) => {}
+            }
+        }
+    }
+    for host in owned.iter().filter(|h| !wanted.contains(h.as_str())) {
+        for kind in MANAGED_TYPES {
+            if let Some(n) = at.get(&(host.as_str(), kind)) {
+                deletes.push(Change::Delete((*n).clone()));
+            }
+        }
+        if let Some(txt) = at.get(&(ownership_name(host).as_str(), RecordType::TXT)) {
+            deletes.push(Change::Delete((*txt).clone()));
+        }
+    }
+    out.changes = deletes;
+    out.changes.extend(upserts);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(name: &str, ips: &[&str]) -> RecordSet {
+        RecordSet::new(name, RecordType::A, 60, ips.iter().map(|s| s.to_string()).collect())
+    }
+    fn cname(name: &str, target: &str) -> RecordSet {
+        RecordSet::new(name, RecordType::CNAME, 60, vec![target.into()])
+    }
+    fn txt(name: &str, v: &str) -> RecordSet {
+        RecordSet::new(name, RecordType::TXT, 60, vec![v.into()])
+    }
+    fn want(host: &str, records: Vec<RecordSet>) -> DesiredName {
+        DesiredName {
+            host: host.into(),
+            site: "shop".into(),
+            records,
+        }
+    }
+    fn ours(host: &str) -> RecordSet {
+        txt(&ownership_name(host), &ownership_value("me", "shop"))
+    }
+
+    #[test]
+    fn a_free_name_gets_its_records_and_an_ownership_record() {
+        let d = diff(
+            "me",
+            60,
+            &[want("shop.z.example", vec![a("shop.z.example", &["203.0.113.10"])])],
+            &[],
+        );
+        assert_eq!(
+            d.changes,
+            vec![
+                Change::Upsert(ours("shop.z.example")),
+                Change::Upsert(a("shop.z.example", &["203.0.113.10"]))
+            ]
+        );
+        assert!(d.conflicts.is_empty());
+    }
+
+    #[test]
+    fn a_converged_name_needs_no_change() {
+        let current = vec![ours("shop.z.example"), a("shop.z.example", &["203.0.113.10"])];
+        let d = diff(
+            "me",
+            60,
+            &[want("shop.z.example", vec![a("shop.z.example", &["203.0.113.10"])])],
+            &current,
+        );
+        assert_eq!(d, ZoneDiff::default());
+    }
+
+    #[test]
+    fn switch_from_ip_to_hostname_deletes_the_a_before_the_cname() {
+        let current = vec![ours("shop.z.example"), a("shop.z.example", &["203.0.113.10"])];
+        let d = diff(
+            "me",
+            60,
+            &[want("shop.z.example", vec![cname("shop.z.example", "lb.example.net")])],
+            &current,
+        );
+        assert_eq!(
+            d.changes,
+            vec![
+                Change::Delete(a("shop.z.example", &["203.0.113.10"])),
+                Change::Upsert(cname("shop.z.example", "lb.example.net"))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_foreign_record_at_a_wanted_name_is_a_conflict_and_untouched() {
+        let current = vec![a("shop.z.example", &["198.51.100.1"])];
+        let d = diff(
+            "me",
+            60,
+            &[want("shop.z.example", vec![a("shop.z.example", &["203.0.113.10"])])],
+            &current,
+        );
+        assert!(d.changes.is_empty());
+        assert_eq!(d.conflicts.len(), 1);
+        assert!(
+            d.conflicts[0].1.contains("without tlsward's ownership record"),
+            "{:?}",
+            d.conflicts
+        );
+    }
+
+    #[test]
+    fn another_owners_name_is_a_conflict() {
+        let current = vec![txt(&ownership_name("shop.z.example"), &ownership_value("them", "x"))];
+        let d = diff(
+            "me",
+            60,
+            &[want("shop.z.example", vec![a("shop.z.example", &["203.0.113.10"])])],
+            &current,
+        );
+        assert!(d.changes.is_empty());
+        assert!(d.conflicts[0].1.contains("owned by `them`"));
+    }
+
+    #[test]
+    fn a_foreign_txt_at_the_name_allows_a_records_but_blocks_a_cname() {
+        let current = vec![txt("shop.z.example", "v=spf1 -all")];
+        let with_a = diff(
+            "me",
+            60,
+            &[want("shop.z.example", vec![a("shop.z.example", &["203.0.113.10"])])],
+            &current,
+        );
+        assert_eq!(with_a.changes.len(), 2);
+        let with_cname = diff(
+            "me",
+            60,
+            &[want("shop.z.example", vec![cname("shop.z.example", "lb.example.net")])],
+            &current,
+        );
+        assert!(with_cname.changes.is_empty());
+        assert_eq!(with_cname.conflicts.len(), 1);
+    }
+
+    #[test]
+    fn a_removed_site_loses_its_records_and_ownership_but_nothing_else() {
+        let current = vec![
+            ours("old.z.example"),
+            a("old.z.example", &["203.0.113.10"]),
+            txt("old.z.example", "foreign"),
+            a("other.z.example", &["198.51.100.7"]),
+        ];
+        let d = diff("me", 60, &[], &current);
+        assert_eq!(
+            d.changes,
+            vec![
+                Change::Delete(a("old.z.example", &["203.0.113.10"])),
+                Change::Delete(ours("old.z.example"))
+            ]
+        );
+    }
+
+    #[test]
+    fn wildcard_hosts_keep_ownership_at_a_plain_label() {
+        assert_eq!(ownership_name("*.apps.z.example"), "_tlsward._wildcard.apps.z.example");
+        let current = vec![ours("*.apps.z.example"), a("*.apps.z.example", &["203.0.113.10"])];
+        let d = diff("me", 60, &[], &current);
+        assert_eq!(d.changes.len(), 2, "{:?}", d.changes);
+    }
+
+    #[test]
+    fn owner_of_reads_only_tlsward_records() {
+        assert_eq!(owner_of(&ownership_value("me", "s")), Some("me"));
+        assert_eq!(owner_of("heritage=external-dns,external-dns/owner=x"), None);
+    }
+}

@@ -1,0 +1,55 @@
+//! Issuers behind one trait: the internal CA now, ACME next. An issuer makes the key
+//! for each certificate itself, so a key never travels; it decides nothing about
+//! *when* to issue (that is the plan's job).
+
+pub mod ca;
+
+use async_trait::async_trait;
+
+use crate::model::Hostname;
+use crate::pki::PrivateKeyPem;
+
+/// A server certificate request for one site.
+#[derive(Clone, Debug)]
+pub struct ServerRequest {
+    pub site: String,
+    pub hosts: Vec<Hostname>,
+}
+
+/// A certificate chain (leaf first) and its private key.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub chain_pem: String,
+    pub key: PrivateKeyPem,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("issuer `{issuer}`: {kind} issuers are not supported by this build yet")]
+    Unsupported { issuer: String, kind: &'static str },
+    #[error("issuer `{issuer}`: cannot {what}: {detail}")]
+    Crypto {
+        issuer: String,
+        what: &'static str,
+        detail: String,
+    },
+    #[error("issuer `{issuer}`: its stored CA in {location} is unusable: {detail}")]
+    BrokenState {
+        issuer: String,
+        location: String,
+        detail: String,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+#[async_trait]
+pub trait Issuer: Send + Sync {
+    /// Issues a server certificate (serverAuth) for the request's hosts.
+    async fn issue(&self, request: &ServerRequest) -> Result<Issued, IssueError>;
+    /// The root that clients of this issuer's sites trust, if tlsward runs the CA.
+    fn trust_anchor_pem(&self) -> Option<&str>;
+    /// Fingerprint of the certificate that signs leaves now; a stored leaf signed by
+    /// another one is reissued.
+    fn signer_fingerprint(&self) -> Option<&str>;
+}

@@ -1,0 +1,15 @@
+//! tlsward: keeps an Istio ingress gateway's TLS credentials, DNS records, Gateway
+//! and VirtualServices correct on its own. `main.rs` is only the CLI over this library.
+
+pub mod address;
+pub mod config;
+pub mod daemon;
+pub mod dns;
+pub mod issuer;
+pub mod metrics;
+pub mod model;
+pub mod pki;
+pub mod plan;
+pub mod render;
+pub mod serve;
+pub mod store;

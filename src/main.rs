@@ -1,0 +1,270 @@
+//! The `tlsward` command line: parse, call the library, map results to exit codes.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use tlsward::config::{self, Config};
+use tlsward::daemon::{self, Health, Runtime};
+use tlsward::metrics::Metrics;
+
+#[derive(Parser)]
+#[command(
+    name = "tlsward",
+    version,
+    about = "Keeps an Istio ingress gateway's TLS and DNS correct on its own"
+)]
+struct Cli {
+    /// Log format; default: text on a terminal, json otherwise.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Log level or filter (error, warn, info, debug, trace; or an EnvFilter directive).
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlanFormat {
+    Text,
+    Yaml,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Reconcile, then keep reconciling on timers and config changes.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// One full pass, then exit: 0 when everything converged, 1 otherwise.
+        #[arg(long)]
+        once: bool,
+        /// Address of /metrics, /healthz and /readyz.
+        #[arg(long, default_value = "127.0.0.1:9402")]
+        listen: SocketAddr,
+    },
+    /// Validate the config without touching anything.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Show what a pass would change, writing nothing.
+    Plan {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: PlanFormat,
+    },
+    /// Print the config's JSON Schema.
+    Schema,
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match cli.log_format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Text) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::from(1)
+    })
+}
+
+/// Sends a message whenever something changes in the config file's directory (a
+/// ConfigMap mount swaps a symlink there rather than writing the file).
+fn watch_config(path: &Path) -> Result<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>)> {
+    use notify::Watcher;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.try_send(());
+        }
+    })?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+    Ok((watcher, rx))
+}
+
+fn shutdown_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight writes"),
+            _ = int.recv() => tracing::info!("SIGINT: finishing in-flight writes"),
+        }
+        token.cancel();
+    });
+}
+
+async fn run(path: &Path, once: bool, listen: SocketAddr) -> Result<ExitCode> {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = CancellationToken::new();
+    shutdown_on_signals(shutdown.clone());
+    if once {
+        let runtime = match Runtime::new(config, metrics) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                return Ok(ExitCode::from(1));
+            }
+        };
+        let mut report = runtime.pass(&shutdown).await;
+        runtime.record(&mut report).await;
+        for c in &report.conflicts {
+            eprintln!("conflict: {c}");
+        }
+        if report.failures.is_empty() && report.converged {
+            eprintln!(
+                "converged: {} credential(s) written, {} DNS change(s)",
+                report.issued.len(),
+                report.dns_changes
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        for f in &report.failures {
+            eprintln!("failed [{}] {}: {}", f.stage, f.subject, f.message);
+        }
+        if report.failures.is_empty() {
+            eprintln!("not converged: a second pass would still change something");
+        }
+        return Ok(ExitCode::from(1));
+    }
+    let health = Health::default();
+    let (_watcher, changes) = watch_config(path).context("watching the config file")?;
+    let (bound, server) = daemon_server(listen, metrics.clone(), health.clone(), shutdown.clone()).await?;
+    tracing::info!(listen = %bound, config = %path.display(), "tlsward running");
+    let result = daemon::run(config, metrics, health, changes, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = server.await;
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+async fn daemon_server(
+    listen: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    tlsward::serve::bind(listen, metrics, health, shutdown)
+        .await
+        .with_context(|| format!("binding {listen} for /metrics, /healthz, /readyz"))
+}
+
+async fn plan(path: &Path, format: PlanFormat) -> Result<ExitCode> {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let runtime = match Runtime::new(config, Arc::new(Metrics::new())) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let (plan, failures) = runtime.plan(time::OffsetDateTime::now_utc()).await?;
+    for f in &failures {
+        eprintln!("warning [{}] {}: {}", f.stage, f.subject, f.message);
+    }
+    let text = match format {
+        PlanFormat::Text => tlsward::plan::text::to_text(&plan),
+        PlanFormat::Json => serde_json::to_string_pretty(&plan)? + "\n",
+        PlanFormat::Yaml => serde_saphyr::to_string(&serde_json::to_value(&plan)?)?,
+    };
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(config::json_schema()).expect("schema is JSON")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => match Config::load(config) {
+            Ok(c) => {
+                println!(
+                    "{}: valid ({} sites, {} issuers, {} DNS providers)",
+                    config.display(),
+                    c.file.sites.len(),
+                    c.file.issuers.len(),
+                    c.file.dns.providers.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                Ok(ExitCode::from(1))
+            }
+        },
+        Command::Run { config, once, listen } => {
+            init_logging(&cli);
+            tokio_main(run(config, *once, *listen))
+        }
+        Command::Plan { config, format } => {
+            init_logging(&cli);
+            tokio_main(plan(config, *format))
+        }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(1)
+    })
+}
+
+fn tokio_main<F: std::future::Future<Output = Result<ExitCode>>>(f: F) -> Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(f)
+}

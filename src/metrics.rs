@@ -1,0 +1,171 @@
+//! Every metric tlsward exports, in one place (names as DESIGN.md fixes them).
+//! Gauges that describe state are rebuilt whole after each pass, under one lock that
+//! scrapes also take, so a scrape never sees a half-updated set or a removed site.
+
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+pub const CERT_EXPIRATION: &str = "tlsward_certificate_expiration_timestamp_seconds";
+pub const CERT_RENEWAL: &str = "tlsward_certificate_renewal_timestamp_seconds";
+pub const CERT_READY: &str = "tlsward_certificate_ready";
+/// Counters get `_total` appended by the encoder.
+pub const ISSUANCE: &str = "tlsward_issuance";
+pub const ISSUANCE_DURATION: &str = "tlsward_issuance_duration_seconds";
+pub const DNS_CHANGES: &str = "tlsward_dns_record_changes";
+pub const GATEWAY_ADDRESS: &str = "tlsward_gateway_address_info";
+pub const RECONCILE_ERRORS: &str = "tlsward_reconcile_errors";
+
+type Labels = Vec<(String, String)>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// One certificate's state, as the record step computes it.
+pub struct CertificateState {
+    pub site: String,
+    pub issuer: String,
+    pub hosts: Vec<String>,
+    pub not_after: Option<i64>,
+    pub renew_at: Option<i64>,
+    pub ready: bool,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    lock: Mutex<()>,
+    expiration: Family<Labels, FloatGauge>,
+    renewal: Family<Labels, FloatGauge>,
+    ready: Family<Labels, Gauge>,
+    issuance: Family<Labels, Counter>,
+    issuance_duration: Histogram,
+    dns_changes: Family<Labels, Counter>,
+    address: Family<Labels, Gauge>,
+    reconcile_errors: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            expiration: Family::default(),
+            renewal: Family::default(),
+            ready: Family::default(),
+            issuance: Family::default(),
+            issuance_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            dns_changes: Family::default(),
+            address: Family::default(),
+            reconcile_errors: Family::default(),
+            registry: Registry::default(),
+            lock: Mutex::new(()),
+        };
+        registry.register(
+            CERT_EXPIRATION,
+            "The date after which the certificate expires, per host it covers",
+            m.expiration.clone(),
+        );
+        registry.register(
+            CERT_RENEWAL,
+            "The moment tlsward will renew the certificate",
+            m.renewal.clone(),
+        );
+        registry.register(
+            CERT_READY,
+            "1 when the site's credential is stored, valid and current",
+            m.ready.clone(),
+        );
+        registry.register(
+            ISSUANCE,
+            "Certificate issuances by issuer and result",
+            m.issuance.clone(),
+        );
+        registry.register(
+            ISSUANCE_DURATION,
+            "Time to issue one certificate",
+            m.issuance_duration.clone(),
+        );
+        registry.register(
+            DNS_CHANGES,
+            "DNS record changes by provider and result",
+            m.dns_changes.clone(),
+        );
+        registry.register(
+            GATEWAY_ADDRESS,
+            "The gateway load balancer's current addresses",
+            m.address.clone(),
+        );
+        registry.register(
+            RECONCILE_ERRORS,
+            "Reconcile failures by stage",
+            m.reconcile_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn issued(&self, issuer: &str, ok: bool, seconds: f64) {
+        let result = if ok { "success" } else { "failure" };
+        self.issuance
+            .get_or_create(&labels(&[("issuer", issuer), ("result", result)]))
+            .inc();
+        self.issuance_duration.observe(seconds);
+    }
+
+    pub fn dns_changes(&self, provider: &str, ok: bool, count: u64) {
+        let result = if ok { "success" } else { "failure" };
+        self.dns_changes
+            .get_or_create(&labels(&[("provider", provider), ("result", result)]))
+            .inc_by(count);
+    }
+
+    pub fn reconcile_error(&self, stage: &str) {
+        self.reconcile_errors.get_or_create(&labels(&[("stage", stage)])).inc();
+    }
+
+    /// Replaces the certificate and address gauges with the state after a pass.
+    pub fn record_state(&self, certificates: &[CertificateState], addresses: &[String]) {
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.expiration.clear();
+        self.renewal.clear();
+        self.ready.clear();
+        self.address.clear();
+        for c in certificates {
+            let site = labels(&[("site", &c.site), ("issuer", &c.issuer)]);
+            self.ready.get_or_create(&site).set(i64::from(c.ready));
+            if let Some(at) = c.renew_at {
+                self.renewal.get_or_create(&site).set(at as f64);
+            }
+            if let Some(na) = c.not_after {
+                for host in &c.hosts {
+                    self.expiration
+                        .get_or_create(&labels(&[("site", &c.site), ("issuer", &c.issuer), ("host", host)]))
+                        .set(na as f64);
+                }
+            }
+        }
+        for a in addresses {
+            self.address.get_or_create(&labels(&[("address", a)])).set(1);
+        }
+    }
+
+    /// The exposition text (OpenMetrics, which Prometheus scrapes natively).
+    pub fn render(&self) -> String {
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

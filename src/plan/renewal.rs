@@ -1,0 +1,103 @@
+//! When a certificate is due: `renew_before` as a share of its lifetime or as time
+//! left, made a little earlier by a per-site jitter so renewals spread out. Pure.
+
+use time::{Duration, OffsetDateTime};
+
+use crate::config::RenewBefore;
+
+/// The longest a renewal is moved earlier by jitter.
+const MAX_JITTER: Duration = Duration::hours(1);
+
+/// The moment a certificate valid from `not_before` to `not_after` should be renewed.
+/// `jitter` in [0, 1) moves it earlier by up to a tenth of the renewal window (≤ 1h).
+pub fn renew_at(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    policy: RenewBefore,
+    jitter: f64,
+) -> OffsetDateTime {
+    let lifetime = not_after - not_before;
+    let window: Duration = match policy {
+        RenewBefore::Percent(p) => lifetime * (p / 100.0),
+        // A window as long as the lifetime would renew forever: fall back to the last third.
+        RenewBefore::Remaining(d) if d.to_time() < lifetime => d.to_time(),
+        RenewBefore::Remaining(_) => lifetime / 3,
+    };
+    let spread: Duration = std::cmp::min(window / 10_i32, MAX_JITTER);
+    not_after - window - spread * jitter.clamp(0.0, 1.0)
+}
+
+/// A stable pseudo-random fraction in [0, 1) for `site` under `seed` (splitmix64 of
+/// an FNV-1a hash): the same inputs always plan the same moment.
+pub fn jitter_for(seed: u64, site: &str) -> f64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in site.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut z = seed ^ h;
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Duration as Cfg;
+    use time::macros::datetime;
+
+    const NB: OffsetDateTime = datetime!(2026-01-01 0:00 UTC);
+    const NA: OffsetDateTime = datetime!(2026-01-31 0:00 UTC);
+
+    #[test]
+    fn percent_of_lifetime_without_jitter() {
+        // 30 days, renew when 33% (9.9 days) is left.
+        let at = renew_at(NB, NA, RenewBefore::Percent(33.0), 0.0);
+        assert_eq!(at, NA - Duration::seconds((30.0 * 86_400.0 * 0.33) as i64));
+    }
+
+    #[test]
+    fn a_remaining_duration_counts_back_from_expiry() {
+        let at = renew_at(NB, NA, RenewBefore::Remaining(Cfg::from_days(10)), 0.0);
+        assert_eq!(at, datetime!(2026-01-21 0:00 UTC));
+    }
+
+    #[test]
+    fn a_window_longer_than_the_lifetime_falls_back_to_a_third() {
+        let at = renew_at(NB, NA, RenewBefore::Remaining(Cfg::from_days(45)), 0.0);
+        assert_eq!(at, datetime!(2026-01-21 0:00 UTC));
+    }
+
+    #[test]
+    fn jitter_only_moves_renewal_earlier_and_at_most_an_hour() {
+        let base = renew_at(NB, NA, RenewBefore::Percent(33.0), 0.0);
+        let jittered = renew_at(NB, NA, RenewBefore::Percent(33.0), 0.999);
+        assert!(jittered < base);
+        assert!(base - jittered <= Duration::hours(1));
+    }
+
+    #[test]
+    fn six_day_certificates_schedule_to_the_second() {
+        let nb = datetime!(2026-01-01 0:00 UTC);
+        let na = nb + Duration::days(6);
+        let at = renew_at(nb, na, RenewBefore::Percent(33.0), 0.5);
+        let window = Duration::seconds((6.0 * 86_400.0 * 0.33) as i64);
+        let spread = Duration::hours(1); // a tenth of the window is longer: capped
+        let expected = na - window - spread / 2;
+        let off: Duration = at - expected;
+        assert!(off.abs() <= Duration::seconds(1), "{at} vs {expected}");
+    }
+
+    #[test]
+    fn jitter_is_stable_and_spread() {
+        assert_eq!(jitter_for(7, "shop"), jitter_for(7, "shop"));
+        assert_ne!(jitter_for(7, "shop"), jitter_for(8, "shop"));
+        let values: Vec<f64> = (0..1000).map(|i| jitter_for(42, &format!("site-{i}"))).collect();
+        assert!(values.iter().all(|v| (0.0..1.0).contains(v)));
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        assert!((0.4..0.6).contains(&mean), "mean {mean}");
+    }
+}

@@ -1,0 +1,95 @@
+//! The human-readable form of a plan (`tlsward plan --format text`). Never shows a key.
+
+use std::fmt::Write;
+
+use super::{Action, Plan};
+use crate::dns::registry::Change;
+
+fn action(a: &Action) -> String {
+    match a {
+        Action::Keep { renew_at: Some(at) } => format!("keep (renew at {at})"),
+        Action::Keep { renew_at: None } => "keep".into(),
+        Action::Issue(r) => format!("ISSUE: {r}"),
+    }
+}
+
+pub fn to_text(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Credentials:");
+    for c in &plan.credentials {
+        let hosts: Vec<&str> = c.hosts.iter().map(|h| h.as_str()).collect();
+        if let Some(why) = &c.blocked {
+            let _ = writeln!(
+                out,
+                "  {} [{}] issuer {}: BLOCKED: {why}",
+                c.site,
+                hosts.join(", "),
+                c.issuer
+            );
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "  {} [{}] issuer {}: {}",
+            c.site,
+            hosts.join(", "),
+            c.issuer,
+            action(&c.server)
+        );
+        if let Some(ca) = &c.client_ca {
+            let _ = writeln!(out, "    client CA: {}", action(ca));
+        }
+        for (name, a) in &c.clients {
+            let _ = writeln!(out, "    client {name}: {}", action(a));
+        }
+        for d in &c.dropped {
+            let _ = writeln!(out, "    drop {d}");
+        }
+    }
+    for site in &plan.removed_credentials {
+        let _ = writeln!(out, "  {site}: DELETE (site no longer configured)");
+    }
+    let _ = writeln!(out, "Objects:");
+    for o in &plan.objects {
+        let _ = writeln!(out, "  apply {}", crate::store::object_key(o));
+    }
+    for key in &plan.objects_to_delete {
+        let _ = writeln!(out, "  DELETE {key}");
+    }
+    for z in &plan.zones {
+        let _ = writeln!(
+            out,
+            "DNS {} (zone {}):",
+            z.provider,
+            if z.zone.is_empty() { "-" } else { &z.zone }
+        );
+        if let Some(why) = &z.unavailable {
+            let _ = writeln!(out, "  unavailable: {why}");
+        }
+        if z.diff.changes.is_empty() && z.unavailable.is_none() {
+            let _ = writeln!(out, "  no changes");
+        }
+        for ch in &z.diff.changes {
+            let (op, r) = match ch {
+                Change::Upsert(r) => ("upsert", r),
+                Change::Delete(r) => ("delete", r),
+            };
+            let _ = writeln!(out, "  {op} {} {} {} {}", r.name, r.ttl, r.kind, r.values.join(" "));
+        }
+    }
+    if !plan.conflicts.is_empty() {
+        let _ = writeln!(out, "Conflicts (left untouched):");
+        for c in &plan.conflicts {
+            let _ = writeln!(out, "  {}: {}", c.subject, c.message);
+        }
+    }
+    match plan.next_renewal {
+        Some(t) => {
+            let _ = writeln!(out, "Next renewal: {}", super::rfc3339(t));
+        }
+        None => {
+            let _ = writeln!(out, "Next renewal: after this pass's issuances");
+        }
+    }
+    out
+}

@@ -1,0 +1,120 @@
+//! Objects and zone text from the config and the plan's decisions. Pure: the same
+//! inputs always render the same bytes, so an unchanged world writes nothing.
+
+pub mod zone;
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use crate::config::{ConfigFile, SecretFormat, SiteSpec, TlsMode};
+use crate::model::names;
+
+const ISTIO_API: &str = "networking.istio.io/v1";
+
+fn labels(config: &ConfigFile, site: Option<&str>) -> Value {
+    let mut l = json!({
+        names::MANAGED_BY: names::MANAGED_BY_VALUE,
+        names::OWNER: config.owner_id,
+    });
+    if let Some(site) = site {
+        l[names::SITE] = json!(site);
+    }
+    l
+}
+
+fn hosts(site: &SiteSpec) -> Vec<String> {
+    crate::config::Config::hosts(site)
+        .iter()
+        .map(|h| h.as_str().to_string())
+        .collect()
+}
+
+/// The one Gateway: per ready site an HTTPS server on 443 and a redirecting HTTP
+/// server on 80. A site whose credential is not ready has no server at all.
+pub fn gateway(config: &ConfigFile, ready: &BTreeSet<String>) -> Value {
+    let mut servers = Vec::new();
+    for site in config.sites.iter().filter(|s| ready.contains(&s.name)) {
+        servers.push(json!({
+            "port": {"number": 443, "name": names::https_server(&site.name), "protocol": "HTTPS"},
+            "hosts": hosts(site),
+            "tls": {"mode": site.tls.mode.as_str(), "credentialName": names::credential_secret(&site.name)},
+        }));
+        servers.push(json!({
+            "port": {"number": 80, "name": names::http_server(&site.name), "protocol": "HTTP"},
+            "hosts": hosts(site),
+            "tls": {"httpsRedirect": true},
+        }));
+    }
+    json!({
+        "apiVersion": ISTIO_API,
+        "kind": "Gateway",
+        "metadata": {"name": config.gateway.name, "namespace": config.gateway.namespace, "labels": labels(config, None)},
+        "spec": {"selector": config.gateway.selector, "servers": servers},
+    })
+}
+
+/// The VirtualService routing a site's hosts, through the Gateway, to its backend.
+pub fn virtual_service(config: &ConfigFile, site: &SiteSpec) -> Value {
+    json!({
+        "apiVersion": ISTIO_API,
+        "kind": "VirtualService",
+        "metadata": {"name": site.name, "namespace": config.gateway.namespace, "labels": labels(config, Some(&site.name))},
+        "spec": {
+            "hosts": hosts(site),
+            "gateways": [config.gateway.name],
+            "http": [{"route": [{"destination": {"host": site.route.to, "port": {"number": site.route.port}}}]}],
+        },
+    })
+}
+
+/// The keys a site's credential Secret holds, in the format Istio's SDS reads.
+pub fn secret_keys(site: &SiteSpec) -> Vec<&'static str> {
+    let mutual = site.tls.mode == TlsMode::Mutual;
+    let mut keys = match site.tls.format {
+        SecretFormat::Tls => vec![names::TLS_CRT, names::TLS_KEY],
+        SecretFormat::Generic => vec![names::GENERIC_CERT, names::GENERIC_KEY],
+    };
+    if mutual {
+        keys.push(match site.tls.format {
+            SecretFormat::Tls => names::CA_CRT,
+            SecretFormat::Generic => names::GENERIC_CACERT,
+        });
+    }
+    keys
+}
+
+/// The credential Secret's metadata, without key material (for GitOps and `plan`).
+pub fn secret_metadata(config: &ConfigFile, site: &SiteSpec) -> Value {
+    let kind = match site.tls.format {
+        SecretFormat::Tls => names::SECRET_TYPE_TLS,
+        SecretFormat::Generic => names::SECRET_TYPE_OPAQUE,
+    };
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": names::credential_secret(&site.name),
+            "namespace": config.gateway.namespace,
+            "labels": labels(config, Some(&site.name)),
+            "annotations": {"tlsward.io/keys": secret_keys(site).join(",")},
+        },
+        "type": kind,
+    })
+}
+
+/// Every object tlsward wants, given which sites have a ready credential.
+pub fn objects(config: &ConfigFile, ready: &BTreeSet<String>) -> Vec<Value> {
+    let mut out = vec![gateway(config, ready)];
+    for site in config.sites.iter().filter(|s| ready.contains(&s.name)) {
+        out.push(virtual_service(config, site));
+        out.push(secret_metadata(config, site));
+    }
+    out
+}
+
+/// Owned objects (`kind/name`) that `wanted` no longer contains.
+pub fn unwanted(wanted: &[Value], owned: &[String]) -> Vec<String> {
+    let keep: BTreeSet<String> = wanted.iter().map(crate::store::object_key).collect();
+    owned.iter().filter(|k| !keep.contains(*k)).cloned().collect()
+}

@@ -1,0 +1,446 @@
+//! The files store: credentials, manifests, trust roots and state under one directory.
+//!
+//! Credentials and state sets are written like kubelet writes a mounted Secret: a new
+//! versioned directory, then one atomic rename of the `..data` symlink, so a reader
+//! (or a crash) sees the old set or the new set, never a mix. Single files are written
+//! to a temporary file, fsynced and renamed. Only what carries tlsward's owner mark is
+//! ever replaced or deleted.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{CredentialBundle, KeyPairPem, StateFile, Store, StoreError, StoredCredentials, object_key, verify_bundle};
+use crate::model::names;
+use crate::pki::PrivateKeyPem;
+
+const DATA_LINK: &str = "..data";
+const VERSION_PREFIX: &str = "..v";
+const MARKER: &str = "tlsward.json";
+const CLIENTS_DIR: &str = "clients";
+const KEY_MODE: u32 = 0o600;
+const CERT_MODE: u32 = 0o644;
+/// First line of every manifest tlsward writes.
+const MANIFEST_HEADER: &str = "# Written by tlsward; edits are overwritten on the next pass.\n";
+
+/// Ownership mark inside every credential set.
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    owner: String,
+    site: String,
+    issuer: String,
+}
+
+fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.display().to_string();
+    move |source| StoreError::Io { path, action, source }
+}
+
+fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{nanos}-{:08x}", rand::random::<u32>())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir, "sync directory"))
+}
+
+fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), StoreError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io(path, "create"))?;
+    // The umask may have narrowed the mode; a key must end up exactly 0600.
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io(path, "chmod"))?;
+    f.write_all(contents).map_err(io(path, "write"))?;
+    f.sync_all().map_err(io(path, "fsync"))
+}
+
+/// Writes one file atomically (temp file, fsync, rename, fsync of the directory).
+/// Returns false without writing when the file already holds exactly `contents`.
+pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<bool, StoreError> {
+    if fs::read(path).is_ok_and(|old| old == contents)
+        && fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o777 == mode)
+    {
+        return Ok(false);
+    }
+    let dir = path.parent().expect("a file path has a parent");
+    fs::create_dir_all(dir).map_err(io(dir, "create directory"))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}", unique_suffix()));
+    write_new_file(&tmp, contents, mode)?;
+    fs::rename(&tmp, path).map_err(io(path, "rename into place"))?;
+    sync_dir(dir)?;
+    Ok(true)
+}
+
+/// Replaces symlink `link` with one pointing at `target`, atomically.
+fn swap_symlink(dir: &Path, link: &str, target: &str) -> Result<(), StoreError> {
+    let path = dir.join(link);
+    if fs::read_link(&path).is_ok_and(|t| t == Path::new(target)) {
+        return Ok(());
+    }
+    let tmp = dir.join(format!("..tmp-{}", unique_suffix()));
+    symlink(target, &tmp).map_err(io(&tmp, "create symlink"))?;
+    fs::rename(&tmp, &path).map_err(io(&path, "rename symlink into place"))
+}
+
+/// Writes a set of files as one unit under `dir` (see the module doc). Files whose
+/// name contains `/` are placed in subdirectories; the top level of each is exposed
+/// through a symlink into `..data`.
+fn write_set(dir: &Path, files: &[(String, Vec<u8>, u32)]) -> Result<(), StoreError> {
+    fs::create_dir_all(dir).map_err(io(dir, "create directory"))?;
+    let version = format!("{VERSION_PREFIX}{}", unique_suffix());
+    let vdir = dir.join(&version);
+    fs::create_dir(&vdir).map_err(io(&vdir, "create directory"))?;
+    fs::set_permissions(&vdir, fs::Permissions::from_mode(0o755)).map_err(io(&vdir, "chmod"))?;
+    let mut subdirs = Vec::new();
+    for (name, contents, mode) in files {
+        let path = vdir.join(name);
+        let parent = path.parent().expect("joined path has a parent");
+        if parent != vdir {
+            fs::create_dir_all(parent).map_err(io(parent, "create directory"))?;
+            subdirs.push(parent.to_path_buf());
+        }
+        write_new_file(&path, contents, *mode)?;
+    }
+    for d in subdirs.iter().rev() {
+        sync_dir(d)?;
+    }
+    sync_dir(&vdir)?;
+
+    let mut top: Vec<&str> = files.iter().map(|(n, ..)| n.split('/').next().unwrap_or(n)).collect();
+    top.sort();
+    top.dedup();
+    // Links first (dangling until the swap), so a crash after the swap leaves none missing.
+    for name in &top {
+        swap_symlink(dir, name, &format!("{DATA_LINK}/{name}"))?;
+    }
+    swap_symlink(dir, DATA_LINK, &version)?;
+    sync_dir(dir)?;
+
+    for entry in fs::read_dir(dir).map_err(io(dir, "list"))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
+        if name.starts_with(VERSION_PREFIX) && name != version {
+            fs::remove_dir_all(&path).map_err(io(&path, "remove old version"))?;
+        } else if name.starts_with("..tmp-") {
+            fs::remove_file(&path).map_err(io(&path, "remove temporary link"))?;
+        } else if is_link
+            && name != DATA_LINK
+            && !top.contains(&name.as_str())
+            && fs::read_link(&path).is_ok_and(|t| t.starts_with(DATA_LINK))
+        {
+            fs::remove_file(&path).map_err(io(&path, "remove stale link"))?;
+        }
+    }
+    sync_dir(dir)
+}
+
+/// Reads every file of the current version of a set, by relative path.
+fn read_set(dir: &Path) -> Result<Option<BTreeMap<String, Vec<u8>>>, StoreError> {
+    let data = dir.join(DATA_LINK);
+    if fs::symlink_metadata(&data).is_err() {
+        return Ok(None);
+    }
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(data.clone(), String::new())];
+    while let Some((d, prefix)) = stack.pop() {
+        for entry in fs::read_dir(&d).map_err(io(&d, "list"))?.flatten() {
+            let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push((path, format!("{name}/")));
+            } else {
+                out.insert(name, fs::read(&path).map_err(io(&path, "read"))?);
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+pub struct FilesStore {
+    root: PathBuf,
+    owner: String,
+}
+
+impl FilesStore {
+    pub fn new(root: impl Into<PathBuf>, owner: &str) -> FilesStore {
+        FilesStore {
+            root: root.into(),
+            owner: owner.to_string(),
+        }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    fn credentials_dir(&self) -> PathBuf {
+        self.root.join("credentials")
+    }
+    fn manifest_path(&self, key: &str) -> PathBuf {
+        self.root
+            .join("manifests")
+            .join(format!("{}.yaml", key.replace('/', "-")))
+    }
+
+    fn read_bundle(&self, site: &str, files: &BTreeMap<String, Vec<u8>>) -> Result<CredentialBundle, String> {
+        let text = |name: &str| -> Result<String, String> {
+            let bytes = files.get(name).ok_or_else(|| format!("{name} is missing"))?;
+            String::from_utf8(bytes.clone()).map_err(|_| format!("{name} is not text"))
+        };
+        let marker: Marker = serde_json::from_str(&text(MARKER)?).map_err(|e| format!("{MARKER}: {e}"))?;
+        let mut clients = BTreeMap::new();
+        for name in files.keys() {
+            if let Some(rest) = name.strip_prefix(&format!("{CLIENTS_DIR}/"))
+                && let Some(client) = rest.strip_suffix(&format!("/{}", names::TLS_CRT))
+            {
+                clients.insert(
+                    client.to_string(),
+                    KeyPairPem {
+                        chain_pem: text(name)?,
+                        key: PrivateKeyPem::new(text(&format!("{CLIENTS_DIR}/{client}/{}", names::TLS_KEY))?),
+                    },
+                );
+            }
+        }
+        Ok(CredentialBundle {
+            site: site.to_string(),
+            issuer: marker.issuer,
+            server: KeyPairPem {
+                chain_pem: text(names::TLS_CRT)?,
+                key: PrivateKeyPem::new(text(names::TLS_KEY)?),
+            },
+            client_ca_pem: files
+                .contains_key(names::CA_CRT)
+                .then(|| text(names::CA_CRT))
+                .transpose()?,
+            clients,
+        })
+    }
+
+    fn marker_owner(files: &BTreeMap<String, Vec<u8>>) -> Option<String> {
+        files
+            .get(MARKER)
+            .and_then(|b| serde_json::from_slice::<Marker>(b).ok())
+            .map(|m| m.owner)
+    }
+
+    /// Whether the manifest at `path` is an object labelled with our owner id.
+    fn manifest_owned(&self, path: &Path) -> Result<bool, StoreError> {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io(path, "read")(e)),
+        };
+        Ok(crate::config::yaml::parse(&text).is_ok_and(|(v, _)| {
+            v.pointer(&format!("/metadata/labels/{}", names::OWNER.replace('/', "~1")))
+                .and_then(Value::as_str)
+                == Some(self.owner.as_str())
+        }))
+    }
+}
+
+#[async_trait]
+impl Store for FilesStore {
+    async fn credentials(&self) -> Result<StoredCredentials, StoreError> {
+        let mut out = StoredCredentials::default();
+        let dir = self.credentials_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io(&dir, "list")(e)),
+        };
+        for entry in entries.flatten() {
+            let site = entry.file_name().to_string_lossy().into_owned();
+            if site.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            match read_set(&path)? {
+                Some(files) if Self::marker_owner(&files).as_deref() == Some(self.owner.as_str()) => {
+                    match self.read_bundle(&site, &files) {
+                        Ok(b) => {
+                            out.owned.insert(site, b);
+                        }
+                        Err(e) => {
+                            out.unreadable.insert(site, e);
+                        }
+                    }
+                }
+                Some(files) => {
+                    let who =
+                        Self::marker_owner(&files).map_or("no tlsward owner mark".into(), |o| format!("owner `{o}`"));
+                    out.foreign
+                        .insert(site, format!("{} holds a credential with {who}", path.display()));
+                }
+                None => {
+                    let has_content = fs::read_dir(&path).map(|mut d| d.next().is_some()).unwrap_or(false);
+                    if has_content {
+                        out.foreign
+                            .insert(site, format!("{} holds files tlsward did not write", path.display()));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn write_credential(&self, bundle: &CredentialBundle) -> Result<(), StoreError> {
+        verify_bundle(bundle)?;
+        let dir = self.credentials_dir().join(&bundle.site);
+        if let Some(files) = read_set(&dir)? {
+            if Self::marker_owner(&files).as_deref() != Some(self.owner.as_str()) {
+                return Err(StoreError::Foreign {
+                    what: dir.display().to_string(),
+                    owner: self.owner.clone(),
+                });
+            }
+        } else if fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
+            return Err(StoreError::Foreign {
+                what: dir.display().to_string(),
+                owner: self.owner.clone(),
+            });
+        }
+        let marker = Marker {
+            owner: self.owner.clone(),
+            site: bundle.site.clone(),
+            issuer: bundle.issuer.clone(),
+        };
+        let mut files = vec![
+            (
+                names::TLS_CRT.to_string(),
+                bundle.server.chain_pem.as_bytes().to_vec(),
+                CERT_MODE,
+            ),
+            (
+                names::TLS_KEY.to_string(),
+                bundle.server.key.expose().as_bytes().to_vec(),
+                KEY_MODE,
+            ),
+            (
+                MARKER.to_string(),
+                serde_json::to_vec_pretty(&marker).expect("marker is JSON"),
+                CERT_MODE,
+            ),
+        ];
+        if let Some(ca) = &bundle.client_ca_pem {
+            files.push((names::CA_CRT.to_string(), ca.as_bytes().to_vec(), CERT_MODE));
+        }
+        for (name, pair) in &bundle.clients {
+            files.push((
+                format!("{CLIENTS_DIR}/{name}/{}", names::TLS_CRT),
+                pair.chain_pem.as_bytes().to_vec(),
+                CERT_MODE,
+            ));
+            files.push((
+                format!("{CLIENTS_DIR}/{name}/{}", names::TLS_KEY),
+                pair.key.expose().as_bytes().to_vec(),
+                KEY_MODE,
+            ));
+        }
+        write_set(&dir, &files)
+    }
+
+    async fn delete_credential(&self, site: &str) -> Result<(), StoreError> {
+        let dir = self.credentials_dir().join(site);
+        match read_set(&dir)? {
+            Some(files) if Self::marker_owner(&files).as_deref() == Some(self.owner.as_str()) => {
+                fs::remove_dir_all(&dir).map_err(io(&dir, "remove"))?;
+                sync_dir(&self.credentials_dir())
+            }
+            None => Ok(()),
+            Some(_) => Err(StoreError::Foreign {
+                what: dir.display().to_string(),
+                owner: self.owner.clone(),
+            }),
+        }
+    }
+
+    async fn read_state(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, StoreError> {
+        read_set(&self.root.join("state").join(name))
+    }
+
+    async fn write_state(&self, name: &str, files: &[StateFile]) -> Result<(), StoreError> {
+        let state = self.root.join("state");
+        fs::create_dir_all(&state).map_err(io(&state, "create directory"))?;
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).map_err(io(&state, "chmod"))?;
+        let files: Vec<(String, Vec<u8>, u32)> = files
+            .iter()
+            .map(|f| {
+                (
+                    f.name.clone(),
+                    f.contents.clone(),
+                    if f.secret { KEY_MODE } else { CERT_MODE },
+                )
+            })
+            .collect();
+        write_set(&state.join(name), &files)
+    }
+
+    async fn write_trust(&self, issuer: &str, pem: &str) -> Result<bool, StoreError> {
+        write_file_atomic(
+            &self.root.join("trust").join(format!("{issuer}.crt")),
+            pem.as_bytes(),
+            CERT_MODE,
+        )
+    }
+
+    async fn owned_objects(&self) -> Result<Vec<String>, StoreError> {
+        let dir = self.root.join("manifests");
+        let mut out = Vec::new();
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(out);
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "yaml") && self.manifest_owned(&path)? {
+                let text = fs::read_to_string(&path).map_err(io(&path, "read"))?;
+                if let Ok((v, _)) = crate::config::yaml::parse(&text) {
+                    out.push(object_key(&v));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn apply_object(&self, object: &Value) -> Result<bool, StoreError> {
+        let key = object_key(object);
+        let path = self.manifest_path(&key);
+        if path.exists() && !self.manifest_owned(&path)? {
+            return Err(StoreError::Foreign {
+                what: path.display().to_string(),
+                owner: self.owner.clone(),
+            });
+        }
+        let yaml = serde_saphyr::to_string(object).expect("a JSON value serializes to YAML");
+        write_file_atomic(&path, format!("{MANIFEST_HEADER}{yaml}").as_bytes(), CERT_MODE)
+    }
+
+    async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.manifest_path(key);
+        if !self.manifest_owned(&path)? {
+            return Err(StoreError::Foreign {
+                what: path.display().to_string(),
+                owner: self.owner.clone(),
+            });
+        }
+        fs::remove_file(&path).map_err(io(&path, "remove"))?;
+        sync_dir(path.parent().expect("manifest has a directory"))
+    }
+}

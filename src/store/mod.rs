@@ -1,0 +1,165 @@
+//! Where credentials, objects and tlsward's own state live, behind one trait: a
+//! directory (`files`) now, Kubernetes next. A store writes what it is given, whole,
+//! and refuses a key that does not match its certificate; it never touches what
+//! carries no tlsward ownership mark. It decides nothing else.
+
+pub mod files;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::pki::PrivateKeyPem;
+
+/// One file of a state set (CA keys, …).
+#[derive(Clone, Debug)]
+pub struct StateFile {
+    pub name: String,
+    pub contents: Vec<u8>,
+    pub secret: bool,
+}
+
+impl StateFile {
+    pub fn public(name: &str, contents: &str) -> StateFile {
+        StateFile {
+            name: name.into(),
+            contents: contents.as_bytes().to_vec(),
+            secret: false,
+        }
+    }
+    pub fn secret(name: &str, contents: &str) -> StateFile {
+        StateFile {
+            name: name.into(),
+            contents: contents.as_bytes().to_vec(),
+            secret: true,
+        }
+    }
+}
+
+/// A certificate chain (leaf first) with its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPairPem {
+    pub chain_pem: String,
+    pub key: PrivateKeyPem,
+}
+
+/// Everything a store holds for one site, written and read as one unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialBundle {
+    pub site: String,
+    /// The issuer that signed `server` (recorded to detect an issuer change).
+    pub issuer: String,
+    pub server: KeyPairPem,
+    /// The client CA that MUTUAL servers verify clients against.
+    pub client_ca_pem: Option<String>,
+    pub clients: BTreeMap<String, KeyPairPem>,
+}
+
+/// What a store found: tlsward's credentials, and names it must leave alone.
+#[derive(Clone, Debug, Default)]
+pub struct StoredCredentials {
+    pub owned: BTreeMap<String, CredentialBundle>,
+    /// Sites whose credential location holds something tlsward does not own.
+    pub foreign: BTreeMap<String, String>,
+    /// Owned credentials that could not be read (reissued by the plan).
+    pub unreadable: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {action}: {source}")]
+    Io {
+        path: String,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("refusing to write the credential of site `{site}`: {reason}")]
+    Refused { site: String, reason: String },
+    #[error("{what} is not tlsward's (no owner mark for `{owner}`): left untouched")]
+    Foreign { what: String, owner: String },
+    #[error("{0} store is not supported by this build yet")]
+    Unsupported(&'static str),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// The stored credentials, read back whole.
+    async fn credentials(&self) -> Result<StoredCredentials, StoreError>;
+    /// Writes a site's credential whole, after checking every key against its certificate.
+    async fn write_credential(&self, bundle: &CredentialBundle) -> Result<(), StoreError>;
+    /// Removes an owned credential of a site no longer configured.
+    async fn delete_credential(&self, site: &str) -> Result<(), StoreError>;
+    /// Reads a set of state files, `None` when absent.
+    async fn read_state(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, StoreError>;
+    /// Writes a set of state files as one unit.
+    async fn write_state(&self, name: &str, files: &[StateFile]) -> Result<(), StoreError>;
+    /// Publishes the root clients of an issuer trust; returns whether it changed.
+    async fn write_trust(&self, issuer: &str, pem: &str) -> Result<bool, StoreError>;
+    /// Names (`kind/name`) of the objects tlsward owns in the store.
+    async fn owned_objects(&self) -> Result<Vec<String>, StoreError>;
+    /// Creates or updates an object (Gateway, VirtualService, Secret metadata); returns
+    /// whether anything changed.
+    async fn apply_object(&self, object: &Value) -> Result<bool, StoreError>;
+    /// Deletes an object tlsward owns (`kind/name`).
+    async fn delete_object(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// `kind/name` of an object, as `owned_objects` lists them.
+pub fn object_key(object: &Value) -> String {
+    format!(
+        "{}/{}",
+        object["kind"].as_str().unwrap_or_default().to_ascii_lowercase(),
+        object["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
+/// Checks every key of a bundle against its certificate; the one gate before any write.
+pub fn verify_bundle(bundle: &CredentialBundle) -> Result<(), StoreError> {
+    let refuse = |reason: String| StoreError::Refused {
+        site: bundle.site.clone(),
+        reason,
+    };
+    let mut pairs = vec![("server".to_string(), &bundle.server)];
+    pairs.extend(bundle.clients.iter().map(|(n, p)| (format!("client `{n}`"), p)));
+    for (what, pair) in pairs {
+        match crate::pki::key_matches(&pair.chain_pem, &pair.key) {
+            Ok(true) => {}
+            Ok(false) => return Err(refuse(format!("the {what} key does not match its certificate"))),
+            Err(e) => return Err(refuse(format!("the {what} certificate or key is unreadable: {e}"))),
+        }
+    }
+    if let Some(ca) = &bundle.client_ca_pem {
+        crate::pki::certificates_der(ca).map_err(|e| refuse(format!("the client CA is unreadable: {e}")))?;
+    }
+    Ok(())
+}
+
+impl CredentialBundle {
+    /// The facts the core plans from. Fails only when a certificate is unreadable.
+    pub fn observe(&self) -> Result<crate::model::ObservedCredential, crate::pki::PkiError> {
+        let server = crate::pki::facts(&self.server.chain_pem)?;
+        let key_matches = crate::pki::key_matches(&self.server.chain_pem, &self.server.key).unwrap_or(false);
+        let client_ca_fingerprint = match &self.client_ca_pem {
+            Some(pem) => Some(crate::pki::fingerprint(&crate::pki::certificates_der(pem)?[0])),
+            None => None,
+        };
+        let mut clients = Vec::new();
+        for (name, pair) in &self.clients {
+            let matches = crate::pki::key_matches(&pair.chain_pem, &pair.key).unwrap_or(false);
+            // A client whose key does not match counts as missing: it is reissued.
+            if matches {
+                clients.push((name.clone(), crate::pki::facts(&pair.chain_pem)?));
+            }
+        }
+        Ok(crate::model::ObservedCredential {
+            site: self.site.clone(),
+            issuer: self.issuer.clone(),
+            server,
+            key_matches,
+            client_ca_fingerprint,
+            clients,
+        })
+    }
+}
