@@ -142,6 +142,7 @@ pub enum KeyAlgorithm {
     #[default]
     EcdsaP256,
     EcdsaP384,
+    #[serde(rename = "rsa-2048")]
     Rsa2048,
 }
 

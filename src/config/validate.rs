@@ -156,11 +156,12 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
                 "must select the gateway workload by at least one label",
             );
         }
-        if let Some(addr) = &g.address {
-            static_address_is_hostname = check_address(&mut c, addr);
-        }
     }
-    let has_address = gateway.as_ref().is_some_and(|g| g.address.is_some());
+    // Read on its own, so that an error elsewhere in `gateway` does not hide these.
+    if let Some(addr) = piece::<AddressSpec>(root, "/gateway/address") {
+        static_address_is_hostname = check_address(&mut c, &addr);
+    }
+    let has_address = root.pointer("/gateway/address").is_some();
 
     let issuer_names: HashSet<String> = map_keys(root, "/issuers").into_iter().collect();
     let provider_names: HashSet<String> = map_keys(root, "/dns/providers").into_iter().collect();

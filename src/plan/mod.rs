@@ -446,3 +446,6 @@ pub fn plan(config: &ConfigFile, observed: &Observed, now: OffsetDateTime, seed:
         next_renewal: next,
     }
 }
+
+#[cfg(test)]
+mod tests;

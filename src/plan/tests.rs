@@ -1,0 +1,369 @@
+//! The core's specification: inputs built by hand, the plan asserted.
+
+use std::collections::BTreeSet;
+
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+
+use super::*;
+use crate::config::Config;
+use crate::dns::registry::{Change, ownership_name, ownership_value};
+use crate::model::{Address, CertificateFacts, GatewayAddress, ObservedCredential, RecordSet, RecordType};
+
+const NOW: OffsetDateTime = datetime!(2026-06-01 12:00 UTC);
+const SEED: u64 = 7;
+
+fn config(extra_sites: &str) -> ConfigFile {
+    let text = format!(
+        r#"
+owner_id: test-owner
+store: {{files: {{dir: out}}}}
+gateway: {{address: {{static: [203.0.113.10]}}}}
+issuers:
+  internal: {{ca: {{leaf_validity: 30d}}}}
+  other: {{ca: {{}}}}
+dns:
+  providers:
+    local: {{zonefile: {{zone: z.example.}}}}
+renew_before: 33%
+sites:
+  - name: shop
+    hosts: [shop.z.example]
+    issuer: internal
+    dns: local
+    route: {{to: shop.default.svc.cluster.local, port: 80}}
+{extra_sites}"#
+    );
+    Config::parse("test.yaml", &text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+const MUTUAL: &str = r#"  - name: inv
+    hosts: [inv.z.example]
+    issuer: internal
+    dns: local
+    tls: {mode: MUTUAL, clients: [scanner]}
+    route: {to: inv.default.svc.cluster.local, port: 80}
+"#;
+
+fn facts(names: &[&str], not_before: OffsetDateTime, days: i64, signer: &str) -> CertificateFacts {
+    CertificateFacts {
+        dns_names: names.iter().map(|s| s.to_string()).collect(),
+        not_before,
+        not_after: not_before + Duration::days(days),
+        issuer_fingerprint: Some(signer.to_string()),
+        serial_hex: "01".into(),
+    }
+}
+
+fn stored(site: &str, hosts: &[&str], issued: OffsetDateTime) -> ObservedCredential {
+    ObservedCredential {
+        site: site.into(),
+        issuer: "internal".into(),
+        server: facts(hosts, issued, 30, "sig-internal"),
+        key_matches: true,
+        client_ca_fingerprint: None,
+        clients: vec![],
+    }
+}
+
+fn observed_with(creds: Vec<ObservedCredential>) -> Observed {
+    let mut o = Observed {
+        address: Some(GatewayAddress::new(vec![Address::Ip("203.0.113.10".parse().unwrap())])),
+        ..Observed::default()
+    };
+    o.signers.insert("internal".into(), "sig-internal".into());
+    o.zones.insert("local".into(), Ok(vec![]));
+    for c in creds {
+        o.credentials.insert(c.site.clone(), c);
+    }
+    o
+}
+
+fn server_of<'a>(p: &'a Plan, site: &str) -> &'a Action {
+    &p.credentials.iter().find(|c| c.site == site).unwrap().server
+}
+
+fn records(p: &Plan) -> Vec<Change> {
+    p.zones.iter().flat_map(|z| z.diff.changes.clone()).collect()
+}
+
+#[test]
+fn a_fresh_config_issues_every_credential() {
+    let p = plan(&config(MUTUAL), &observed_with(vec![]), NOW, SEED);
+    assert_eq!(server_of(&p, "shop"), &Action::Issue(Reason::Missing));
+    let inv = p.credentials.iter().find(|c| c.site == "inv").unwrap();
+    assert_eq!(inv.client_ca, Some(Action::Issue(Reason::Missing)));
+    assert_eq!(inv.clients, vec![("scanner".to_string(), Action::Issue(Reason::Missing))]);
+    assert!(p.credentials.iter().all(CredentialPlan::needs_write));
+    assert_eq!(p.next_renewal, None);
+}
+
+#[test]
+fn a_valid_credential_is_kept_until_its_renewal_time() {
+    let issued = NOW - Duration::days(5);
+    let p = plan(&config(""), &observed_with(vec![stored("shop", &["shop.z.example"], issued)]), NOW, SEED);
+    let Action::Keep { renew_at: Some(_) } = server_of(&p, "shop") else {
+        panic!("{:?}", server_of(&p, "shop"))
+    };
+    let at = p.next_renewal.unwrap();
+    // 33% of 30 days before expiry, made earlier by at most an hour of jitter.
+    let base = issued + Duration::days(30) - Duration::seconds((30.0 * 86_400.0 * 0.33) as i64);
+    assert!(at <= base && base - at <= Duration::hours(1), "{at} vs {base}");
+    assert!(!p.credentials[0].needs_write());
+}
+
+#[test]
+fn a_credential_inside_its_renewal_window_is_renewed() {
+    let issued = NOW - Duration::days(25); // 5 of 30 days left < 33%
+    let p = plan(&config(""), &observed_with(vec![stored("shop", &["shop.z.example"], issued)]), NOW, SEED);
+    assert!(matches!(server_of(&p, "shop"), Action::Issue(Reason::RenewalDue { .. })));
+}
+
+#[test]
+fn renew_before_as_a_duration_counts_from_expiry() {
+    let mut cfg = config("");
+    cfg.renew_before = crate::config::RenewBefore::Remaining(crate::config::Duration::from_days(3));
+    let o = observed_with(vec![stored("shop", &["shop.z.example"], NOW - Duration::days(25))]);
+    assert!(matches!(server_of(&plan(&cfg, &o, NOW, SEED), "shop"), Action::Keep { .. }));
+    let o = observed_with(vec![stored("shop", &["shop.z.example"], NOW - Duration::days(28))]);
+    assert!(matches!(server_of(&plan(&cfg, &o, NOW, SEED), "shop"), Action::Issue(Reason::RenewalDue { .. })));
+}
+
+#[test]
+fn an_expired_credential_is_reissued() {
+    let o = observed_with(vec![stored("shop", &["shop.z.example"], NOW - Duration::days(31))]);
+    assert!(matches!(server_of(&plan(&config(""), &o, NOW, SEED), "shop"), Action::Issue(Reason::Expired { .. })));
+}
+
+#[test]
+fn a_changed_host_list_reissues() {
+    let o = observed_with(vec![stored("shop", &["old.z.example"], NOW)]);
+    assert_eq!(
+        server_of(&plan(&config(""), &o, NOW, SEED), "shop"),
+        &Action::Issue(Reason::HostsChanged { stored: vec!["old.z.example".into()], wanted: vec!["shop.z.example".into()] })
+    );
+}
+
+#[test]
+fn a_changed_issuer_reissues() {
+    let mut c = stored("shop", &["shop.z.example"], NOW);
+    c.issuer = "other".into();
+    assert_eq!(
+        server_of(&plan(&config(""), &observed_with(vec![c]), NOW, SEED), "shop"),
+        &Action::Issue(Reason::IssuerChanged { from: "other".into(), to: "internal".into() })
+    );
+}
+
+#[test]
+fn a_key_that_does_not_match_reissues() {
+    let mut c = stored("shop", &["shop.z.example"], NOW);
+    c.key_matches = false;
+    assert_eq!(server_of(&plan(&config(""), &observed_with(vec![c]), NOW, SEED), "shop"), &Action::Issue(Reason::KeyMismatch));
+}
+
+#[test]
+fn a_certificate_from_a_replaced_ca_reissues() {
+    let mut o = observed_with(vec![stored("shop", &["shop.z.example"], NOW)]);
+    o.signers.insert("internal".into(), "a-new-intermediate".into());
+    assert_eq!(server_of(&plan(&config(""), &o, NOW, SEED), "shop"), &Action::Issue(Reason::SignerChanged));
+    // A lost CA (nothing in state) will be recreated, so the leaf is reissued too.
+    o.signers.clear();
+    assert_eq!(server_of(&plan(&config(""), &o, NOW, SEED), "shop"), &Action::Issue(Reason::SignerChanged));
+}
+
+#[test]
+fn an_unreadable_credential_is_reissued() {
+    let mut o = observed_with(vec![]);
+    o.unreadable_credentials.insert("shop".into(), "tls.key is missing".into());
+    assert!(matches!(server_of(&plan(&config(""), &o, NOW, SEED), "shop"), Action::Issue(Reason::Unreadable { .. })));
+}
+
+fn mutual_stored(clients: &[&str], ca: &str) -> ObservedCredential {
+    let mut c = stored("inv", &["inv.z.example"], NOW - Duration::days(1));
+    c.client_ca_fingerprint = Some(ca.into());
+    c.clients = clients.iter().map(|n| (n.to_string(), facts(&[], NOW - Duration::days(1), 30, ca))).collect();
+    c
+}
+
+#[test]
+fn adding_a_client_issues_only_that_client() {
+    let cfg = config(&MUTUAL.replace("clients: [scanner]", "clients: [scanner, till]"));
+    let mut o = observed_with(vec![mutual_stored(&["scanner"], "ca-1")]);
+    o.client_cas.insert("inv".into(), "ca-1".into());
+    let p = plan(&cfg, &o, NOW, SEED);
+    let inv = p.credentials.iter().find(|c| c.site == "inv").unwrap();
+    assert!(matches!(inv.server, Action::Keep { .. }));
+    assert_eq!(inv.client_ca, Some(Action::Keep { renew_at: None }));
+    assert!(matches!(inv.clients[0], (ref n, Action::Keep { .. }) if n == "scanner"));
+    assert_eq!(inv.clients[1], ("till".to_string(), Action::Issue(Reason::Missing)));
+    assert!(inv.needs_write());
+}
+
+#[test]
+fn a_new_client_ca_reissues_every_client() {
+    let mut o = observed_with(vec![mutual_stored(&["scanner"], "ca-old")]);
+    o.client_cas.insert("inv".into(), "ca-new".into());
+    let p = plan(&config(MUTUAL), &o, NOW, SEED);
+    let inv = p.credentials.iter().find(|c| c.site == "inv").unwrap();
+    assert_eq!(inv.client_ca, Some(Action::Issue(Reason::ClientCaChanged)));
+    assert_eq!(inv.clients[0].1, Action::Issue(Reason::ClientCaChanged));
+}
+
+#[test]
+fn removing_a_client_or_mutual_mode_drops_the_stored_parts() {
+    let mut o = observed_with(vec![mutual_stored(&["scanner", "gone"], "ca-1")]);
+    o.client_cas.insert("inv".into(), "ca-1".into());
+    let p = plan(&config(MUTUAL), &o, NOW, SEED);
+    let inv = p.credentials.iter().find(|c| c.site == "inv").unwrap();
+    assert_eq!(inv.dropped, vec!["client `gone`".to_string()]);
+    assert!(inv.needs_write());
+
+    let simple = config(&MUTUAL.replace("{mode: MUTUAL, clients: [scanner]}", "{mode: SIMPLE}"));
+    let p = plan(&simple, &o, NOW, SEED);
+    let inv = p.credentials.iter().find(|c| c.site == "inv").unwrap();
+    assert_eq!(inv.client_ca, None);
+    assert_eq!(inv.dropped, vec!["client `scanner`", "client `gone`", "client CA"]);
+}
+
+#[test]
+fn a_foreign_credential_blocks_the_site_and_is_reported() {
+    let mut o = observed_with(vec![]);
+    o.foreign_credentials.insert("shop".into(), "out/credentials/shop holds files tlsward did not write".into());
+    let p = plan(&config(""), &o, NOW, SEED);
+    assert!(p.credentials[0].blocked.is_some());
+    assert!(!p.credentials[0].needs_write());
+    assert_eq!(p.conflicts.len(), 1);
+    assert!(p.conflicts[0].subject.contains("shop-credential"));
+    // and the Gateway does not name a credential it cannot vouch for
+    assert_eq!(p.objects[0]["spec"]["servers"], serde_json::json!([]));
+}
+
+#[test]
+fn the_gateway_has_an_https_and_a_redirecting_http_server_per_site() {
+    let p = plan(&config(MUTUAL), &observed_with(vec![]), NOW, SEED);
+    let gw = &p.objects[0];
+    assert_eq!(gw["kind"], "Gateway");
+    assert_eq!(gw["apiVersion"], "networking.istio.io/v1");
+    assert_eq!(gw["metadata"]["labels"]["tlsward.io/owner"], "test-owner");
+    let servers = gw["spec"]["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 4);
+    assert_eq!(servers[0]["port"]["number"], 443);
+    assert_eq!(servers[0]["tls"]["credentialName"], "shop-credential");
+    assert_eq!(servers[0]["tls"]["mode"], "SIMPLE");
+    assert_eq!(servers[1]["port"]["number"], 80);
+    assert_eq!(servers[1]["tls"]["httpsRedirect"], true);
+    assert_eq!(servers[2]["tls"]["mode"], "MUTUAL");
+    let vs = p.objects.iter().find(|o| o["kind"] == "VirtualService" && o["metadata"]["name"] == "inv").unwrap();
+    assert_eq!(vs["spec"]["hosts"][0], "inv.z.example");
+    assert_eq!(vs["spec"]["http"][0]["route"][0]["destination"]["host"], "inv.default.svc.cluster.local");
+    let secret = p.objects.iter().find(|o| o["kind"] == "Secret" && o["metadata"]["name"] == "inv-credential").unwrap();
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    assert_eq!(secret["metadata"]["annotations"]["tlsward.io/keys"], "tls.crt,tls.key,ca.crt");
+    assert!(secret.get("data").is_none(), "no key material in manifests");
+}
+
+#[test]
+fn generic_format_names_the_secret_keys_cert_key_cacert() {
+    let cfg = config(&MUTUAL.replace("clients: [scanner]}", "clients: [scanner], format: generic}"));
+    let p = plan(&cfg, &observed_with(vec![]), NOW, SEED);
+    let secret = p.objects.iter().find(|o| o["metadata"]["name"] == "inv-credential").unwrap();
+    assert_eq!(secret["type"], "Opaque");
+    assert_eq!(secret["metadata"]["annotations"]["tlsward.io/keys"], "cert,key,cacert");
+}
+
+#[test]
+fn a_removed_site_loses_its_credential_and_owned_objects() {
+    let mut o = observed_with(vec![stored("shop", &["shop.z.example"], NOW), stored("gone", &["gone.z.example"], NOW)]);
+    o.owned_objects = vec!["gateway/tlsward-gateway".into(), "secret/gone-credential".into(), "virtualservice/gone".into(), "virtualservice/shop".into()];
+    let p = plan(&config(""), &o, NOW, SEED);
+    assert_eq!(p.removed_credentials, vec!["gone".to_string()]);
+    assert_eq!(p.objects_to_delete, vec!["secret/gone-credential".to_string(), "virtualservice/gone".to_string()]);
+}
+
+#[test]
+fn dns_follows_ipv4_and_ipv6_with_a_and_aaaa() {
+    let mut o = observed_with(vec![]);
+    o.address = Some(GatewayAddress::new(vec![
+        Address::Ip("2001:db8::1".parse().unwrap()),
+        Address::Ip("203.0.113.11".parse().unwrap()),
+        Address::Ip("203.0.113.10".parse().unwrap()),
+    ]));
+    let changes = records(&plan(&config(""), &o, NOW, SEED));
+    assert!(changes.contains(&Change::Upsert(RecordSet::new("shop.z.example", RecordType::A, 60, vec!["203.0.113.10".into(), "203.0.113.11".into()]))));
+    assert!(changes.contains(&Change::Upsert(RecordSet::new("shop.z.example", RecordType::AAAA, 60, vec!["2001:db8::1".into()]))));
+    assert!(changes.contains(&Change::Upsert(RecordSet::new(ownership_name("shop.z.example"), RecordType::TXT, 60, vec![ownership_value("test-owner", "shop")]))));
+}
+
+#[test]
+fn lb_switch_from_ip_to_hostname_replaces_a_with_cname() {
+    let mut o = observed_with(vec![]);
+    o.zones.insert(
+        "local".into(),
+        Ok(vec![
+            RecordSet::new("shop.z.example", RecordType::A, 60, vec!["203.0.113.10".into()]),
+            RecordSet::new(ownership_name("shop.z.example"), RecordType::TXT, 60, vec![ownership_value("test-owner", "shop")]),
+        ]),
+    );
+    o.address = Some(GatewayAddress::new(vec![Address::Hostname(crate::model::Hostname::parse("lb-1.elb.example.net", false).unwrap())]));
+    assert_eq!(
+        records(&plan(&config(""), &o, NOW, SEED)),
+        vec![
+            Change::Delete(RecordSet::new("shop.z.example", RecordType::A, 60, vec!["203.0.113.10".into()])),
+            Change::Upsert(RecordSet::new("shop.z.example", RecordType::CNAME, 60, vec!["lb-1.elb.example.net".into()])),
+        ]
+    );
+}
+
+#[test]
+fn no_address_yet_means_no_dns_changes_at_all() {
+    let mut o = observed_with(vec![]);
+    o.zones.insert(
+        "local".into(),
+        Ok(vec![
+            RecordSet::new("shop.z.example", RecordType::A, 60, vec!["203.0.113.10".into()]),
+            RecordSet::new(ownership_name("shop.z.example"), RecordType::TXT, 60, vec![ownership_value("test-owner", "shop")]),
+        ]),
+    );
+    o.address = Some(GatewayAddress::default());
+    let p = plan(&config(""), &o, NOW, SEED);
+    assert!(records(&p).is_empty());
+    assert!(p.zones[0].unavailable.as_deref().unwrap().contains("no address"));
+}
+
+#[test]
+fn an_unreadable_zone_is_reported_not_guessed() {
+    let mut o = observed_with(vec![]);
+    o.zones.insert("local".into(), Err("line 3: SOA field 4 is not a number".into()));
+    let p = plan(&config(""), &o, NOW, SEED);
+    assert!(records(&p).is_empty());
+    assert_eq!(p.zones[0].unavailable.as_deref(), Some("line 3: SOA field 4 is not a number"));
+}
+
+#[test]
+fn the_next_renewal_is_the_earliest_of_all_kept_certificates() {
+    let cfg = config(&MUTUAL.replace("name: inv", "name: inv").replace("mode: MUTUAL, clients: [scanner]", "mode: SIMPLE"));
+    let early = NOW - Duration::days(15);
+    let late = NOW - Duration::days(1);
+    let mut inv = stored("inv", &["inv.z.example"], early);
+    inv.site = "inv".into();
+    let p = plan(&cfg, &observed_with(vec![stored("shop", &["shop.z.example"], late), inv]), NOW, SEED);
+    let Action::Keep { renew_at: Some(inv_at) } = server_of(&p, "inv") else { panic!() };
+    assert_eq!(rfc3339(p.next_renewal.unwrap()), *inv_at);
+}
+
+#[test]
+fn a_converged_world_plans_nothing_and_the_same_inputs_plan_the_same() {
+    let mut o = observed_with(vec![stored("shop", &["shop.z.example"], NOW - Duration::days(2))]);
+    o.zones.insert(
+        "local".into(),
+        Ok(vec![
+            RecordSet::new("shop.z.example", RecordType::A, 60, vec!["203.0.113.10".into()]),
+            RecordSet::new(ownership_name("shop.z.example"), RecordType::TXT, 60, vec![ownership_value("test-owner", "shop")]),
+        ]),
+    );
+    let a = plan(&config(""), &o, NOW, SEED);
+    assert!(a.is_noop(), "{}", text::to_text(&a));
+    assert_eq!(a, plan(&config(""), &o, NOW, SEED));
+    let ready: BTreeSet<String> = ["shop".to_string()].into();
+    assert_eq!(a.objects, crate::render::objects(&config(""), &ready));
+}

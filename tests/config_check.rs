@@ -1,0 +1,171 @@
+//! `tlsward check` and `tlsward schema` as a user runs them: exit codes, every error
+//! at once as FILE:LINE:COL: field.path: message, and a schema that agrees with check.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tlsward(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tlsward")).args(args).output().expect("run tlsward")
+}
+
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("tlsward.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn check(text: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), text);
+    let out = tlsward(&["check", "--config", path.to_str().unwrap()]);
+    let stderr = String::from_utf8(out.stderr).unwrap().replace(path.to_str().unwrap(), "F");
+    (out.status.code().unwrap(), String::from_utf8(out.stdout).unwrap(), stderr)
+}
+
+fn shipped_configs() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut out: Vec<PathBuf> = Vec::new();
+    for dir in [root.clone(), root.join("examples")] {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "yaml") {
+                out.push(e.path());
+            }
+        }
+    }
+    assert!(out.len() >= 3, "{out:?}");
+    out
+}
+
+fn schema_validator() -> jsonschema::Validator {
+    let out = tlsward(&["schema"]);
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+fn as_json(text: &str) -> serde_json::Value {
+    tlsward::config::yaml::parse(text).unwrap().0
+}
+
+const VALID: &str = "owner_id: o\nstore: {files: {dir: out}}\nissuers: {ca1: {ca: {}}}\nsites:\n  - name: s\n    hosts: [s.example.com]\n    issuer: ca1\n    route: {to: s.default.svc.cluster.local, port: 80}\n";
+
+#[test]
+fn every_shipped_config_passes_check_and_validates_against_the_schema() {
+    let validator = schema_validator();
+    for path in shipped_configs() {
+        let out = tlsward(&["check", "--config", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        let doc = as_json(&std::fs::read_to_string(&path).unwrap());
+        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+    }
+}
+
+#[test]
+fn the_schema_rejects_the_structural_errors_check_rejects() {
+    let validator = schema_validator();
+    let bad = [
+        VALID.replace("owner_id: o", "owner_id: o\ncolour: blue"),
+        VALID.replace("port: 80", "port: eighty"),
+        VALID.replace("{ca: {}}", "{ca: {key: dsa}}"),
+        VALID.replace("{files: {dir: out}}", "{files: {dir: out}, kubernetes: {}}"),
+        VALID.replace("{ca: {}}", "{ca: {leaf_validity: 30x}}"),
+        VALID.replace("    issuer: ca1\n", ""),
+    ];
+    for text in bad {
+        assert!(!validator.is_valid(&as_json(&text)), "schema accepted:\n{text}");
+        let (code, _, stderr) = check(&text);
+        assert_eq!(code, 1, "check accepted:\n{text}");
+        assert!(stderr.starts_with("F:"), "{stderr}");
+    }
+    assert!(validator.is_valid(&as_json(VALID)));
+    assert_eq!(check(VALID).0, 0);
+}
+
+#[test]
+fn check_reports_every_error_at_once_with_file_line_column_and_field() {
+    let text = r#"owner_id: foocorp
+store: {files: {dir: out}}
+gateway:
+  address: {static: [203.0.113.10]}
+  colour: blue
+issuers:
+  internal: {ca: {key: ecdsa-p255, leaf_validity: 30x}}
+dns:
+  providers:
+    corp: {rfc2136: {server: 10.0.0.53:53, zone: foocorp.example., tsig: {name: tlsward, secret: abc}}}
+    local: {zonefile: {zone: foocorp.example.}}
+renew_before: 120%
+sites:
+  - name: frontend
+    hosts: [frontend.foocorp.example, "a.*.foocorp.example", bad_host.foocorp.example]
+    issuer: internal
+    dns: nope
+    route: {to: frontend.ux.svc.cluster.local, port: 80}
+  - name: frontend
+    hosts: [FRONTEND.foocorp.example, other.example.org]
+    issuer: missing
+    dns: local
+    tls: {mode: SIMPLE, clients: [a]}
+    route: {to: x, port: "eighty"}
+"#;
+    let (code, stdout, stderr) = check(text);
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty());
+    let lines: Vec<&str> = stderr.lines().collect();
+    let expected = [
+        "F:5:3: gateway.colour: unknown field `colour`, expected one of: namespace, service, selector, name, address",
+        "F:7:24: issuers.internal.ca.key: \"ecdsa-p255\" is not one of",
+        "F:7:51: issuers.internal.ca.leaf_validity: invalid duration `30x`",
+        "F:10:90: dns.providers.corp.rfc2136.tsig.secret: secrets are never inline: use `secret_file`",
+        "F:12:15: renew_before: 120% is outside 0% < renew_before < 100%",
+        "F:15:39: sites[0].hosts[1]: `a.*.foocorp.example`: a wildcard `*` is only allowed as the whole leftmost label",
+        "F:15:62: sites[0].hosts[2]: `bad_host.foocorp.example`: label `bad_host` contains `_`",
+        "F:17:10: sites[0].dns: no DNS provider named `nope` under dns.providers",
+        "F:19:11: sites[1].name: duplicate site name `frontend` (also sites[0])",
+        "F:20:13: sites[1].hosts[0]: duplicate host `frontend.foocorp.example` (also sites[0].hosts[0])",
+        "F:20:39: sites[1].hosts[1]: `other.example.org` is not in zone `foocorp.example.` of DNS provider `local`",
+        "F:21:13: sites[1].issuer: no issuer named `missing` under issuers",
+        "F:23:34: sites[1].tls.clients: client certificates need `mode: MUTUAL`",
+        "F:24:26: sites[1].route.port: expected integer, found a string",
+    ];
+    for (i, want) in expected.iter().enumerate() {
+        assert!(lines.get(i).is_some_and(|l| l.starts_with(want)), "line {i}: want {want:?}\nall:\n{stderr}");
+    }
+    assert_eq!(lines.len(), expected.len(), "{stderr}");
+}
+
+#[test]
+fn a_yaml_syntax_error_is_reported_with_its_position() {
+    let (code, _, stderr) = check("owner_id: o\nsites: [a, b\nstore: x\n");
+    assert_eq!(code, 1);
+    assert!(stderr.starts_with("F:3:"), "{stderr}");
+    assert!(stderr.contains("YAML syntax error"), "{stderr}");
+}
+
+#[test]
+fn missing_required_fields_are_named() {
+    let (code, _, stderr) = check("owner_id: o\n");
+    assert_eq!(code, 1);
+    for field in ["store", "issuers", "sites"] {
+        assert!(stderr.contains(&format!("F:1:1: {field}: missing required field")), "{stderr}");
+    }
+}
+
+#[test]
+fn an_unreadable_file_is_an_error_not_a_panic() {
+    let out = tlsward(&["check", "--config", "/nonexistent/tlsward.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/tlsward.yaml:1:1: (document): cannot read"));
+}
+
+#[test]
+fn a_hostname_load_balancer_at_the_zone_apex_is_a_config_error() {
+    let text = VALID
+        .replace("store: {files: {dir: out}}", "store: {files: {dir: out}}\ngateway: {address: {static: [lb.example.net]}}\ndns: {providers: {z: {zonefile: {zone: example.com.}}}}")
+        .replace("hosts: [s.example.com]", "hosts: [example.com]\n    dns: z");
+    let (code, _, stderr) = check(&text);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is the zone apex, where a CNAME is impossible"), "{stderr}");
+}
