@@ -445,7 +445,11 @@ impl Runtime {
         };
         let after = plan::plan(&self.config.file, &observed, now, self.seed);
         report.next_renewal = after.next_renewal;
-        report.converged = report.failures.is_empty() && after.is_noop();
+        // Conflicts and zones that could not be planned leave something not as configured.
+        report.converged = report.failures.is_empty()
+            && after.is_noop()
+            && after.conflicts.is_empty()
+            && after.zones.iter().all(|z| z.unavailable.is_none());
         let states: Vec<CertificateState> = after
             .credentials
             .iter()

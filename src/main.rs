@@ -163,7 +163,10 @@ async fn run(path: &Path, once: bool, listen: SocketAddr) -> Result<ExitCode> {
             eprintln!("failed [{}] {}: {}", f.stage, f.subject, f.message);
         }
         if report.failures.is_empty() {
-            eprintln!("not converged: a second pass would still change something");
+            eprintln!(
+                "not converged: {} conflict(s) left untouched, or something a second pass would still change",
+                report.conflicts.len()
+            );
         }
         return Ok(ExitCode::from(1));
     }

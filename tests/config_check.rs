@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn tlsward(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tlsward")).args(args).output().expect("run tlsward")
+    Command::new(env!("CARGO_BIN_EXE_tlsward"))
+        .args(args)
+        .output()
+        .expect("run tlsward")
 }
 
 fn write_config(dir: &Path, text: &str) -> PathBuf {
@@ -18,8 +21,14 @@ fn check(text: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), text);
     let out = tlsward(&["check", "--config", path.to_str().unwrap()]);
-    let stderr = String::from_utf8(out.stderr).unwrap().replace(path.to_str().unwrap(), "F");
-    (out.status.code().unwrap(), String::from_utf8(out.stdout).unwrap(), stderr)
+    let stderr = String::from_utf8(out.stderr)
+        .unwrap()
+        .replace(path.to_str().unwrap(), "F");
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        stderr,
+    )
 }
 
 fn shipped_configs() -> Vec<PathBuf> {
@@ -55,7 +64,13 @@ fn every_shipped_config_passes_check_and_validates_against_the_schema() {
     let validator = schema_validator();
     for path in shipped_configs() {
         let out = tlsward(&["check", "--config", path.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(0), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let doc = as_json(&std::fs::read_to_string(&path).unwrap());
         let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{}: {errors:?}", path.display());
@@ -131,7 +146,10 @@ sites:
         "F:24:26: sites[1].route.port: expected integer, found a string",
     ];
     for (i, want) in expected.iter().enumerate() {
-        assert!(lines.get(i).is_some_and(|l| l.starts_with(want)), "line {i}: want {want:?}\nall:\n{stderr}");
+        assert!(
+            lines.get(i).is_some_and(|l| l.starts_with(want)),
+            "line {i}: want {want:?}\nall:\n{stderr}"
+        );
     }
     assert_eq!(lines.len(), expected.len(), "{stderr}");
 }
@@ -149,7 +167,10 @@ fn missing_required_fields_are_named() {
     let (code, _, stderr) = check("owner_id: o\n");
     assert_eq!(code, 1);
     for field in ["store", "issuers", "sites"] {
-        assert!(stderr.contains(&format!("F:1:1: {field}: missing required field")), "{stderr}");
+        assert!(
+            stderr.contains(&format!("F:1:1: {field}: missing required field")),
+            "{stderr}"
+        );
     }
 }
 
@@ -167,5 +188,8 @@ fn a_hostname_load_balancer_at_the_zone_apex_is_a_config_error() {
         .replace("hosts: [s.example.com]", "hosts: [example.com]\n    dns: z");
     let (code, _, stderr) = check(&text);
     assert_eq!(code, 1);
-    assert!(stderr.contains("is the zone apex, where a CNAME is impossible"), "{stderr}");
+    assert!(
+        stderr.contains("is the zone apex, where a CNAME is impossible"),
+        "{stderr}"
+    );
 }

@@ -93,7 +93,10 @@ fn a_fresh_config_issues_every_credential() {
     assert_eq!(server_of(&p, "shop"), &Action::Issue(Reason::Missing));
     let inv = p.credentials.iter().find(|c| c.site == "inv").unwrap();
     assert_eq!(inv.client_ca, Some(Action::Issue(Reason::Missing)));
-    assert_eq!(inv.clients, vec![("scanner".to_string(), Action::Issue(Reason::Missing))]);
+    assert_eq!(
+        inv.clients,
+        vec![("scanner".to_string(), Action::Issue(Reason::Missing))]
+    );
     assert!(p.credentials.iter().all(CredentialPlan::needs_write));
     assert_eq!(p.next_renewal, None);
 }
@@ -101,7 +104,12 @@ fn a_fresh_config_issues_every_credential() {
 #[test]
 fn a_valid_credential_is_kept_until_its_renewal_time() {
     let issued = NOW - Duration::days(5);
-    let p = plan(&config(""), &observed_with(vec![stored("shop", &["shop.z.example"], issued)]), NOW, SEED);
+    let p = plan(
+        &config(""),
+        &observed_with(vec![stored("shop", &["shop.z.example"], issued)]),
+        NOW,
+        SEED,
+    );
     let Action::Keep { renew_at: Some(_) } = server_of(&p, "shop") else {
         panic!("{:?}", server_of(&p, "shop"))
     };
@@ -115,8 +123,16 @@ fn a_valid_credential_is_kept_until_its_renewal_time() {
 #[test]
 fn a_credential_inside_its_renewal_window_is_renewed() {
     let issued = NOW - Duration::days(25); // 5 of 30 days left < 33%
-    let p = plan(&config(""), &observed_with(vec![stored("shop", &["shop.z.example"], issued)]), NOW, SEED);
-    assert!(matches!(server_of(&p, "shop"), Action::Issue(Reason::RenewalDue { .. })));
+    let p = plan(
+        &config(""),
+        &observed_with(vec![stored("shop", &["shop.z.example"], issued)]),
+        NOW,
+        SEED,
+    );
+    assert!(matches!(
+        server_of(&p, "shop"),
+        Action::Issue(Reason::RenewalDue { .. })
+    ));
 }
 
 #[test]
@@ -124,15 +140,24 @@ fn renew_before_as_a_duration_counts_from_expiry() {
     let mut cfg = config("");
     cfg.renew_before = crate::config::RenewBefore::Remaining(crate::config::Duration::from_days(3));
     let o = observed_with(vec![stored("shop", &["shop.z.example"], NOW - Duration::days(25))]);
-    assert!(matches!(server_of(&plan(&cfg, &o, NOW, SEED), "shop"), Action::Keep { .. }));
+    assert!(matches!(
+        server_of(&plan(&cfg, &o, NOW, SEED), "shop"),
+        Action::Keep { .. }
+    ));
     let o = observed_with(vec![stored("shop", &["shop.z.example"], NOW - Duration::days(28))]);
-    assert!(matches!(server_of(&plan(&cfg, &o, NOW, SEED), "shop"), Action::Issue(Reason::RenewalDue { .. })));
+    assert!(matches!(
+        server_of(&plan(&cfg, &o, NOW, SEED), "shop"),
+        Action::Issue(Reason::RenewalDue { .. })
+    ));
 }
 
 #[test]
 fn an_expired_credential_is_reissued() {
     let o = observed_with(vec![stored("shop", &["shop.z.example"], NOW - Duration::days(31))]);
-    assert!(matches!(server_of(&plan(&config(""), &o, NOW, SEED), "shop"), Action::Issue(Reason::Expired { .. })));
+    assert!(matches!(
+        server_of(&plan(&config(""), &o, NOW, SEED), "shop"),
+        Action::Issue(Reason::Expired { .. })
+    ));
 }
 
 #[test]
@@ -140,7 +165,10 @@ fn a_changed_host_list_reissues() {
     let o = observed_with(vec![stored("shop", &["old.z.example"], NOW)]);
     assert_eq!(
         server_of(&plan(&config(""), &o, NOW, SEED), "shop"),
-        &Action::Issue(Reason::HostsChanged { stored: vec!["old.z.example".into()], wanted: vec!["shop.z.example".into()] })
+        &Action::Issue(Reason::HostsChanged {
+            stored: vec!["old.z.example".into()],
+            wanted: vec!["shop.z.example".into()]
+        })
     );
 }
 
@@ -150,7 +178,10 @@ fn a_changed_issuer_reissues() {
     c.issuer = "other".into();
     assert_eq!(
         server_of(&plan(&config(""), &observed_with(vec![c]), NOW, SEED), "shop"),
-        &Action::Issue(Reason::IssuerChanged { from: "other".into(), to: "internal".into() })
+        &Action::Issue(Reason::IssuerChanged {
+            from: "other".into(),
+            to: "internal".into()
+        })
     );
 }
 
@@ -158,30 +189,46 @@ fn a_changed_issuer_reissues() {
 fn a_key_that_does_not_match_reissues() {
     let mut c = stored("shop", &["shop.z.example"], NOW);
     c.key_matches = false;
-    assert_eq!(server_of(&plan(&config(""), &observed_with(vec![c]), NOW, SEED), "shop"), &Action::Issue(Reason::KeyMismatch));
+    assert_eq!(
+        server_of(&plan(&config(""), &observed_with(vec![c]), NOW, SEED), "shop"),
+        &Action::Issue(Reason::KeyMismatch)
+    );
 }
 
 #[test]
 fn a_certificate_from_a_replaced_ca_reissues() {
     let mut o = observed_with(vec![stored("shop", &["shop.z.example"], NOW)]);
     o.signers.insert("internal".into(), "a-new-intermediate".into());
-    assert_eq!(server_of(&plan(&config(""), &o, NOW, SEED), "shop"), &Action::Issue(Reason::SignerChanged));
+    assert_eq!(
+        server_of(&plan(&config(""), &o, NOW, SEED), "shop"),
+        &Action::Issue(Reason::SignerChanged)
+    );
     // A lost CA (nothing in state) will be recreated, so the leaf is reissued too.
     o.signers.clear();
-    assert_eq!(server_of(&plan(&config(""), &o, NOW, SEED), "shop"), &Action::Issue(Reason::SignerChanged));
+    assert_eq!(
+        server_of(&plan(&config(""), &o, NOW, SEED), "shop"),
+        &Action::Issue(Reason::SignerChanged)
+    );
 }
 
 #[test]
 fn an_unreadable_credential_is_reissued() {
     let mut o = observed_with(vec![]);
-    o.unreadable_credentials.insert("shop".into(), "tls.key is missing".into());
-    assert!(matches!(server_of(&plan(&config(""), &o, NOW, SEED), "shop"), Action::Issue(Reason::Unreadable { .. })));
+    o.unreadable_credentials
+        .insert("shop".into(), "tls.key is missing".into());
+    assert!(matches!(
+        server_of(&plan(&config(""), &o, NOW, SEED), "shop"),
+        Action::Issue(Reason::Unreadable { .. })
+    ));
 }
 
 fn mutual_stored(clients: &[&str], ca: &str) -> ObservedCredential {
     let mut c = stored("inv", &["inv.z.example"], NOW - Duration::days(1));
     c.client_ca_fingerprint = Some(ca.into());
-    c.clients = clients.iter().map(|n| (n.to_string(), facts(&[], NOW - Duration::days(1), 30, ca))).collect();
+    c.clients = clients
+        .iter()
+        .map(|n| (n.to_string(), facts(&[], NOW - Duration::days(1), 30, ca)))
+        .collect();
     c
 }
 
@@ -228,7 +275,10 @@ fn removing_a_client_or_mutual_mode_drops_the_stored_parts() {
 #[test]
 fn a_foreign_credential_blocks_the_site_and_is_reported() {
     let mut o = observed_with(vec![]);
-    o.foreign_credentials.insert("shop".into(), "out/credentials/shop holds files tlsward did not write".into());
+    o.foreign_credentials.insert(
+        "shop".into(),
+        "out/credentials/shop holds files tlsward did not write".into(),
+    );
     let p = plan(&config(""), &o, NOW, SEED);
     assert!(p.credentials[0].blocked.is_some());
     assert!(!p.credentials[0].needs_write());
@@ -253,12 +303,26 @@ fn the_gateway_has_an_https_and_a_redirecting_http_server_per_site() {
     assert_eq!(servers[1]["port"]["number"], 80);
     assert_eq!(servers[1]["tls"]["httpsRedirect"], true);
     assert_eq!(servers[2]["tls"]["mode"], "MUTUAL");
-    let vs = p.objects.iter().find(|o| o["kind"] == "VirtualService" && o["metadata"]["name"] == "inv").unwrap();
+    let vs = p
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "VirtualService" && o["metadata"]["name"] == "inv")
+        .unwrap();
     assert_eq!(vs["spec"]["hosts"][0], "inv.z.example");
-    assert_eq!(vs["spec"]["http"][0]["route"][0]["destination"]["host"], "inv.default.svc.cluster.local");
-    let secret = p.objects.iter().find(|o| o["kind"] == "Secret" && o["metadata"]["name"] == "inv-credential").unwrap();
+    assert_eq!(
+        vs["spec"]["http"][0]["route"][0]["destination"]["host"],
+        "inv.default.svc.cluster.local"
+    );
+    let secret = p
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "Secret" && o["metadata"]["name"] == "inv-credential")
+        .unwrap();
     assert_eq!(secret["type"], "kubernetes.io/tls");
-    assert_eq!(secret["metadata"]["annotations"]["tlsward.io/keys"], "tls.crt,tls.key,ca.crt");
+    assert_eq!(
+        secret["metadata"]["annotations"]["tlsward.io/keys"],
+        "tls.crt,tls.key,ca.crt"
+    );
     assert!(secret.get("data").is_none(), "no key material in manifests");
 }
 
@@ -266,18 +330,33 @@ fn the_gateway_has_an_https_and_a_redirecting_http_server_per_site() {
 fn generic_format_names_the_secret_keys_cert_key_cacert() {
     let cfg = config(&MUTUAL.replace("clients: [scanner]}", "clients: [scanner], format: generic}"));
     let p = plan(&cfg, &observed_with(vec![]), NOW, SEED);
-    let secret = p.objects.iter().find(|o| o["metadata"]["name"] == "inv-credential").unwrap();
+    let secret = p
+        .objects
+        .iter()
+        .find(|o| o["metadata"]["name"] == "inv-credential")
+        .unwrap();
     assert_eq!(secret["type"], "Opaque");
     assert_eq!(secret["metadata"]["annotations"]["tlsward.io/keys"], "cert,key,cacert");
 }
 
 #[test]
 fn a_removed_site_loses_its_credential_and_owned_objects() {
-    let mut o = observed_with(vec![stored("shop", &["shop.z.example"], NOW), stored("gone", &["gone.z.example"], NOW)]);
-    o.owned_objects = vec!["gateway/tlsward-gateway".into(), "secret/gone-credential".into(), "virtualservice/gone".into(), "virtualservice/shop".into()];
+    let mut o = observed_with(vec![
+        stored("shop", &["shop.z.example"], NOW),
+        stored("gone", &["gone.z.example"], NOW),
+    ]);
+    o.owned_objects = vec![
+        "gateway/tlsward-gateway".into(),
+        "secret/gone-credential".into(),
+        "virtualservice/gone".into(),
+        "virtualservice/shop".into(),
+    ];
     let p = plan(&config(""), &o, NOW, SEED);
     assert_eq!(p.removed_credentials, vec!["gone".to_string()]);
-    assert_eq!(p.objects_to_delete, vec!["secret/gone-credential".to_string(), "virtualservice/gone".to_string()]);
+    assert_eq!(
+        p.objects_to_delete,
+        vec!["secret/gone-credential".to_string(), "virtualservice/gone".to_string()]
+    );
 }
 
 #[test]
@@ -289,9 +368,24 @@ fn dns_follows_ipv4_and_ipv6_with_a_and_aaaa() {
         Address::Ip("203.0.113.10".parse().unwrap()),
     ]));
     let changes = records(&plan(&config(""), &o, NOW, SEED));
-    assert!(changes.contains(&Change::Upsert(RecordSet::new("shop.z.example", RecordType::A, 60, vec!["203.0.113.10".into(), "203.0.113.11".into()]))));
-    assert!(changes.contains(&Change::Upsert(RecordSet::new("shop.z.example", RecordType::AAAA, 60, vec!["2001:db8::1".into()]))));
-    assert!(changes.contains(&Change::Upsert(RecordSet::new(ownership_name("shop.z.example"), RecordType::TXT, 60, vec![ownership_value("test-owner", "shop")]))));
+    assert!(changes.contains(&Change::Upsert(RecordSet::new(
+        "shop.z.example",
+        RecordType::A,
+        60,
+        vec!["203.0.113.10".into(), "203.0.113.11".into()]
+    ))));
+    assert!(changes.contains(&Change::Upsert(RecordSet::new(
+        "shop.z.example",
+        RecordType::AAAA,
+        60,
+        vec!["2001:db8::1".into()]
+    ))));
+    assert!(changes.contains(&Change::Upsert(RecordSet::new(
+        ownership_name("shop.z.example"),
+        RecordType::TXT,
+        60,
+        vec![ownership_value("test-owner", "shop")]
+    ))));
 }
 
 #[test]
@@ -301,15 +395,32 @@ fn lb_switch_from_ip_to_hostname_replaces_a_with_cname() {
         "local".into(),
         Ok(vec![
             RecordSet::new("shop.z.example", RecordType::A, 60, vec!["203.0.113.10".into()]),
-            RecordSet::new(ownership_name("shop.z.example"), RecordType::TXT, 60, vec![ownership_value("test-owner", "shop")]),
+            RecordSet::new(
+                ownership_name("shop.z.example"),
+                RecordType::TXT,
+                60,
+                vec![ownership_value("test-owner", "shop")],
+            ),
         ]),
     );
-    o.address = Some(GatewayAddress::new(vec![Address::Hostname(crate::model::Hostname::parse("lb-1.elb.example.net", false).unwrap())]));
+    o.address = Some(GatewayAddress::new(vec![Address::Hostname(
+        crate::model::Hostname::parse("lb-1.elb.example.net", false).unwrap(),
+    )]));
     assert_eq!(
         records(&plan(&config(""), &o, NOW, SEED)),
         vec![
-            Change::Delete(RecordSet::new("shop.z.example", RecordType::A, 60, vec!["203.0.113.10".into()])),
-            Change::Upsert(RecordSet::new("shop.z.example", RecordType::CNAME, 60, vec!["lb-1.elb.example.net".into()])),
+            Change::Delete(RecordSet::new(
+                "shop.z.example",
+                RecordType::A,
+                60,
+                vec!["203.0.113.10".into()]
+            )),
+            Change::Upsert(RecordSet::new(
+                "shop.z.example",
+                RecordType::CNAME,
+                60,
+                vec!["lb-1.elb.example.net".into()]
+            )),
         ]
     );
 }
@@ -321,7 +432,12 @@ fn no_address_yet_means_no_dns_changes_at_all() {
         "local".into(),
         Ok(vec![
             RecordSet::new("shop.z.example", RecordType::A, 60, vec!["203.0.113.10".into()]),
-            RecordSet::new(ownership_name("shop.z.example"), RecordType::TXT, 60, vec![ownership_value("test-owner", "shop")]),
+            RecordSet::new(
+                ownership_name("shop.z.example"),
+                RecordType::TXT,
+                60,
+                vec![ownership_value("test-owner", "shop")],
+            ),
         ]),
     );
     o.address = Some(GatewayAddress::default());
@@ -333,21 +449,36 @@ fn no_address_yet_means_no_dns_changes_at_all() {
 #[test]
 fn an_unreadable_zone_is_reported_not_guessed() {
     let mut o = observed_with(vec![]);
-    o.zones.insert("local".into(), Err("line 3: SOA field 4 is not a number".into()));
+    o.zones
+        .insert("local".into(), Err("line 3: SOA field 4 is not a number".into()));
     let p = plan(&config(""), &o, NOW, SEED);
     assert!(records(&p).is_empty());
-    assert_eq!(p.zones[0].unavailable.as_deref(), Some("line 3: SOA field 4 is not a number"));
+    assert_eq!(
+        p.zones[0].unavailable.as_deref(),
+        Some("line 3: SOA field 4 is not a number")
+    );
 }
 
 #[test]
 fn the_next_renewal_is_the_earliest_of_all_kept_certificates() {
-    let cfg = config(&MUTUAL.replace("name: inv", "name: inv").replace("mode: MUTUAL, clients: [scanner]", "mode: SIMPLE"));
+    let cfg = config(
+        &MUTUAL
+            .replace("name: inv", "name: inv")
+            .replace("mode: MUTUAL, clients: [scanner]", "mode: SIMPLE"),
+    );
     let early = NOW - Duration::days(15);
     let late = NOW - Duration::days(1);
     let mut inv = stored("inv", &["inv.z.example"], early);
     inv.site = "inv".into();
-    let p = plan(&cfg, &observed_with(vec![stored("shop", &["shop.z.example"], late), inv]), NOW, SEED);
-    let Action::Keep { renew_at: Some(inv_at) } = server_of(&p, "inv") else { panic!() };
+    let p = plan(
+        &cfg,
+        &observed_with(vec![stored("shop", &["shop.z.example"], late), inv]),
+        NOW,
+        SEED,
+    );
+    let Action::Keep { renew_at: Some(inv_at) } = server_of(&p, "inv") else {
+        panic!()
+    };
     assert_eq!(rfc3339(p.next_renewal.unwrap()), *inv_at);
 }
 
@@ -358,7 +489,12 @@ fn a_converged_world_plans_nothing_and_the_same_inputs_plan_the_same() {
         "local".into(),
         Ok(vec![
             RecordSet::new("shop.z.example", RecordType::A, 60, vec!["203.0.113.10".into()]),
-            RecordSet::new(ownership_name("shop.z.example"), RecordType::TXT, 60, vec![ownership_value("test-owner", "shop")]),
+            RecordSet::new(
+                ownership_name("shop.z.example"),
+                RecordType::TXT,
+                60,
+                vec![ownership_value("test-owner", "shop")],
+            ),
         ]),
     );
     let a = plan(&config(""), &o, NOW, SEED);

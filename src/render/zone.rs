@@ -366,9 +366,15 @@ pub fn parse(text: &str, origin: &str) -> Result<Zone, ParseError> {
     Ok(Zone { origin, soa, lines })
 }
 
-/// The next SOA serial: date-based (YYYYMMDDnn) when that is larger, else +1.
+/// The next SOA serial. A zone that counts by date (YYYYMMDDnn, or a new zone at 0)
+/// moves to today's date when that is larger; a zone that counts up keeps counting.
 pub fn next_serial(current: u32, today_yyyymmdd: u32) -> u32 {
-    current.wrapping_add(1).max(today_yyyymmdd.saturating_mul(100))
+    let counts_by_date = current == 0 || current >= 1_970_010_100;
+    if counts_by_date {
+        current.wrapping_add(1).max(today_yyyymmdd.saturating_mul(100))
+    } else {
+        current.wrapping_add(1)
+    }
 }
 
 #[cfg(test)]
@@ -452,7 +458,8 @@ mod tests {
 
     #[test]
     fn serials_move_forward_and_follow_the_date() {
-        assert_eq!(next_serial(1, 20261125), 2026112500);
+        assert_eq!(next_serial(0, 20261125), 2026112500);
+        assert_eq!(next_serial(7, 20261125), 8, "a counting zone keeps counting");
         assert_eq!(next_serial(2026112500, 20261125), 2026112501);
         assert_eq!(next_serial(2026112599, 20261125), 2026112600);
     }
