@@ -152,6 +152,19 @@ fn write_set(dir: &Path, files: &[(String, Vec<u8>, u32)]) -> Result<(), StoreEr
     sync_dir(dir)
 }
 
+/// Whether `dir` holds anything but the leftovers of a set write that was killed
+/// before its first `..data` swap (versions, temporary links, links into `..data`).
+fn holds_foreign_files(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else { return false };
+    entries.flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with(VERSION_PREFIX)
+            || name.starts_with("..tmp-")
+            || fs::read_link(e.path()).is_ok_and(|t| t.starts_with(DATA_LINK));
+        !ours
+    })
+}
+
 /// Reads every file of the current version of a set, by relative path.
 fn read_set(dir: &Path) -> Result<Option<BTreeMap<String, Vec<u8>>>, StoreError> {
     let data = dir.join(DATA_LINK);
@@ -289,8 +302,7 @@ impl Store for FilesStore {
                         .insert(site, format!("{} holds a credential with {who}", path.display()));
                 }
                 None => {
-                    let has_content = fs::read_dir(&path).map(|mut d| d.next().is_some()).unwrap_or(false);
-                    if has_content {
+                    if holds_foreign_files(&path) {
                         out.foreign
                             .insert(site, format!("{} holds files tlsward did not write", path.display()));
                     }
@@ -310,7 +322,7 @@ impl Store for FilesStore {
                     owner: self.owner.clone(),
                 });
             }
-        } else if fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        } else if holds_foreign_files(&dir) {
             return Err(StoreError::Foreign {
                 what: dir.display().to_string(),
                 owner: self.owner.clone(),
