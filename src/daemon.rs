@@ -574,28 +574,32 @@ pub async fn run(
             next_pass_in_s = wait.as_secs(),
             "pass complete"
         );
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(wait) => {}
-            Some(()) = config_changed.recv() => {
-                let text = std::fs::read_to_string(&runtime.config.path).unwrap_or_default();
-                if text == config_text {
-                    continue;
-                }
-                match Config::load(&runtime.config.path) {
-                    Ok(new) => match Runtime::new(new, metrics.clone()) {
-                        Ok(r) => {
-                            tracing::info!(config = %runtime.config.path.display(), "config changed: reloaded");
-                            config_text = text;
-                            runtime = r;
+        let deadline = tokio::time::Instant::now() + wait;
+        // Wait for the timer, or for a config change that validates and can run.
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(deadline) => break,
+                Some(()) = config_changed.recv() => {
+                    let text = std::fs::read_to_string(&runtime.config.path).unwrap_or_default();
+                    if text == config_text {
+                        continue;
+                    }
+                    config_text = text;
+                    match Config::load(&runtime.config.path) {
+                        Ok(new) => match Runtime::new(new, metrics.clone()) {
+                            Ok(r) => {
+                                tracing::info!(config = %runtime.config.path.display(), "config changed: reloaded");
+                                runtime = r;
+                                break;
+                            }
+                            Err(e) => tracing::error!(error = %e, "new config cannot run; keeping the previous one"),
+                        },
+                        Err(errors) => {
+                            for e in &errors.0 {
+                                tracing::error!(error = %e, "new config is invalid; keeping the previous one");
+                            }
                         }
-                        Err(e) => tracing::error!(error = %e, "new config cannot run; keeping the previous one"),
-                    },
-                    Err(errors) => {
-                        for e in &errors.0 {
-                            tracing::error!(error = %e, "new config is invalid; keeping the previous one");
-                        }
-                        config_text = text;
                     }
                 }
             }

@@ -22,6 +22,9 @@ pub const DNS_CHANGES: &str = "tlsward_dns_record_changes";
 pub const GATEWAY_ADDRESS: &str = "tlsward_gateway_address_info";
 pub const RECONCILE_ERRORS: &str = "tlsward_reconcile_errors";
 
+/// The stages of a pass, as `tlsward_reconcile_errors_total{stage}` names them.
+pub const STAGES: [&str; 6] = ["observe", "address", "issue", "store", "objects", "dns"];
+
 type Labels = Vec<(String, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
@@ -113,6 +116,10 @@ impl Metrics {
             "Reconcile failures by stage",
             m.reconcile_errors.clone(),
         );
+        // Every stage starts at zero so that rate() and increase() see the series at once.
+        for stage in STAGES {
+            let _ = m.reconcile_errors.get_or_create(&labels(&[("stage", stage)]));
+        }
         Metrics { registry, ..m }
     }
 

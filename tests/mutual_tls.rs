@@ -44,7 +44,11 @@ http {{
 }
 
 fn running_as_root() -> bool {
-    std::process::Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false)
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
 }
 
 fn curl(port: u16, trust: &Path, client: Option<(&Path, &Path)>) -> (i32, String) {
@@ -75,9 +79,16 @@ fn nginx_accepts_the_issued_client_certificate_and_refuses_anyone_else() {
     let conf = nginx_dir.join("nginx.conf");
     std::fs::write(&conf, nginx_config(&nginx_dir, port, &creds)).unwrap();
     let mut cmd = Command::new("nginx");
-    cmd.arg("-e").arg(nginx_dir.join("error.log")).arg("-c").arg(&conf).arg("-g").arg("daemon off;");
+    cmd.arg("-e")
+        .arg(nginx_dir.join("error.log"))
+        .arg("-c")
+        .arg(&conf)
+        .arg("-g")
+        .arg("daemon off;");
     let _nginx = spawn(cmd);
-    wait_for(Duration::from_secs(10), "nginx to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    wait_for(Duration::from_secs(10), "nginx to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
 
     let client = creds.join("clients/warehouse-scanner");
     let (code, body) = curl(port, &trust, Some((&client.join("tls.crt"), &client.join("tls.key"))));
@@ -93,11 +104,19 @@ fn nginx_accepts_the_issued_client_certificate_and_refuses_anyone_else() {
     other.write_config(&local_config());
     assert_success(&other.run_once());
     let stranger = other.out().join("credentials/inventory/clients/warehouse-scanner");
-    let (code, body) = curl(port, &trust, Some((&stranger.join("tls.crt"), &stranger.join("tls.key"))));
+    let (code, body) = curl(
+        port,
+        &trust,
+        Some((&stranger.join("tls.crt"), &stranger.join("tls.key"))),
+    );
     assert_eq!(code, 0, "{body}");
     assert!(body.contains("400 The SSL certificate error"), "{body}");
 
     // And the server is only trusted through the issuer's root.
-    let (code, body) = curl(port, &other.out().join("trust/internal.crt"), Some((&client.join("tls.crt"), &client.join("tls.key"))));
+    let (code, body) = curl(
+        port,
+        &other.out().join("trust/internal.crt"),
+        Some((&client.join("tls.crt"), &client.join("tls.key"))),
+    );
     assert_ne!(code, 0, "{body}");
 }

@@ -20,8 +20,13 @@ use crate::store::{StateFile, Store};
 const ROOT_VALIDITY_DAYS: i64 = 3_650;
 const INTERMEDIATE_VALIDITY_DAYS: i64 = 1_825;
 const CLIENT_CA_VALIDITY_DAYS: i64 = 3_650;
-/// Leaves start a little in the past so that peers with a slow clock accept them.
+/// Leaves start a little in the past so that peers with a slow clock accept them
+/// (5 minutes, or a tenth of a short validity).
 const BACKDATE: time::Duration = time::Duration::minutes(5);
+
+fn backdate(validity: time::Duration) -> time::Duration {
+    std::cmp::min(BACKDATE, validity / 10_i32)
+}
 
 const ROOT_CRT: &str = "root.crt";
 const ROOT_KEY: &str = "root.key";
@@ -178,7 +183,7 @@ impl Authority {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        params.not_before = now - BACKDATE;
+        params.not_before = now - backdate(validity);
         params.not_after = now + validity;
         params.serial_number = Some(random_serial());
         let chain_pem = self.sign_leaf(params, &key, true)?;
@@ -204,7 +209,7 @@ impl Authority {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        params.not_before = now - BACKDATE;
+        params.not_before = now - backdate(validity);
         params.not_after = now + validity;
         params.serial_number = Some(random_serial());
         // The client CA is a root that clients' peers trust directly: no chain to add.

@@ -24,7 +24,10 @@ pub fn renew_at(
         RenewBefore::Remaining(_) => lifetime / 3,
     };
     let spread: Duration = std::cmp::min(window / 10_i32, MAX_JITTER);
-    not_after - window - spread * jitter.clamp(0.0, 1.0)
+    let at = not_after - window - spread * jitter.clamp(0.0, 1.0);
+    // Never due within the first tenth of a lifetime: a fresh certificate is not renewed
+    // again at once, whatever the window and jitter say.
+    at.max(not_before + lifetime / 10)
 }
 
 /// A stable pseudo-random fraction in [0, 1) for `site` under `seed` (splitmix64 of
@@ -89,6 +92,14 @@ mod tests {
         let expected = na - window - spread / 2;
         let off: Duration = at - expected;
         assert!(off.abs() <= Duration::seconds(1), "{at} vs {expected}");
+    }
+
+    #[test]
+    fn a_fresh_certificate_is_never_due_at_once() {
+        let nb = datetime!(2026-01-01 0:00 UTC);
+        let na = nb + Duration::seconds(66);
+        let at = renew_at(nb, na, RenewBefore::Percent(99.9), 0.99);
+        assert_eq!(at, nb + Duration::seconds(66) / 10);
     }
 
     #[test]

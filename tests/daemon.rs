@@ -1,0 +1,227 @@
+//! `tlsward run` as a daemon: /metrics, /healthz and /readyz, reloads on a config
+//! change (and refuses a bad one), renews on its timer, and exits 0 on SIGTERM after
+//! finishing the write in flight. Logs are JSON when not on a terminal, and keyless.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+use tlsward::pki::{PrivateKeyPem, key_matches};
+
+struct Daemon {
+    child: Child,
+    port: u16,
+}
+
+impl Daemon {
+    fn start(w: &Workdir) -> Daemon {
+        let port = free_port();
+        let child = w
+            .command(&[
+                "run",
+                "--config",
+                "tlsward.yaml",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Daemon { child, port }
+    }
+    fn wait_ready(&self) {
+        wait_for(Duration::from_secs(30), "/readyz", || {
+            http_get(self.port, "/readyz").filter(|(s, _)| *s == 200)
+        });
+    }
+    fn metrics(&self) -> String {
+        http_get(self.port, "/metrics").expect("metrics").1
+    }
+    /// SIGTERM, then the exit code and everything logged.
+    fn terminate(mut self) -> (i32, String) {
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut logs = String::new();
+                use std::io::Read;
+                self.child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+                return (status.code().unwrap_or(-1), logs);
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn assert_logs_are_json_and_keyless(logs: &str) {
+    assert!(!logs.is_empty());
+    for line in logs.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some() && v.get("message").is_some(), "{line}");
+        assert!(
+            !line.contains("PRIVATE KEY") && !line.contains("BEGIN"),
+            "key material in a log line: {line}"
+        );
+    }
+}
+
+#[test]
+fn serves_metrics_health_and_readiness_then_exits_zero_on_sigterm() {
+    let w = Workdir::new();
+    w.write_config(&local_config());
+    let d = Daemon::start(&w);
+    d.wait_ready();
+    assert_eq!(http_get(d.port, "/healthz").unwrap(), (200, "ok\n".to_string()));
+    let m = d.metrics();
+    for want in [
+        "tlsward_certificate_expiration_timestamp_seconds{site=\"frontend\",issuer=\"internal\",host=\"frontend.foocorp.example\"} ",
+        "tlsward_certificate_renewal_timestamp_seconds{site=\"inventory\",issuer=\"internal\"} ",
+        "tlsward_certificate_ready{site=\"frontend\",issuer=\"internal\"} 1",
+        "tlsward_certificate_ready{site=\"inventory\",issuer=\"internal\"} 1",
+        "tlsward_issuance_total{issuer=\"internal\",result=\"success\"} 2",
+        "tlsward_issuance_duration_seconds_count 2",
+        "tlsward_dns_record_changes_total{provider=\"local\",result=\"success\"} 4",
+        "tlsward_gateway_address_info{address=\"203.0.113.10\"} 1",
+        "tlsward_reconcile_errors_total{stage=\"issue\"} 0",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in\n{m}");
+    }
+    // The expiry gauge is the certificate's notAfter.
+    let crt = w.read("credentials/frontend/tls.crt");
+    let not_after = tlsward::pki::facts(&crt).unwrap().not_after.unix_timestamp();
+    assert!(
+        m.contains(&format!("host=\"frontend.foocorp.example\"}} {not_after}.0"))
+            || m.contains(&format!("host=\"frontend.foocorp.example\"}} {not_after}")),
+        "{m}"
+    );
+
+    let (code, logs) = d.terminate();
+    assert_eq!(code, 0, "{logs}");
+    assert_logs_are_json_and_keyless(&logs);
+}
+
+#[test]
+fn a_config_change_is_applied_without_restart_and_a_bad_one_is_refused() {
+    let w = Workdir::new();
+    w.write_config(&local_config());
+    let d = Daemon::start(&w);
+    d.wait_ready();
+
+    w.write_config(&local_config().replace("owner_id: foocorp-local", "owner_id: foocorp-local\ncolour: blue"));
+    std::thread::sleep(Duration::from_millis(500));
+    let with_shop = local_config()
+        + "  - name: shop\n    hosts: [shop.foocorp.example]\n    issuer: internal\n    dns: local\n    route: {to: shop.default.svc.cluster.local, port: 80}\n";
+    w.write_config(&with_shop);
+    let shop = w.out().join("credentials/shop/tls.crt");
+    wait_for(Duration::from_secs(20), "the new site's credential", || {
+        shop.exists().then_some(())
+    });
+    wait_for(Duration::from_secs(10), "the new site in the zone", || {
+        w.read("dns/foocorp.example.zone")
+            .contains("shop.foocorp.example.")
+            .then_some(())
+    });
+    wait_for(Duration::from_secs(10), "metrics for the new site", || {
+        d.metrics()
+            .contains("tlsward_certificate_ready{site=\"shop\",issuer=\"internal\"} 1")
+            .then_some(())
+    });
+
+    let (code, logs) = d.terminate();
+    assert_eq!(code, 0);
+    assert!(
+        logs.contains("new config is invalid; keeping the previous one"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("tlsward.yaml:5:1: colour: unknown field `colour`"),
+        "{logs}"
+    );
+    assert_logs_are_json_and_keyless(&logs);
+}
+
+#[test]
+fn renewal_fires_on_its_timer() {
+    let w = Workdir::new();
+    // 60 s certificates renewed with 80% left: due a few seconds after issuance.
+    w.write_config(
+        &local_config()
+            .replace("leaf_validity: 30d", "leaf_validity: 60s")
+            .replace("renew_before: 33%", "renew_before: 80%"),
+    );
+    let started = Instant::now();
+    let d = Daemon::start(&w);
+    d.wait_ready();
+    let serial = |w: &Workdir| {
+        tlsward::pki::facts(&w.read("credentials/frontend/tls.crt"))
+            .unwrap()
+            .serial_hex
+    };
+    let first = serial(&w);
+    let renewed_at = wait_for(Duration::from_secs(30), "a timer-driven renewal", || {
+        (serial(&w) != first).then(Instant::now)
+    });
+    assert!(
+        renewed_at - started > Duration::from_secs(1),
+        "renewed at once: a hot loop, not a timer"
+    );
+    let issued: u64 = d
+        .metrics()
+        .lines()
+        .find(|l| l.starts_with("tlsward_issuance_total{issuer=\"internal\",result=\"success\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    let elapsed = started.elapsed().as_secs();
+    // Two sites, each renewed at most every ~6 s (a tenth of the lifetime): no storm.
+    assert!(issued <= 2 + 2 * (elapsed / 5 + 1), "{issued} issuances in {elapsed}s");
+    let (code, _) = d.terminate();
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn sigterm_mid_pass_finishes_the_write_in_flight_and_exits_zero() {
+    let w = Workdir::new();
+    let mut text =
+        String::from("owner_id: t\nstore: {files: {dir: out}}\nissuers: {internal: {ca: {key: rsa-2048}}}\nsites:\n");
+    for i in 0..40 {
+        text.push_str(&format!("  - name: s{i}\n    hosts: [s{i}.t.example]\n    issuer: internal\n    route: {{to: s{i}.default.svc.cluster.local, port: 80}}\n"));
+    }
+    w.write_config(&text);
+    let d = Daemon::start(&w);
+    // Terminate once the first credential is out, while RSA keys for the rest are made.
+    wait_for(Duration::from_secs(30), "the first credential", || {
+        w.out().join("credentials/s0/..data").exists().then_some(())
+    });
+    let (code, logs) = d.terminate();
+    assert_eq!(code, 0, "{logs}");
+    assert!(logs.contains("SIGTERM: finishing in-flight writes"), "{logs}");
+    let mut written = 0;
+    for i in 0..40 {
+        let dir = w.out().join(format!("credentials/s{i}"));
+        if let (Ok(crt), Ok(key)) = (
+            std::fs::read_to_string(dir.join("tls.crt")),
+            std::fs::read_to_string(dir.join("tls.key")),
+        ) {
+            assert!(key_matches(&crt, &PrivateKeyPem::new(key)).unwrap(), "s{i}");
+            written += 1;
+        }
+    }
+    assert!(written < 40, "the pass was not interrupted ({written} written)");
+}
