@@ -461,15 +461,10 @@ fn an_unreadable_zone_is_reported_not_guessed() {
 
 #[test]
 fn the_next_renewal_is_the_earliest_of_all_kept_certificates() {
-    let cfg = config(
-        &MUTUAL
-            .replace("name: inv", "name: inv")
-            .replace("mode: MUTUAL, clients: [scanner]", "mode: SIMPLE"),
-    );
+    let cfg = config(&MUTUAL.replace("mode: MUTUAL, clients: [scanner]", "mode: SIMPLE"));
     let early = NOW - Duration::days(15);
     let late = NOW - Duration::days(1);
-    let mut inv = stored("inv", &["inv.z.example"], early);
-    inv.site = "inv".into();
+    let inv = stored("inv", &["inv.z.example"], early);
     let p = plan(
         &cfg,
         &observed_with(vec![stored("shop", &["shop.z.example"], late), inv]),
