@@ -375,7 +375,8 @@ impl Runtime {
         }
         match self.store.owned_objects().await {
             Ok(owned) => {
-                for key in crate::render::unwanted(&objects, &owned) {
+                let wanted: Vec<String> = objects.iter().map(crate::store::object_key).collect();
+                for key in crate::render::unwanted(&wanted, &owned) {
                     if let Err(e) = self.store.delete_object(&key).await {
                         report.failures.push(Failure {
                             stage: "objects",

@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::types::*;
@@ -39,9 +38,8 @@ impl Problem {
 }
 
 /// Deserializes the piece at `pointer` if it is well-formed (the schema reports it otherwise).
-fn piece<T: DeserializeOwned>(root: &Value, pointer: &str) -> Option<T> {
-    root.pointer(pointer)
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
+fn piece<'a, T: serde::Deserialize<'a>>(root: &'a Value, pointer: &str) -> Option<T> {
+    root.pointer(pointer).and_then(|v| T::deserialize(v).ok())
 }
 
 fn map_keys(root: &Value, pointer: &str) -> Vec<String> {
@@ -234,7 +232,8 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
         providers.insert(name.clone(), spec);
     }
 
-    let sites = root.get("sites").and_then(Value::as_array).cloned().unwrap_or_default();
+    let no_sites = Vec::new();
+    let sites = root.get("sites").and_then(Value::as_array).unwrap_or(&no_sites);
     let mut seen_sites: HashMap<String, usize> = HashMap::new();
     let mut seen_hosts: HashMap<String, (usize, usize)> = HashMap::new();
     for (i, raw) in sites.iter().enumerate() {

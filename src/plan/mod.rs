@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::Serialize;
-use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::config::{ConfigFile, IssuerKind, SiteSpec, TlsMode};
@@ -147,8 +146,8 @@ pub struct Plan {
     pub credentials: Vec<CredentialPlan>,
     /// Owned credentials of sites no longer configured.
     pub removed_credentials: Vec<String>,
-    /// Objects wanted when every credential becomes ready.
-    pub objects: Vec<Value>,
+    /// Objects (`kind/name`) wanted when every credential becomes ready.
+    pub objects: Vec<String>,
     /// Owned objects (`kind/name`) no longer wanted.
     pub objects_to_delete: Vec<String>,
     pub zones: Vec<ZonePlan>,
@@ -433,7 +432,7 @@ pub fn plan(config: &ConfigFile, observed: &Observed, now: OffsetDateTime, seed:
         .filter(|c| c.blocked.is_none())
         .map(|c| c.site.clone())
         .collect();
-    let objects = render::objects(config, &ready);
+    let objects = render::object_keys(config, &ready);
     let objects_to_delete = render::unwanted(&objects, &observed.owned_objects);
     let zones = plan_zones(config, observed, &mut conflicts);
     Plan {

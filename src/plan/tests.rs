@@ -79,6 +79,12 @@ fn observed_with(creds: Vec<ObservedCredential>) -> Observed {
     o
 }
 
+/// The objects apply renders when every unblocked credential of the plan is ready.
+fn rendered(cfg: &ConfigFile, p: &Plan) -> Vec<serde_json::Value> {
+    let ready: BTreeSet<String> = p.credentials.iter().filter(|c| c.blocked.is_none()).map(|c| c.site.clone()).collect();
+    crate::render::objects(cfg, &ready)
+}
+
 fn server_of<'a>(p: &'a Plan, site: &str) -> &'a Action {
     &p.credentials.iter().find(|c| c.site == site).unwrap().server
 }
@@ -285,13 +291,15 @@ fn a_foreign_credential_blocks_the_site_and_is_reported() {
     assert_eq!(p.conflicts.len(), 1);
     assert!(p.conflicts[0].subject.contains("shop-credential"));
     // and the Gateway does not name a credential it cannot vouch for
-    assert_eq!(p.objects[0]["spec"]["servers"], serde_json::json!([]));
+    assert_eq!(p.objects, vec!["gateway/tlsward-gateway".to_string()]);
+    assert_eq!(rendered(&config(""), &p)[0]["spec"]["servers"], serde_json::json!([]));
 }
 
 #[test]
 fn the_gateway_has_an_https_and_a_redirecting_http_server_per_site() {
     let p = plan(&config(MUTUAL), &observed_with(vec![]), NOW, SEED);
-    let gw = &p.objects[0];
+    let objects = rendered(&config(MUTUAL), &p);
+    let gw = &objects[0];
     assert_eq!(gw["kind"], "Gateway");
     assert_eq!(gw["apiVersion"], "networking.istio.io/v1");
     assert_eq!(gw["metadata"]["labels"]["tlsward.io/owner"], "test-owner");
@@ -303,8 +311,7 @@ fn the_gateway_has_an_https_and_a_redirecting_http_server_per_site() {
     assert_eq!(servers[1]["port"]["number"], 80);
     assert_eq!(servers[1]["tls"]["httpsRedirect"], true);
     assert_eq!(servers[2]["tls"]["mode"], "MUTUAL");
-    let vs = p
-        .objects
+    let vs = objects
         .iter()
         .find(|o| o["kind"] == "VirtualService" && o["metadata"]["name"] == "inv")
         .unwrap();
@@ -313,8 +320,7 @@ fn the_gateway_has_an_https_and_a_redirecting_http_server_per_site() {
         vs["spec"]["http"][0]["route"][0]["destination"]["host"],
         "inv.default.svc.cluster.local"
     );
-    let secret = p
-        .objects
+    let secret = objects
         .iter()
         .find(|o| o["kind"] == "Secret" && o["metadata"]["name"] == "inv-credential")
         .unwrap();
@@ -330,9 +336,8 @@ fn the_gateway_has_an_https_and_a_redirecting_http_server_per_site() {
 fn generic_format_names_the_secret_keys_cert_key_cacert() {
     let cfg = config(&MUTUAL.replace("clients: [scanner]}", "clients: [scanner], format: generic}"));
     let p = plan(&cfg, &observed_with(vec![]), NOW, SEED);
-    let secret = p
-        .objects
-        .iter()
+    let secret = rendered(&cfg, &p)
+        .into_iter()
         .find(|o| o["metadata"]["name"] == "inv-credential")
         .unwrap();
     assert_eq!(secret["type"], "Opaque");
@@ -496,5 +501,5 @@ fn a_converged_world_plans_nothing_and_the_same_inputs_plan_the_same() {
     assert!(a.is_noop(), "{}", text::to_text(&a));
     assert_eq!(a, plan(&config(""), &o, NOW, SEED));
     let ready: BTreeSet<String> = ["shop".to_string()].into();
-    assert_eq!(a.objects, crate::render::objects(&config(""), &ready));
+    assert_eq!(a.objects, crate::render::object_keys(&config(""), &ready));
 }

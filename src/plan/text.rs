@@ -51,7 +51,7 @@ pub fn to_text(plan: &Plan) -> String {
     }
     let _ = writeln!(out, "Objects:");
     for o in &plan.objects {
-        let _ = writeln!(out, "  apply {}", crate::store::object_key(o));
+        let _ = writeln!(out, "  apply {o}");
     }
     for key in &plan.objects_to_delete {
         let _ = writeln!(out, "  DELETE {key}");

@@ -113,8 +113,34 @@ pub fn objects(config: &ConfigFile, ready: &BTreeSet<String>) -> Vec<Value> {
     out
 }
 
-/// Owned objects (`kind/name`) that `wanted` no longer contains.
-pub fn unwanted(wanted: &[Value], owned: &[String]) -> Vec<String> {
-    let keep: BTreeSet<String> = wanted.iter().map(crate::store::object_key).collect();
-    owned.iter().filter(|k| !keep.contains(*k)).cloned().collect()
+/// The `kind/name` of every object `objects` renders, without rendering them (the
+/// plan needs only the names; rendering 10,000 sites' objects is the apply step's cost).
+pub fn object_keys(config: &ConfigFile, ready: &BTreeSet<String>) -> Vec<String> {
+    let mut out = vec![format!("gateway/{}", config.gateway.name)];
+    for site in config.sites.iter().filter(|s| ready.contains(&s.name)) {
+        out.push(format!("virtualservice/{}", site.name));
+        out.push(format!("secret/{}", names::credential_secret(&site.name)));
+    }
+    out
+}
+
+/// Owned objects (`kind/name`) that `wanted` no longer names.
+pub fn unwanted(wanted: &[String], owned: &[String]) -> Vec<String> {
+    let keep: BTreeSet<&String> = wanted.iter().collect();
+    owned.iter().filter(|k| !keep.contains(k)).cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_keys_name_exactly_the_rendered_objects() {
+        let text = "owner_id: o\nstore: {files: {dir: out}}\nissuers: {ca1: {ca: {}}}\nsites:\n  - {name: a, hosts: [a.example.com], issuer: ca1, route: {to: a, port: 80}}\n  - {name: b, hosts: [b.example.com], issuer: ca1, route: {to: b, port: 80}}\n";
+        let config = crate::config::Config::parse("t.yaml", text).unwrap();
+        let ready: BTreeSet<String> = ["b".to_string()].into();
+        let rendered: Vec<String> = objects(&config, &ready).iter().map(crate::store::object_key).collect();
+        assert_eq!(object_keys(&config, &ready), rendered);
+        assert_eq!(rendered, vec!["gateway/tlsward-gateway", "virtualservice/b", "secret/b-credential"]);
+    }
 }
