@@ -58,8 +58,13 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = FilesStore::new(dir.path(), "bench");
-    let spec = CaSpec { key: KeyAlgorithm::EcdsaP256, leaf_validity: Duration::from_days(30) };
-    let issuer = rt.block_on(CaIssuer::open("bench", &spec, &store, OffsetDateTime::now_utc())).unwrap();
+    let spec = CaSpec {
+        key: KeyAlgorithm::EcdsaP256,
+        leaf_validity: Duration::from_days(30),
+    };
+    let issuer = rt
+        .block_on(CaIssuer::open("bench", &spec, &store, OffsetDateTime::now_utc()))
+        .unwrap();
     let ca = bare_rcgen_issuer();
 
     // Warm up both paths once.
@@ -78,6 +83,11 @@ fn main() {
     }
     let (bare, ours) = (median(bare), median(ours));
     let ratio = ours / bare;
-    println!("ca_issuance: bare rcgen {bare:.0} leaves/s, tlsward {ours:.0} leaves/s, ratio {ratio:.3} (target >= 0.9)");
-    println!("ca_issuance: {} rounds of {PER_ROUND} ECDSA P-256 leaves, medians", ROUNDS);
+    println!(
+        "ca_issuance: bare rcgen {bare:.0} leaves/s, tlsward {ours:.0} leaves/s, ratio {ratio:.3} (target >= 0.9)"
+    );
+    println!(
+        "ca_issuance: {} rounds of {PER_ROUND} ECDSA P-256 leaves, medians",
+        ROUNDS
+    );
 }

@@ -77,8 +77,18 @@ fn main() {
                 clients: vec![],
             },
         );
-        records.push(RecordSet::new(host.clone(), RecordType::A, 60, vec!["203.0.113.10".into()]));
-        records.push(RecordSet::new(ownership_name(&host), RecordType::TXT, 60, vec![ownership_value("bench", &site)]));
+        records.push(RecordSet::new(
+            host.clone(),
+            RecordType::A,
+            60,
+            vec!["203.0.113.10".into()],
+        ));
+        records.push(RecordSet::new(
+            ownership_name(&host),
+            RecordType::TXT,
+            60,
+            vec![ownership_value("bench", &site)],
+        ));
     }
     observed.zones.insert("local".into(), Ok(records));
 
@@ -106,6 +116,12 @@ fn main() {
     }
     let (floor, ms) = (median(floor), median(times));
     let rss = peak_rss_mib();
-    println!("plan_scale: {SITES} sites converged: plan {ms:.1} ms (target < 200 ms, {:.2} of budget), floor {floor:.2} ms (plan = {:.0}x floor)", ms / 200.0, ms / floor);
-    println!("plan_scale: peak RSS {rss:.1} MiB for the whole process (target < 100 MiB); config load + validation {load_ms:.0} ms");
+    println!(
+        "plan_scale: {SITES} sites converged: plan {ms:.1} ms (target < 200 ms, {:.2} of budget), floor {floor:.2} ms (plan = {:.0}x floor)",
+        ms / 200.0,
+        ms / floor
+    );
+    println!(
+        "plan_scale: peak RSS {rss:.1} MiB for the whole process (target < 100 MiB); config load + validation {load_ms:.0} ms"
+    );
 }

@@ -307,3 +307,36 @@ fn plan_shows_changes_without_writing_or_showing_keys() {
         "{text}"
     );
 }
+
+#[test]
+fn a_resolved_address_becomes_a_records() {
+    let w = Workdir::new();
+    // The system resolver answers `localhost` from /etc/hosts: no network needed.
+    w.write_config(&local_config().replace("address: {static: [203.0.113.10]}", "address: {resolve: localhost}"));
+    assert_success(&w.run_once());
+    let zone = w.read("dns/foocorp.example.zone");
+    assert!(
+        zone.contains("frontend.foocorp.example.\t60\tIN\tA\t127.0.0.1"),
+        "{zone}"
+    );
+    assert!(!zone.contains("203.0.113.10"), "{zone}");
+}
+
+#[test]
+fn a_hostname_address_becomes_a_cname_and_replaces_the_a_record() {
+    let w = Workdir::new();
+    w.write_config(&local_config());
+    assert_success(&w.run_once());
+    w.write_config(&local_config().replace("[203.0.113.10]", "[lb-1.elb.example.net]"));
+    assert_success(&w.run_once());
+    let zone = w.read("dns/foocorp.example.zone");
+    assert!(
+        zone.contains("frontend.foocorp.example.\t60\tIN\tCNAME\tlb-1.elb.example.net."),
+        "{zone}"
+    );
+    assert!(!zone.contains("\tA\t203.0.113.10"), "{zone}");
+    let (code, out) = sh(Command::new("named-checkzone")
+        .arg("foocorp.example")
+        .arg(w.out().join("dns/foocorp.example.zone")));
+    assert_eq!(code, 0, "{out}");
+}

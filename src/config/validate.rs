@@ -386,10 +386,11 @@ fn check_address(c: &mut Checker, addr: &AddressSpec) -> bool {
         }
         return names > 0 && ips == 0;
     }
+    // Resolved through the system resolver, so a short name (search domains, hosts file) is fine.
     if let Some(host) = &addr.resolve
-        && let Err(e) = Hostname::parse(host, false)
+        && let Some(e) = host.trim_end_matches('.').split('.').find_map(|l| check_label(l).err())
     {
-        c.at("/gateway/address/resolve", e);
+        c.at("/gateway/address/resolve", format!("`{host}` is not a host name: {e}"));
     }
     false
 }

@@ -399,3 +399,106 @@ pub async fn stored_client_ca_fingerprint(
         .and_then(|pem| pki::certificates_der(&pem).ok())
         .map(|ders| pki::fingerprint(&ders[0])))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Duration;
+    use crate::store::files::FilesStore;
+
+    fn spec(key: KeyAlgorithm) -> CaSpec {
+        CaSpec {
+            key,
+            leaf_validity: Duration::from_days(30),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_key_algorithm_issues_a_verifiable_leaf() {
+        for alg in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384, KeyAlgorithm::Rsa2048] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = FilesStore::new(dir.path(), "o");
+            let ca = CaIssuer::open("internal", &spec(alg), &store, OffsetDateTime::now_utc())
+                .await
+                .unwrap();
+            let hosts = vec![
+                Hostname::parse("a.example.com", false).unwrap(),
+                Hostname::parse("*.b.example.com", true).unwrap(),
+            ];
+            let issued = ca
+                .issue(&ServerRequest {
+                    site: "a".into(),
+                    hosts,
+                })
+                .await
+                .unwrap();
+            assert!(pki::key_matches(&issued.chain_pem, &issued.key).unwrap(), "{alg:?}");
+            let chain = pki::certificates_der(&issued.chain_pem).unwrap();
+            assert_eq!(chain.len(), 2, "leaf + intermediate");
+            assert_eq!(pki::fingerprint(&chain[1]), ca.signer_fingerprint().unwrap());
+            assert!(pki::signed_by(&issued.chain_pem, ca.intermediate.cert_pem()).unwrap());
+            assert!(pki::signed_by(ca.intermediate.cert_pem(), ca.trust_anchor_pem().unwrap()).unwrap());
+            let facts = pki::facts(&issued.chain_pem).unwrap();
+            assert_eq!(facts.dns_names, vec!["*.b.example.com", "a.example.com"]);
+            assert_eq!(
+                facts.not_after - facts.not_before,
+                time::Duration::days(30) + time::Duration::minutes(5)
+            );
+            assert!(
+                !format!("{:?}", issued.key).contains("PRIVATE"),
+                "Debug shows key material"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ca_is_kept_across_restarts_and_renews_its_intermediate_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FilesStore::new(dir.path(), "o");
+        let now = OffsetDateTime::now_utc();
+        let first = CaIssuer::open("internal", &spec(KeyAlgorithm::EcdsaP256), &store, now)
+            .await
+            .unwrap();
+        let again = CaIssuer::open("internal", &spec(KeyAlgorithm::EcdsaP256), &store, now)
+            .await
+            .unwrap();
+        assert_eq!(first.signer_fingerprint(), again.signer_fingerprint());
+        assert_eq!(first.trust_anchor_pem(), again.trust_anchor_pem());
+        assert_eq!(
+            CaIssuer::stored_signer_fingerprint("internal", &store)
+                .await
+                .unwrap()
+                .as_deref(),
+            first.signer_fingerprint()
+        );
+        // Years later the intermediate could not outlive a new leaf: a new one, same root.
+        let later = now + time::Duration::days(INTERMEDIATE_VALIDITY_DAYS - 30);
+        let renewed = CaIssuer::open("internal", &spec(KeyAlgorithm::EcdsaP256), &store, later)
+            .await
+            .unwrap();
+        assert_ne!(renewed.signer_fingerprint(), first.signer_fingerprint());
+        assert_eq!(renewed.trust_anchor_pem(), first.trust_anchor_pem());
+    }
+
+    #[tokio::test]
+    async fn a_client_ca_signs_client_certificates_for_client_auth() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FilesStore::new(dir.path(), "o");
+        let now = OffsetDateTime::now_utc();
+        let ca = open_client_ca("inv", KeyAlgorithm::EcdsaP256, &store, now)
+            .await
+            .unwrap();
+        let client = ca
+            .issue_client("scanner", KeyAlgorithm::EcdsaP256, time::Duration::days(30), now)
+            .unwrap();
+        assert!(pki::signed_by(&client.chain_pem, ca.cert_pem()).unwrap());
+        assert_eq!(
+            stored_client_ca_fingerprint("inv", &store).await.unwrap().as_deref(),
+            Some(ca.fingerprint())
+        );
+        let reopened = open_client_ca("inv", KeyAlgorithm::EcdsaP256, &store, now)
+            .await
+            .unwrap();
+        assert_eq!(reopened.fingerprint(), ca.fingerprint());
+    }
+}

@@ -81,7 +81,12 @@ fn observed_with(creds: Vec<ObservedCredential>) -> Observed {
 
 /// The objects apply renders when every unblocked credential of the plan is ready.
 fn rendered(cfg: &ConfigFile, p: &Plan) -> Vec<serde_json::Value> {
-    let ready: BTreeSet<String> = p.credentials.iter().filter(|c| c.blocked.is_none()).map(|c| c.site.clone()).collect();
+    let ready: BTreeSet<String> = p
+        .credentials
+        .iter()
+        .filter(|c| c.blocked.is_none())
+        .map(|c| c.site.clone())
+        .collect();
     crate::render::objects(cfg, &ready)
 }
 

@@ -141,6 +141,9 @@ mod tests {
         let ready: BTreeSet<String> = ["b".to_string()].into();
         let rendered: Vec<String> = objects(&config, &ready).iter().map(crate::store::object_key).collect();
         assert_eq!(object_keys(&config, &ready), rendered);
-        assert_eq!(rendered, vec!["gateway/tlsward-gateway", "virtualservice/b", "secret/b-credential"]);
+        assert_eq!(
+            rendered,
+            vec!["gateway/tlsward-gateway", "virtualservice/b", "secret/b-credential"]
+        );
     }
 }

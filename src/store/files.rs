@@ -456,3 +456,108 @@ impl Store for FilesStore {
         sync_dir(path.parent().expect("manifest has a directory"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KeyAlgorithm;
+    use crate::issuer::ca::generate_key;
+
+    fn self_signed(name: &str) -> KeyPairPem {
+        let key = generate_key(KeyAlgorithm::EcdsaP256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        KeyPairPem {
+            chain_pem: cert.pem(),
+            key: PrivateKeyPem::new(key.serialize_pem()),
+        }
+    }
+
+    fn bundle(site: &str, server: KeyPairPem) -> CredentialBundle {
+        CredentialBundle {
+            site: site.into(),
+            issuer: "i".into(),
+            server,
+            client_ca_pem: None,
+            clients: BTreeMap::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_that_does_not_match_its_certificate_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FilesStore::new(dir.path(), "me");
+        let a = self_signed("a.example.com");
+        let b = self_signed("b.example.com");
+        let mixed = KeyPairPem {
+            chain_pem: a.chain_pem.clone(),
+            key: b.key.clone(),
+        };
+        let err = store.write_credential(&bundle("s", mixed)).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the server key does not match its certificate"),
+            "{err}"
+        );
+        assert!(!dir.path().join("credentials/s").exists());
+
+        store.write_credential(&bundle("s", a.clone())).await.unwrap();
+        let mut with_bad_client = bundle("s", b.clone());
+        with_bad_client.clients.insert(
+            "c".into(),
+            KeyPairPem {
+                chain_pem: a.chain_pem.clone(),
+                key: b.key.clone(),
+            },
+        );
+        assert!(store.write_credential(&with_bad_client).await.is_err());
+        // The earlier credential is still whole and in place.
+        let stored = store.credentials().await.unwrap();
+        assert_eq!(stored.owned["s"].server, a);
+    }
+
+    #[tokio::test]
+    async fn another_owners_credential_is_neither_replaced_nor_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let theirs = FilesStore::new(dir.path(), "them");
+        let mine = FilesStore::new(dir.path(), "me");
+        theirs
+            .write_credential(&bundle("s", self_signed("s.example.com")))
+            .await
+            .unwrap();
+        let err = mine
+            .write_credential(&bundle("s", self_signed("s.example.com")))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+        assert!(mine.delete_credential("s").await.is_err());
+        let seen = mine.credentials().await.unwrap();
+        assert!(seen.owned.is_empty());
+        assert!(seen.foreign["s"].contains("owner `them`"), "{:?}", seen.foreign);
+    }
+
+    #[tokio::test]
+    async fn a_rewrite_swaps_the_whole_set_and_removes_stale_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FilesStore::new(dir.path(), "me");
+        let mut first = bundle("s", self_signed("s.example.com"));
+        first.client_ca_pem = Some(self_signed("ca").chain_pem);
+        first.clients.insert("c".into(), self_signed("c"));
+        store.write_credential(&first).await.unwrap();
+        let site = dir.path().join("credentials/s");
+        assert!(site.join("ca.crt").exists() && site.join("clients/c/tls.key").exists());
+        let second = bundle("s", self_signed("s.example.com"));
+        store.write_credential(&second).await.unwrap();
+        assert!(!site.join("ca.crt").exists(), "stale ca.crt link left behind");
+        assert!(!site.join("clients").exists());
+        let versions = fs::read_dir(&site)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(VERSION_PREFIX))
+            .count();
+        assert_eq!(versions, 1, "old versions are removed");
+        assert_eq!(store.credentials().await.unwrap().owned["s"], second);
+    }
+}
