@@ -13,7 +13,9 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::address::{self, AddressSource};
+use crate::config::ProviderSpec;
 use crate::config::{Config, IssuerKind, KeyAlgorithm, TlsMode};
+use crate::dns::rfc2136::{Rfc2136Provider, parse_tsig_secret};
 use crate::dns::zonefile::ZoneFileProvider;
 use crate::dns::{DnsError, DnsProvider};
 use crate::issuer::ca::{self, CaIssuer};
@@ -32,6 +34,8 @@ pub enum SetupError {
     Unsupported(String),
     #[error(transparent)]
     Address(#[from] address::AddressError),
+    #[error("cannot read a secret: {0}")]
+    Secret(String),
 }
 
 /// One failure in a pass: the stage (as in `tlsward_reconcile_errors_total`), what it
@@ -65,6 +69,48 @@ pub struct Runtime {
     seed: u64,
 }
 
+/// Reads a secret from the file or environment variable the config names.
+pub fn read_secret(field: &str, file: &Option<String>, env: &Option<String>) -> Result<String, SetupError> {
+    match (file, env) {
+        (Some(path), _) => {
+            std::fs::read_to_string(path).map_err(|e| SetupError::Secret(format!("{field}_file {path}: {e}")))
+        }
+        (None, Some(var)) => {
+            std::env::var(var).map_err(|_| SetupError::Secret(format!("{field}_env: ${var} is not set")))
+        }
+        (None, None) => Err(SetupError::Secret(format!(
+            "{field}: neither {field}_file nor {field}_env is set"
+        ))),
+    }
+}
+
+fn dns_provider(
+    name: &str,
+    spec: &ProviderSpec,
+    ttl: u32,
+    files_root: &std::path::Path,
+) -> Result<Arc<dyn DnsProvider>, SetupError> {
+    if let Some(z) = &spec.zonefile {
+        return Ok(Arc::new(ZoneFileProvider::new(name, &z.zone, ttl, files_root)));
+    }
+    if let Some(r) = &spec.rfc2136 {
+        let text = read_secret(
+            &format!("dns.providers.{name}.rfc2136.tsig.secret"),
+            &r.tsig.secret_file,
+            &r.tsig.secret_env,
+        )?;
+        let secret = parse_tsig_secret(&text)
+            .map_err(|e| SetupError::Secret(format!("dns.providers.{name}.rfc2136.tsig: {e}")))?;
+        return Rfc2136Provider::new(name, r, &secret)
+            .map(|p| Arc::new(p) as Arc<dyn DnsProvider>)
+            .map_err(|e| SetupError::Unsupported(e.to_string()));
+    }
+    Err(SetupError::Unsupported(format!(
+        "dns.providers.{name}: {} providers are not supported by this build yet",
+        spec.kind_name()
+    )))
+}
+
 /// The jitter seed: stable for an owner, so a restart does not move renewals.
 pub fn seed_for(owner: &str) -> u64 {
     (renewal::jitter_for(0x7415_3a4d, owner) * (1u64 << 53) as f64) as u64
@@ -89,20 +135,7 @@ impl Runtime {
             .unwrap_or_default();
         let mut providers: BTreeMap<String, Arc<dyn DnsProvider>> = BTreeMap::new();
         for (name, spec) in &file.dns.providers {
-            match &spec.zonefile {
-                Some(z) => {
-                    providers.insert(
-                        name.clone(),
-                        Arc::new(ZoneFileProvider::new(name, &z.zone, file.dns.ttl, &files_root)),
-                    );
-                }
-                None => {
-                    return Err(SetupError::Unsupported(format!(
-                        "dns.providers.{name}: {} providers are not supported by this build yet",
-                        spec.kind_name()
-                    )));
-                }
-            }
+            providers.insert(name.clone(), dns_provider(name, spec, file.dns.ttl, &files_root)?);
         }
         let address = file.gateway.address.as_ref().map(address::from_spec).transpose()?;
         let seed = seed_for(&file.owner_id);
@@ -410,7 +443,7 @@ impl Runtime {
             let Some(provider) = self.providers.get(&zone.provider) else {
                 continue;
             };
-            let result: Result<(), DnsError> = provider.apply(&zone.diff.changes).await;
+            let result: Result<(), DnsError> = provider.apply(&zone.diff).await;
             self.metrics
                 .dns_changes(&zone.provider, result.is_ok(), zone.diff.changes.len() as u64);
             match result {

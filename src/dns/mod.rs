@@ -3,17 +3,39 @@
 //! in a provider.
 
 pub mod registry;
+pub mod rfc2136;
 pub mod zonefile;
 
 use async_trait::async_trait;
 
 use crate::model::RecordSet;
-use registry::Change;
+use registry::ZoneDiff;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
     #[error("dns provider `{provider}`: {kind} providers are not supported by this build yet")]
     Unsupported { provider: String, kind: &'static str },
+    #[error("dns provider `{provider}`: {detail}")]
+    Config { provider: String, detail: String },
+    #[error("dns provider `{provider}`: server {server} unreachable: {detail}")]
+    Server {
+        provider: String,
+        server: String,
+        detail: String,
+    },
+    #[error("dns provider `{provider}`: server {server} refused TSIG key `{key}`: {detail}")]
+    Tsig {
+        provider: String,
+        server: String,
+        key: String,
+        detail: String,
+    },
+    #[error("dns provider `{provider}`: server {server}: {detail}")]
+    Rejected {
+        provider: String,
+        server: String,
+        detail: String,
+    },
     #[error("dns provider `{provider}`: {path}: {detail}")]
     ZoneFile {
         provider: String,
@@ -28,6 +50,7 @@ pub enum DnsError {
 pub trait DnsProvider: Send + Sync {
     /// Every record set in the zone (types tlsward does not manage as `Other`).
     async fn records(&self) -> Result<Vec<RecordSet>, DnsError>;
-    /// Applies the changes as one unit where the provider allows it.
-    async fn apply(&self, changes: &[Change]) -> Result<(), DnsError>;
+    /// Applies the diff's changes as one unit where the provider allows it, checking
+    /// its guards where the provider can do so atomically.
+    async fn apply(&self, diff: &ZoneDiff) -> Result<(), DnsError>;
 }

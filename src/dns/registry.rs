@@ -60,12 +60,27 @@ pub struct DesiredName {
     pub records: Vec<RecordSet>,
 }
 
+/// What must still hold at a name when the changes land, for providers that can
+/// check it atomically (RFC 2136 prerequisites): the ownership tlsward saw.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "guard", rename_all = "lowercase")]
+pub enum Guard {
+    /// The name's ownership record is still exactly this one.
+    Owned { ownership: RecordSet },
+    /// The name is still free: no ownership record and no A/AAAA/CNAME (nothing at
+    /// all when a CNAME is to be added).
+    Free { name: String, cname: bool },
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ZoneDiff {
     /// Deletes first, then upserts (a type switch must free the name first).
     pub changes: Vec<Change>,
     /// Names left alone, with why.
     pub conflicts: Vec<(String, String)>,
+    /// The ownership each changed name had when observed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub guards: Vec<Guard>,
 }
 
 /// Computes the changes that bring `current` to `desired` for `owner`, touching only
@@ -125,7 +140,28 @@ pub fn diff(owner: &str, ttl: u32, desired: &[DesiredName], current: &[RecordSet
                 ));
                 continue;
             }
+        } else if want.records.iter().any(|r| r.kind == RecordType::CNAME) {
+            // Our name, but someone else's TXT/MX/… sits there too: a CNAME may not join
+            // them, so the name keeps what it has rather than lose its address records.
+            let foreign: Vec<String> = names_present
+                .get(host)
+                .into_iter()
+                .flatten()
+                .filter(|t| !MANAGED_TYPES.contains(t))
+                .map(|t| t.to_string())
+                .collect();
+            if !foreign.is_empty() {
+                out.conflicts.push((
+                    host.to_string(),
+                    format!(
+                        "cannot follow the load balancer's hostname with a CNAME: the name also has foreign {} records",
+                        foreign.join("/")
+                    ),
+                ));
+                continue;
+            }
         }
+        let changes_before = deletes.len() + upserts.len();
         let owner_record = RecordSet::new(
             ownership_name(host),
             RecordType::TXT,
@@ -145,6 +181,18 @@ pub fn diff(owner: &str, ttl: u32, desired: &[DesiredName], current: &[RecordSet
                 (None, None) => {}
             }
         }
+        if deletes.len() + upserts.len() > changes_before {
+            out.guards
+                .push(match at.get(&(ownership_name(host).as_str(), RecordType::TXT)) {
+                    Some(o) if is_ours => Guard::Owned {
+                        ownership: (*o).clone(),
+                    },
+                    _ => Guard::Free {
+                        name: host.to_string(),
+                        cname: want.records.iter().any(|r| r.kind == RecordType::CNAME),
+                    },
+                });
+        }
     }
     for host in owned.iter().filter(|h| !wanted.contains(h.as_str())) {
         for kind in MANAGED_TYPES {
@@ -154,6 +202,9 @@ pub fn diff(owner: &str, ttl: u32, desired: &[DesiredName], current: &[RecordSet
         }
         if let Some(txt) = at.get(&(ownership_name(host).as_str(), RecordType::TXT)) {
             deletes.push(Change::Delete((*txt).clone()));
+            out.guards.push(Guard::Owned {
+                ownership: (*txt).clone(),
+            });
         }
     }
     out.changes = deletes;
@@ -308,6 +359,57 @@ mod tests {
         let current = vec![ours("*.apps.z.example"), a("*.apps.z.example", &["203.0.113.10"])];
         let d = diff("me", 60, &[], &current);
         assert_eq!(d.changes.len(), 2, "{:?}", d.changes);
+    }
+
+    #[test]
+    fn every_changed_name_carries_the_ownership_it_was_planned_from() {
+        let current = vec![
+            ours("old.z.example"),
+            a("old.z.example", &["203.0.113.10"]),
+            ours("shop.z.example"),
+            a("shop.z.example", &["203.0.113.9"]),
+        ];
+        let d = diff(
+            "me",
+            60,
+            &[
+                want("shop.z.example", vec![a("shop.z.example", &["203.0.113.10"])]),
+                want("new.z.example", vec![cname("new.z.example", "lb.example.net")]),
+            ],
+            &current,
+        );
+        assert_eq!(
+            d.guards,
+            vec![
+                Guard::Owned {
+                    ownership: ours("shop.z.example")
+                },
+                Guard::Free {
+                    name: "new.z.example".into(),
+                    cname: true
+                },
+                Guard::Owned {
+                    ownership: ours("old.z.example")
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_owned_name_with_a_foreign_txt_keeps_its_a_records_instead_of_a_cname() {
+        let current = vec![
+            ours("shop.z.example"),
+            a("shop.z.example", &["203.0.113.10"]),
+            txt("shop.z.example", "foreign"),
+        ];
+        let d = diff(
+            "me",
+            60,
+            &[want("shop.z.example", vec![cname("shop.z.example", "lb.example.net")])],
+            &current,
+        );
+        assert!(d.changes.is_empty(), "{:?}", d.changes);
+        assert!(d.conflicts[0].1.contains("foreign TXT records"), "{:?}", d.conflicts);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::registry::Change;
+use super::registry::{Change, ZoneDiff};
 use super::{DnsError, DnsProvider};
 use crate::model::RecordSet;
 use crate::render::zone::{self, Zone};
@@ -59,7 +59,8 @@ impl DnsProvider for ZoneFileProvider {
         Ok(self.load()?.map(|z| z.record_sets()).unwrap_or_default())
     }
 
-    async fn apply(&self, changes: &[Change]) -> Result<(), DnsError> {
+    async fn apply(&self, diff: &ZoneDiff) -> Result<(), DnsError> {
+        let changes = &diff.changes;
         if changes.is_empty() {
             return Ok(());
         }

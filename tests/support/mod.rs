@@ -2,6 +2,8 @@
 //! directory, free loopback ports, and child processes stopped by PID on drop.
 #![allow(dead_code)]
 
+pub mod bind;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,115 @@
+//! A real BIND 9 (`named -g`) on a loopback port, serving one zone that accepts
+//! TSIG-signed updates and transfers; stopped by PID when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::{Proc, free_port, sh, spawn, wait_for};
+
+pub struct Bind {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub zone: String,
+    pub key_file: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Bind {
+    /// Starts named for `zone` with `records` (zone-file lines, names relative to the
+    /// zone) besides the SOA and NS.
+    pub fn start(dir: &Path, zone: &str, records: &str) -> Bind {
+        std::fs::create_dir_all(dir).unwrap();
+        let key_file = dir.join("tsig.key");
+        let (code, key) = sh(Command::new("tsig-keygen").args(["-a", "hmac-sha256", "tlsward"]));
+        assert_eq!(code, 0, "{key}");
+        std::fs::write(&key_file, &key).unwrap();
+        std::fs::write(
+            dir.join(format!("{zone}.zone")),
+            format!("$ORIGIN {zone}.\n$TTL 300\n@ IN SOA ns1 hostmaster 1 3600 600 604800 60\n@ IN NS ns1\nns1 IN A 127.0.0.1\n{records}"),
+        )
+        .unwrap();
+        let mut bind = Bind {
+            port: 0,
+            dir: dir.to_path_buf(),
+            zone: zone.to_string(),
+            key_file,
+            proc: None,
+        };
+        bind.port = free_port();
+        bind.restart();
+        bind
+    }
+
+    pub fn restart(&mut self) {
+        let d = self.dir.display();
+        let key = std::fs::read_to_string(&self.key_file).unwrap();
+        let conf = format!(
+            r#"options {{
+  directory "{d}";
+  listen-on port {port} {{ 127.0.0.1; }};
+  listen-on-v6 {{ none; }};
+  pid-file "{d}/named.pid";
+  session-keyfile "{d}/session.key";
+  recursion no;
+  notify no;
+  dnssec-validation no;
+}};
+controls {{ }};
+{key}
+zone "{zone}" {{
+  type primary;
+  file "{d}/{zone}.zone";
+  allow-update {{ key tlsward; }};
+  allow-transfer {{ key tlsward; }};
+}};
+"#,
+            port = self.port,
+            zone = self.zone,
+        );
+        std::fs::write(self.dir.join("named.conf"), conf).unwrap();
+        let mut cmd = Command::new("named");
+        cmd.args(["-g", "-u", "root", "-c"]).arg(self.dir.join("named.conf"));
+        self.proc = Some(spawn(cmd));
+        let port = self.port;
+        wait_for(Duration::from_secs(20), "named to answer", || {
+            let (code, out) = sh(Command::new("dig").args([
+                "+short",
+                "+time=1",
+                "+tries=1",
+                "-p",
+                &port.to_string(),
+                "@127.0.0.1",
+                "SOA",
+                &self.zone,
+            ]));
+            (code == 0 && out.contains("hostmaster")).then_some(())
+        });
+    }
+
+    /// Stops named (SIGKILL by PID).
+    pub fn kill(&mut self) {
+        self.proc = None;
+    }
+
+    /// `dig +short` answers for `name` and `kind`, sorted.
+    pub fn dig(&self, name: &str, kind: &str) -> Vec<String> {
+        let (code, out) = sh(Command::new("dig").args([
+            "+short",
+            "+time=2",
+            "-p",
+            &self.port.to_string(),
+            "@127.0.0.1",
+            kind,
+            name,
+        ]));
+        assert_eq!(code, 0, "{out}");
+        let mut v: Vec<String> = out
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        v.sort();
+        v
+    }
+}
