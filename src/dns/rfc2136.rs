@@ -169,7 +169,7 @@ impl Rfc2136Provider {
         message: &Message,
         verifier: &mut hickory_proto::rr::TSigVerifier,
     ) -> Result<(), DnsError> {
-        match message.signature.as_ref().map(|s| s.data.error.clone()) {
+        match message.signature.as_ref().map(|s| s.data.error) {
             Some(Some(error)) => {
                 let what = match error {
                     TsigError::BadSig => "BADSIG: the server rejected the signature (wrong secret)".to_string(),
