@@ -4,25 +4,35 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# command -> Debian package that provides it
-declare -A tools=(
-  [openssl]=openssl
-  [curl]=curl
-  [nginx]=nginx
-  [named-checkzone]=bind9-utils
+# what must exist -> the Debian package that provides it
+declare -A needs=(
+  [/usr/bin/openssl]=openssl
+  [/usr/bin/curl]=curl
+  [/usr/sbin/nginx]=nginx
+  [/usr/bin/named-checkzone]=bind9-utils
+  [/usr/sbin/named]=bind9
+  [/usr/sbin/tsig-keygen]=bind9
+  [/usr/bin/dig]=bind9-dnsutils
+  [/usr/bin/nsupdate]=bind9-dnsutils
+  [/usr/sbin/pdns_server]=pdns-server
+  [/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql]=pdns-backend-sqlite3
+  [/usr/bin/sqlite3]=sqlite3
 )
 missing=()
-for cmd in "${!tools[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("${tools[$cmd]}")
+for path in "${!needs[@]}"; do
+  [ -e "$path" ] || missing+=("${needs[$path]}")
 done
 if ((${#missing[@]})); then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# The nginx package may start a system instance on port 80; tests run their own.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
+# The packages may start system instances; tests run their own on loopback ports.
+if command -v systemctl >/dev/null 2>&1; then
+  systemctl disable --now nginx named pdns >/dev/null 2>&1 || true
+fi
 
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 use crate::address::{self, AddressSource};
 use crate::config::ProviderSpec;
 use crate::config::{Config, IssuerKind, KeyAlgorithm, TlsMode};
+use crate::dns::powerdns::PowerDnsProvider;
 use crate::dns::rfc2136::{Rfc2136Provider, parse_tsig_secret};
+use crate::dns::webhook::WebhookProvider;
 use crate::dns::zonefile::ZoneFileProvider;
 use crate::dns::{DnsError, DnsProvider};
 use crate::issuer::ca::{self, CaIssuer};
@@ -36,6 +38,8 @@ pub enum SetupError {
     Address(#[from] address::AddressError),
     #[error("cannot read a secret: {0}")]
     Secret(String),
+    #[error(transparent)]
+    Dns(#[from] DnsError),
 }
 
 /// One failure in a pass: the stage (as in `tlsward_reconcile_errors_total`), what it
@@ -90,25 +94,24 @@ fn dns_provider(
     ttl: u32,
     files_root: &std::path::Path,
 ) -> Result<Arc<dyn DnsProvider>, SetupError> {
+    let field = |f: &str| format!("dns.providers.{name}.{f}");
     if let Some(z) = &spec.zonefile {
         return Ok(Arc::new(ZoneFileProvider::new(name, &z.zone, ttl, files_root)));
     }
     if let Some(r) = &spec.rfc2136 {
-        let text = read_secret(
-            &format!("dns.providers.{name}.rfc2136.tsig.secret"),
-            &r.tsig.secret_file,
-            &r.tsig.secret_env,
-        )?;
-        let secret = parse_tsig_secret(&text)
-            .map_err(|e| SetupError::Secret(format!("dns.providers.{name}.rfc2136.tsig: {e}")))?;
-        return Rfc2136Provider::new(name, r, &secret)
-            .map(|p| Arc::new(p) as Arc<dyn DnsProvider>)
-            .map_err(|e| SetupError::Unsupported(e.to_string()));
+        let text = read_secret(&field("rfc2136.tsig.secret"), &r.tsig.secret_file, &r.tsig.secret_env)?;
+        let secret =
+            parse_tsig_secret(&text).map_err(|e| SetupError::Secret(format!("{}: {e}", field("rfc2136.tsig"))))?;
+        return Ok(Arc::new(Rfc2136Provider::new(name, r, &secret)?));
     }
-    Err(SetupError::Unsupported(format!(
-        "dns.providers.{name}: {} providers are not supported by this build yet",
-        spec.kind_name()
-    )))
+    if let Some(p) = &spec.powerdns {
+        let key = read_secret(&field("powerdns.api_key"), &p.api_key_file, &p.api_key_env)?;
+        return Ok(Arc::new(PowerDnsProvider::new(name, p, &key)?));
+    }
+    match &spec.webhook {
+        Some(w) => Ok(Arc::new(WebhookProvider::new(name, w)?)),
+        None => unreachable!("validation guarantees one provider kind"),
+    }
 }
 
 /// The jitter seed: stable for an owner, so a restart does not move renewals.

@@ -4,96 +4,40 @@
 mod support;
 
 use support::bind::Bind;
+use support::dns_scenario::{self, Backend, FOREIGN_ZONE_LINES as FOREIGN, assert_foreign_intact};
 use support::*;
 
-const FOREIGN: &str = "@ IN A 198.51.100.1\n@ IN MX 10 mail\nmail IN A 198.51.100.25\nsibling IN A 198.51.100.7\nfrontend IN TXT \"v=foreign\"\n";
+struct BindBackend<'a>(&'a Bind, std::path::PathBuf);
 
-fn config(bind: &Bind, address: &str, key_file: &std::path::Path) -> String {
-    format!(
-        r#"owner_id: foocorp-test
-store: {{files: {{dir: out}}}}
-gateway: {{address: {{static: [{address}]}}}}
-issuers: {{internal: {{ca: {{}}}}}}
-dns:
-  ttl: 60
-  providers:
-    corp: {{rfc2136: {{server: "127.0.0.1:{port}", zone: foocorp.example., tsig: {{name: tlsward, algorithm: hmac-sha256, secret_file: {key}}}}}}}
-sites:
-  - {{name: frontend, hosts: [frontend.foocorp.example], issuer: internal, dns: corp, route: {{to: fe, port: 80}}}}
-  - {{name: inventory, hosts: [inventory.foocorp.example], issuer: internal, dns: corp, route: {{to: inv, port: 80}}}}
-"#,
-        port = bind.port,
-        key = key_file.display(),
-    )
+impl Backend for BindBackend<'_> {
+    fn provider(&self) -> String {
+        format!(
+            "{{rfc2136: {{server: \"127.0.0.1:{}\", zone: foocorp.example., tsig: {{name: tlsward, algorithm: hmac-sha256, secret_file: {}}}}}}}",
+            self.0.port,
+            self.1.display()
+        )
+    }
+    fn lookup(&self, name: &str, kind: &str) -> Vec<String> {
+        self.0.dig(name, kind)
+    }
 }
 
-fn assert_foreign_intact(bind: &Bind) {
-    assert_eq!(bind.dig("foocorp.example", "A"), vec!["198.51.100.1"]);
-    assert_eq!(bind.dig("foocorp.example", "MX"), vec!["10 mail.foocorp.example."]);
-    assert_eq!(bind.dig("sibling.foocorp.example", "A"), vec!["198.51.100.7"]);
-    assert_eq!(bind.dig("frontend.foocorp.example", "TXT"), vec!["\"v=foreign\""]);
+fn config(bind: &Bind, address: &str, key_file: &std::path::Path) -> String {
+    dns_scenario::config(
+        &BindBackend(bind, key_file.to_path_buf()).provider(),
+        address,
+        &["frontend", "inventory"],
+    )
 }
 
 #[test]
 fn records_follow_the_address_and_foreign_records_survive() {
     let w = Workdir::new();
     let bind = Bind::start(&w.path().join("bind"), "foocorp.example", FOREIGN);
-    w.write_config(&config(&bind, "203.0.113.10", &bind.key_file));
-    assert_success(&w.run_once());
-    assert_eq!(bind.dig("frontend.foocorp.example", "A"), vec!["203.0.113.10"]);
-    assert_eq!(bind.dig("inventory.foocorp.example", "A"), vec!["203.0.113.10"]);
-    assert_eq!(
-        bind.dig("_tlsward.inventory.foocorp.example", "TXT"),
-        vec!["\"heritage=tlsward,tlsward/owner=foocorp-test,tlsward/site=inventory\""]
+    dns_scenario::records_follow_the_address_and_foreign_records_survive(
+        &w,
+        &BindBackend(&bind, bind.key_file.clone()),
     );
-    assert_foreign_intact(&bind);
-
-    w.write_config(&config(&bind, "203.0.113.20, 203.0.113.21", &bind.key_file));
-    assert_success(&w.run_once());
-    assert_eq!(
-        bind.dig("frontend.foocorp.example", "A"),
-        vec!["203.0.113.20", "203.0.113.21"]
-    );
-    assert_foreign_intact(&bind);
-
-    // A hostname: CNAME where the name is ours alone; where a foreign TXT shares the
-    // name, a CNAME is impossible, so that name keeps its A records and is reported.
-    w.write_config(&config(&bind, "lb-1.elb.example.net", &bind.key_file));
-    let out = w.run_once();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("frontend.foocorp.example: cannot follow the load balancer's hostname with a CNAME"),
-        "{stderr}"
-    );
-    assert_eq!(
-        bind.dig("inventory.foocorp.example", "CNAME"),
-        vec!["lb-1.elb.example.net."]
-    );
-    assert!(
-        bind.dig("inventory.foocorp.example", "A")
-            .iter()
-            .all(|a| !a.starts_with("203.")),
-        "A left beside the CNAME"
-    );
-    assert_eq!(
-        bind.dig("frontend.foocorp.example", "A"),
-        vec!["203.0.113.20", "203.0.113.21"]
-    );
-    assert_foreign_intact(&bind);
-
-    // Removing a site removes its records and ownership record, nothing else.
-    let text = config(&bind, "lb-1.elb.example.net", &bind.key_file);
-    let without_inventory: String = text
-        .lines()
-        .filter(|l| !l.contains("name: inventory"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    w.write_config(&without_inventory);
-    let _ = w.run_once();
-    assert!(bind.dig("inventory.foocorp.example", "CNAME").is_empty());
-    assert!(bind.dig("_tlsward.inventory.foocorp.example", "TXT").is_empty());
-    assert_foreign_intact(&bind);
 }
 
 #[test]
@@ -108,7 +52,7 @@ fn a_wrong_tsig_secret_is_a_clear_error_naming_the_key() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("refused TSIG key `tlsward`: BADSIG"), "{stderr}");
     assert!(bind.dig("frontend.foocorp.example", "A").is_empty());
-    assert_foreign_intact(&bind);
+    assert_foreign_intact(&BindBackend(&bind, bind.key_file.clone()));
 }
 
 #[test]
@@ -127,7 +71,7 @@ fn a_dead_server_is_an_error_naming_it_and_the_next_pass_converges() {
     bind.restart();
     assert_success(&w.run_once());
     assert_eq!(bind.dig("frontend.foocorp.example", "A"), vec!["203.0.113.10"]);
-    assert_foreign_intact(&bind);
+    assert_foreign_intact(&BindBackend(&bind, bind.key_file.clone()));
 }
 
 /// Adds a record with BIND's own client, as another tool would.

@@ -2,8 +2,10 @@
 //! list of changes; ownership (what may be changed) is decided in `registry`, never
 //! in a provider.
 
+pub mod powerdns;
 pub mod registry;
 pub mod rfc2136;
+pub mod webhook;
 pub mod zonefile;
 
 use async_trait::async_trait;

@@ -142,7 +142,7 @@ fn quote_txt(v: &str) -> String {
     escaped.join(" ")
 }
 
-fn unquote_txt(rdata: &str) -> String {
+pub fn unquote_txt(rdata: &str) -> String {
     let mut out = String::new();
     let mut chars = rdata.chars();
     let mut in_quotes = false;

@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 pub mod bind;
+pub mod dns_scenario;
+pub mod pdns;
+pub mod webhook;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
