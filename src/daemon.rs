@@ -153,7 +153,12 @@ impl Runtime {
     }
 
     /// Reads the world: stored credentials, CA state, the address, every zone.
-    pub async fn observe(&self, failures: &mut Vec<Failure>) -> Result<(Observed, StoredCredentials), StoreError> {
+    /// `with_dns: false` skips reading the zones (they stay unobserved).
+    pub async fn observe(
+        &self,
+        failures: &mut Vec<Failure>,
+        with_dns: bool,
+    ) -> Result<(Observed, StoredCredentials), StoreError> {
         let file = &self.config.file;
         let stored = self.store.credentials().await?;
         let mut observed = Observed {
@@ -194,7 +199,7 @@ impl Runtime {
                 }),
             }
         }
-        for (name, provider) in &self.providers {
+        for (name, provider) in self.providers.iter().filter(|_| with_dns) {
             let records = provider.records().await.map_err(|e| e.to_string());
             if let Err(e) = &records {
                 failures.push(Failure {
@@ -211,7 +216,7 @@ impl Runtime {
     /// Observe and plan, writing nothing (the `plan` command).
     pub async fn plan(&self, now: OffsetDateTime) -> Result<(Plan, Vec<Failure>), StoreError> {
         let mut failures = Vec::new();
-        let (observed, _) = self.observe(&mut failures).await?;
+        let (observed, _) = self.observe(&mut failures, true).await?;
         Ok((plan::plan(&self.config.file, &observed, now, self.seed), failures))
     }
 
@@ -336,7 +341,7 @@ impl Runtime {
     pub async fn pass(&self, cancel: &CancellationToken) -> PassReport {
         let mut report = PassReport::default();
         let now = OffsetDateTime::now_utc();
-        let (observed, stored) = match self.observe(&mut report.failures).await {
+        let (observed, stored) = match self.observe(&mut report.failures, true).await {
             Ok(o) => o,
             Err(e) => {
                 report.failures.push(Failure {
@@ -477,7 +482,9 @@ impl Runtime {
     pub async fn record(&self, report: &mut PassReport) {
         let now = OffsetDateTime::now_utc();
         let mut ignored = Vec::new();
-        let Ok((observed, _)) = self.observe(&mut ignored).await else {
+        // After a failed pass the zones are not read again: it would only repeat the
+        // failure (a refused key, a dead server) without changing the outcome.
+        let Ok((observed, _)) = self.observe(&mut ignored, report.failures.is_empty()).await else {
             return;
         };
         let after = plan::plan(&self.config.file, &observed, now, self.seed);

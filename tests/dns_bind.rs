@@ -52,6 +52,16 @@ fn a_wrong_tsig_secret_is_a_clear_error_naming_the_key() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("refused TSIG key `tlsward`: BADSIG"), "{stderr}");
     assert!(bind.dig("frontend.foocorp.example", "A").is_empty());
+    // Exactly one attempt: a refused key is not retried in a storm.
+    let log = std::fs::read_to_string(bind.dir.join("named.log")).unwrap();
+    assert_eq!(log.matches("tsig verify failure (BADSIG)").count(), 1, "{log}");
+
+    // A key name the server does not know: BADKEY.
+    let text = config(&bind, "203.0.113.10", &bind.key_file).replace("name: tlsward", "name: stranger");
+    w.write_config(&text);
+    let out = w.run_once();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refused TSIG key `stranger`: BADKEY"), "{stderr}");
     assert_foreign_intact(&BindBackend(&bind, bind.key_file.clone()));
 }
 
@@ -142,4 +152,50 @@ async fn a_change_made_after_tlsward_read_the_zone_fails_the_update_and_survives
     let err = provider.apply(&moved).await.unwrap_err().to_string();
     assert!(err.contains("the zone changed since tlsward read it"), "{err}");
     assert_eq!(bind.dig("shop.foocorp.example", "A"), vec!["203.0.113.10"]);
+}
+
+#[tokio::test]
+async fn a_thousand_changes_larger_than_one_message_all_land() {
+    use tlsward::dns::DnsProvider;
+    use tlsward::dns::registry::{DesiredName, diff};
+    use tlsward::dns::rfc2136::{Rfc2136Provider, parse_tsig_secret};
+    use tlsward::model::{RecordSet, RecordType};
+
+    let w = Workdir::new();
+    let bind = Bind::start(&w.path().join("bind"), "foocorp.example", FOREIGN);
+    let spec: tlsward::config::Rfc2136Spec = serde_json::from_value(serde_json::json!({
+        "server": format!("127.0.0.1:{}", bind.port), "zone": "foocorp.example.", "tsig": {"name": "tlsward", "secret_file": bind.key_file},
+    }))
+    .unwrap();
+    let secret = parse_tsig_secret(&std::fs::read_to_string(&bind.key_file).unwrap()).unwrap();
+    let provider = Rfc2136Provider::new("corp", &spec, &secret).unwrap();
+    let desired: Vec<DesiredName> = (0..500)
+        .map(|i| {
+            let host = format!("h{i}.foocorp.example");
+            DesiredName {
+                records: vec![RecordSet::new(
+                    host.clone(),
+                    RecordType::A,
+                    60,
+                    vec!["203.0.113.10".into()],
+                )],
+                host,
+                site: format!("s{i}"),
+            }
+        })
+        .collect();
+    let d = diff("me", 60, &desired, &provider.records().await.unwrap());
+    assert_eq!(d.changes.len(), 1000);
+    assert!(
+        provider.update_messages(&d).unwrap().len() > 1,
+        "expected the diff to need more than one message"
+    );
+    for m in provider.update_messages(&d).unwrap() {
+        assert!(m.to_vec().unwrap().len() < 65_000, "a message too large for DNS");
+    }
+    provider.apply(&d).await.unwrap();
+    let after = provider.records().await.unwrap();
+    assert!(diff("me", 60, &desired, &after).changes.is_empty());
+    assert_eq!(bind.dig("h499.foocorp.example", "A"), vec!["203.0.113.10"]);
+    assert_foreign_intact(&BindBackend(&bind, bind.key_file.clone()));
 }

@@ -85,7 +85,7 @@ fn nginx_accepts_the_issued_client_certificate_and_refuses_anyone_else() {
         .arg(&conf)
         .arg("-g")
         .arg("daemon off;");
-    let _nginx = spawn(cmd);
+    let _nginx = spawn_logged(cmd, &nginx_dir.join("stdout.log"));
     wait_for(Duration::from_secs(10), "nginx to listen", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     });

@@ -21,6 +21,32 @@ pub fn ownership_name(host: &str) -> String {
     format!("{}.{host}", names::OWNERSHIP_PREFIX)
 }
 
+/// The host an ownership record's name stands for (the inverse of `ownership_name`).
+pub fn host_of_ownership_name(name: &str) -> Option<String> {
+    let n = name.strip_prefix(&format!("{}.", names::OWNERSHIP_PREFIX))?;
+    Some(match n.strip_prefix(&format!("{}.", names::WILDCARD_LABEL)) {
+        Some(rest) => format!("*.{rest}"),
+        None => n.to_string(),
+    })
+}
+
+impl Guard {
+    /// The host this guard protects.
+    pub fn host(&self) -> String {
+        match self {
+            Guard::Owned { ownership } => {
+                host_of_ownership_name(&ownership.name).unwrap_or_else(|| ownership.name.clone())
+            }
+            Guard::Free { name, .. } => name.clone(),
+        }
+    }
+}
+
+/// The host a record belongs to: itself, or the host its ownership record names.
+pub fn host_of_record(name: &str) -> String {
+    host_of_ownership_name(name).unwrap_or_else(|| name.to_string())
+}
+
 /// The ownership record's text for `owner` and `site`.
 pub fn ownership_value(owner: &str, site: &str) -> String {
     format!("heritage=tlsward,tlsward/owner={owner},tlsward/site={site}")
@@ -99,11 +125,7 @@ pub fn diff(owner: &str, ttl: u32, desired: &[DesiredName], current: &[RecordSet
     let owned: BTreeSet<String> = current
         .iter()
         .filter(|r| r.kind == RecordType::TXT && r.values.iter().any(|v| owner_of(v) == Some(owner)))
-        .filter_map(|r| r.name.strip_prefix(&format!("{}.", names::OWNERSHIP_PREFIX)))
-        .map(|n| match n.strip_prefix(&format!("{}.", names::WILDCARD_LABEL)) {
-            Some(rest) => format!("*.{rest}"),
-            None => n.to_string(),
-        })
+        .filter_map(|r| host_of_ownership_name(&r.name))
         .collect();
 
     let mut out = ZoneDiff::default();

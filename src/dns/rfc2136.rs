@@ -1,7 +1,8 @@
 //! RFC 2136 dynamic updates signed with TSIG (RFC 8945).
 //!
 //! All changes for a zone travel in one UPDATE message, so the server applies them
-//! all or none. Its prerequisite section re-checks the ownership tlsward planned from
+//! all or none (a diff too large for one 64 KiB message is split between names, never
+//! within one). Its prerequisite section re-checks the ownership tlsward planned from
 //! (the exact ownership TXT RRset, or a still-free name), so a concurrent change by
 //! someone else makes the update fail instead of clobbering their records.
 //!
@@ -34,6 +35,8 @@ use crate::model::{RecordSet, RecordType};
 
 /// Largest update sent over UDP (the EDNS-safe size); larger ones go over TCP.
 const UDP_LIMIT: usize = 1232;
+/// Room for one UPDATE message's records, below the 64 KiB limit (TSIG and header aside).
+const MESSAGE_BUDGET: usize = 60_000;
 const TIMEOUT: Duration = Duration::from_secs(3);
 const UDP_ATTEMPTS: u32 = 2;
 const FUDGE: u16 = 300;
@@ -183,11 +186,13 @@ impl Rfc2136Provider {
                 };
                 return Err(self.tsig_error(what));
             }
+            // An unsigned refusal is the server's answer to an update it would not
+            // attribute to the key; an unsigned success cannot be trusted.
+            None if message.metadata.response_code != ResponseCode::NoError => {
+                return Err(self.rcode_error(message.metadata.response_code));
+            }
             None => {
-                let rcode = message.metadata.response_code;
-                return Err(self.tsig_error(format!(
-                    "the response is not signed ({rcode:?}): is the key configured on the server?"
-                )));
+                return Err(self.tsig_error("the response is not signed: is the key configured on the server?".into()));
             }
             Some(None) => {}
         }
@@ -211,13 +216,12 @@ impl Rfc2136Provider {
         if bytes.len() <= UDP_LIMIT {
             answer = Some(self.udp(&bytes, id).await?);
         }
-        let mut raw = match answer {
+        let raw = match answer {
             Some(raw) if !Message::from_vec(&raw).map(|m| m.metadata.truncation).unwrap_or(false) => raw,
             _ => self.tcp(&bytes, 1).await?.remove(0),
         };
         let response = Message::from_vec(&raw).map_err(|e| self.unreachable(format!("unreadable response: {e}")))?;
         self.check_signature(&raw, &response, &mut verifier)?;
-        raw.clear();
         Ok(response)
     }
 
@@ -310,49 +314,93 @@ impl Rfc2136Provider {
         }
     }
 
-    /// Builds the one UPDATE message for a diff (RFC 2136 §2.4 prerequisites, §2.5 updates).
-    pub fn update_message(&self, diff: &ZoneDiff) -> Result<Message, String> {
+    /// Builds the UPDATE for a diff (RFC 2136 §2.4 prerequisites, §2.5 updates): one
+    /// message, or — when it would pass the 64 KiB a DNS message can hold — several,
+    /// each carrying whole names (a name's guard with all of its changes).
+    pub fn update_messages(&self, diff: &ZoneDiff) -> Result<Vec<Message>, String> {
+        use std::collections::BTreeMap;
+        let mut units: BTreeMap<String, (Vec<&Guard>, Vec<&Change>)> = BTreeMap::new();
+        for g in &diff.guards {
+            units.entry(g.host()).or_default().0.push(g);
+        }
+        for c in &diff.changes {
+            units
+                .entry(super::registry::host_of_record(&c.record().name))
+                .or_default()
+                .1
+                .push(c);
+        }
+        let mut messages = Vec::new();
+        let mut current = self.new_update();
+        for (guards, changes) in units.values() {
+            let (answers, authorities) = (current.answers.len(), current.authorities.len());
+            for g in guards {
+                add_guard(&mut current, g)?;
+            }
+            for c in changes {
+                add_change(&mut current, c)?;
+            }
+            // Measured encoded, since name compression only reaches the first 16 KiB.
+            if current.to_vec().map_err(|e| e.to_string())?.len() > MESSAGE_BUDGET && answers + authorities > 0 {
+                let mut next = self.new_update();
+                next.answers = current.answers.split_off(answers);
+                next.authorities = current.authorities.split_off(authorities);
+                messages.push(std::mem::replace(&mut current, next));
+            }
+        }
+        if !current.answers.is_empty() || !current.authorities.is_empty() {
+            messages.push(current);
+        }
+        Ok(messages)
+    }
+
+    fn new_update(&self) -> Message {
         let mut m = Message::new(rand::random(), MessageType::Query, OpCode::Update);
         m.add_query(Query::query(self.zone.clone(), WireType::SOA));
-        for guard in &diff.guards {
-            match guard {
-                Guard::Owned { ownership } => {
-                    // "RRset exists (value dependent)": exactly the records tlsward saw.
-                    let name = fqdn(&ownership.name)?;
-                    for v in &ownership.values {
-                        let mut r = Record::from_rdata(name.clone(), 0, rdata(RecordType::TXT, v)?);
-                        r.dns_class = DNSClass::IN;
-                        m.add_answer(r);
-                    }
-                }
-                Guard::Free { name, cname } => {
-                    let host = fqdn(name)?;
-                    let owner_name = fqdn(&super::registry::ownership_name(name))?;
-                    m.add_answer(bare(owner_name, WireType::TXT, DNSClass::NONE));
-                    if *cname {
-                        // "Name is not in use": a CNAME may not join anything.
-                        m.add_answer(bare(host, WireType::ANY, DNSClass::NONE));
-                    } else {
-                        for t in [WireType::A, WireType::AAAA, WireType::CNAME] {
-                            m.add_answer(bare(host.clone(), t, DNSClass::NONE));
-                        }
-                    }
-                }
-            }
-        }
-        for change in &diff.changes {
-            let set = change.record();
-            let name = fqdn(&set.name)?;
-            // Delete the RRset, then (for an upsert) add its new records.
-            m.add_authority(bare(name.clone(), wire_type(set.kind), DNSClass::ANY));
-            if let Change::Upsert(set) = change {
-                for v in &set.values {
-                    m.add_authority(Record::from_rdata(name.clone(), set.ttl, rdata(set.kind, v)?));
-                }
-            }
-        }
-        Ok(m)
+        m
     }
+}
+
+fn add_guard(m: &mut Message, guard: &Guard) -> Result<(), String> {
+    match guard {
+        Guard::Owned { ownership } => {
+            // "RRset exists (value dependent)": exactly the records tlsward saw.
+            let name = fqdn(&ownership.name)?;
+            for v in &ownership.values {
+                m.add_answer(Record::from_rdata(name.clone(), 0, rdata(RecordType::TXT, v)?));
+            }
+        }
+        Guard::Free { name, cname } => {
+            let host = fqdn(name)?;
+            m.add_answer(bare(
+                fqdn(&super::registry::ownership_name(name))?,
+                WireType::TXT,
+                DNSClass::NONE,
+            ));
+            if *cname {
+                // "Name is not in use": a CNAME may not join anything.
+                m.add_answer(bare(host, WireType::ANY, DNSClass::NONE));
+            } else {
+                for t in [WireType::A, WireType::AAAA, WireType::CNAME] {
+                    m.add_answer(bare(host.clone(), t, DNSClass::NONE));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn add_change(m: &mut Message, change: &Change) -> Result<(), String> {
+    let set = change.record();
+    let name = fqdn(&set.name)?;
+    // Delete the RRset, then (for an upsert) add its new records.
+    m.add_authority(bare(name.clone(), wire_type(set.kind), DNSClass::ANY));
+    if let Change::Upsert(set) = change {
+        for v in &set.values {
+            m.add_authority(Record::from_rdata(name.clone(), set.ttl, rdata(set.kind, v)?));
+        }
+    }
+    Ok(())
 }
 
 fn to_record_sets(records: Vec<Record>, zone: &str) -> Vec<RecordSet> {
@@ -422,14 +470,16 @@ impl DnsProvider for Rfc2136Provider {
         if diff.changes.is_empty() {
             return Ok(());
         }
-        let message = self.update_message(diff).map_err(|detail| DnsError::Config {
+        let messages = self.update_messages(diff).map_err(|detail| DnsError::Config {
             provider: self.name.clone(),
             detail,
         })?;
-        let response = self.exchange(message).await?;
-        match response.metadata.response_code {
-            ResponseCode::NoError => Ok(()),
-            code => Err(self.rcode_error(code)),
+        for message in messages {
+            let response = self.exchange(message).await?;
+            if response.metadata.response_code != ResponseCode::NoError {
+                return Err(self.rcode_error(response.metadata.response_code));
+            }
         }
+        Ok(())
     }
 }

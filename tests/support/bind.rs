@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::{Proc, free_port, sh, spawn, wait_for};
+use super::{Proc, free_port, sh, spawn_logged, wait_for};
 
 pub struct Bind {
     pub port: u16,
@@ -70,7 +70,7 @@ zone "{zone}" {{
         std::fs::write(self.dir.join("named.conf"), conf).unwrap();
         let mut cmd = Command::new("named");
         cmd.args(["-g", "-u", "root", "-c"]).arg(self.dir.join("named.conf"));
-        self.proc = Some(spawn(cmd));
+        self.proc = Some(spawn_logged(cmd, &self.dir.join("named.log")));
         let port = self.port;
         wait_for(Duration::from_secs(20), "named to answer", || {
             let (code, out) = sh(Command::new("dig").args([

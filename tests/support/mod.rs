@@ -84,8 +84,15 @@ impl Drop for Proc {
     }
 }
 
-pub fn spawn(mut cmd: Command) -> Proc {
-    Proc(cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn"))
+/// Starts a server; its output goes to `log` (a pipe nobody reads would block it).
+pub fn spawn_logged(mut cmd: Command, log: &Path) -> Proc {
+    let file = std::fs::File::create(log).expect("log file");
+    Proc(
+        cmd.stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn"),
+    )
 }
 
 /// Polls `f` until it returns Some, or panics after `timeout`.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::{Proc, free_port, sh, spawn, wait_for};
+use super::{Proc, free_port, sh, spawn_logged, wait_for};
 
 pub const API_KEY: &str = "tlsward-test-key";
 
@@ -73,7 +73,7 @@ impl Pdns {
         let mut cmd = Command::new("pdns_server");
         cmd.arg(format!("--config-dir={d}"))
             .args(["--daemon=no", "--guardian=no", "--disable-syslog"]);
-        self.proc = Some(spawn(cmd));
+        self.proc = Some(spawn_logged(cmd, &self.dir.join("pdns.log")));
         let port = self.api_port;
         wait_for(Duration::from_secs(20), "the PowerDNS API", || {
             let (code, _) = sh(Command::new("curl")
