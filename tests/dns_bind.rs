@@ -199,3 +199,16 @@ async fn a_thousand_changes_larger_than_one_message_all_land() {
     assert_eq!(bind.dig("h499.foocorp.example", "A"), vec!["203.0.113.10"]);
     assert_foreign_intact(&BindBackend(&bind, bind.key_file.clone()));
 }
+
+#[test]
+fn a_zone_the_server_does_not_serve_is_reported_by_its_response_code() {
+    let w = Workdir::new();
+    let bind = Bind::start(&w.path().join("bind"), "foocorp.example", FOREIGN);
+    let text = config(&bind, "203.0.113.10", &bind.key_file).replace("zone: foocorp.example.", "zone: other.example.");
+    w.write_config(&text.replace(".foocorp.example]", ".other.example]"));
+    let out = w.run_once();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("NOTAUTH") || stderr.contains("REFUSED"), "{stderr}");
+    assert!(stderr.contains("zone other.example"), "{stderr}");
+}
