@@ -7,7 +7,6 @@
 //!
 //! `cargo bench --bench dns_bind` (needs bind9, bind9-dnsutils: scripts/test.sh installs them)
 
-#[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 
