@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use futures::StreamExt;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -20,8 +21,9 @@ use crate::dns::rfc2136::{Rfc2136Provider, parse_tsig_secret};
 use crate::dns::webhook::WebhookProvider;
 use crate::dns::zonefile::ZoneFileProvider;
 use crate::dns::{DnsError, DnsProvider};
+use crate::issuer::acme::{AcmeIssuer, Http01Challenges, Solver};
 use crate::issuer::ca::{self, CaIssuer};
-use crate::issuer::{IssueError, Issuer, ServerRequest};
+use crate::issuer::{Issuer, ServerRequest};
 use crate::metrics::{CertificateState, Metrics};
 use crate::plan::{self, Action, CredentialPlan, Observed, Plan, renewal};
 use crate::store::files::FilesStore;
@@ -71,7 +73,16 @@ pub struct Runtime {
     address: Option<Box<dyn AddressSource>>,
     metrics: Arc<Metrics>,
     seed: u64,
+    /// Pending HTTP-01 answers, served by the solver endpoint.
+    pub http01: Arc<Http01Challenges>,
+    /// One DNS-01 challenge update at a time per provider.
+    dns_locks: BTreeMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Sites whose last issuance failed: how often, and when to try again.
+    retry: std::sync::Mutex<BTreeMap<String, (u32, OffsetDateTime)>>,
 }
+
+/// Sites issued at once (each mostly waits on an ACME server).
+const CONCURRENT_ISSUANCES: usize = 8;
 
 /// Reads a secret from the file or environment variable the config names.
 pub fn read_secret(field: &str, file: &Option<String>, env: &Option<String>) -> Result<String, SetupError> {
@@ -120,7 +131,7 @@ pub fn seed_for(owner: &str) -> u64 {
 }
 
 impl Runtime {
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Runtime, SetupError> {
+    pub fn new(config: Config, metrics: Arc<Metrics>, http01: Arc<Http01Challenges>) -> Result<Runtime, SetupError> {
         let file = &config.file;
         let store: Arc<dyn Store> = match (&file.store.files, &file.store.kubernetes) {
             (Some(files), _) => Arc::new(FilesStore::new(PathBuf::from(&files.dir), &file.owner_id)),
@@ -142,6 +153,7 @@ impl Runtime {
         }
         let address = file.gateway.address.as_ref().map(address::from_spec).transpose()?;
         let seed = seed_for(&file.owner_id);
+        let dns_locks = providers.keys().map(|k| (k.clone(), Arc::default())).collect();
         Ok(Runtime {
             config,
             store,
@@ -149,6 +161,9 @@ impl Runtime {
             address,
             metrics,
             seed,
+            http01,
+            dns_locks,
+            retry: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -220,9 +235,11 @@ impl Runtime {
         Ok((plan::plan(&self.config.file, &observed, now, self.seed), failures))
     }
 
+    /// Opens every internal CA (publishing its root) and the ACME issuers in `acme_needed`.
     async fn open_issuers(
         &self,
         now: OffsetDateTime,
+        acme_needed: &BTreeSet<String>,
         failures: &mut Vec<Failure>,
     ) -> BTreeMap<String, Arc<dyn Issuer>> {
         let mut issuers: BTreeMap<String, Arc<dyn Issuer>> = BTreeMap::new();
@@ -247,6 +264,28 @@ impl Runtime {
                         message: e.to_string(),
                     }),
                 },
+                IssuerKind::Acme(acme) if acme_needed.contains(name) => {
+                    let solver = match &acme.solver.dns01 {
+                        Some(d) => Solver::Dns01 {
+                            provider_name: d.provider.clone(),
+                            provider: self.providers[&d.provider].clone(),
+                            owner: self.config.file.owner_id.clone(),
+                            ttl: self.config.file.dns.ttl,
+                            lock: self.dns_locks[&d.provider].clone(),
+                        },
+                        None => Solver::Http01(self.http01.clone()),
+                    };
+                    match AcmeIssuer::open(name, acme, self.store.as_ref(), solver).await {
+                        Ok(issuer) => {
+                            issuers.insert(name.clone(), Arc::new(issuer));
+                        }
+                        Err(e) => failures.push(Failure {
+                            stage: "issue",
+                            subject: format!("issuer {name}"),
+                            message: e.to_string(),
+                        }),
+                    }
+                }
                 IssuerKind::Acme(_) => {}
             }
         }
@@ -271,15 +310,7 @@ impl Runtime {
             (Action::Keep { .. }, Some(b)) => b.server.clone(),
             _ => {
                 let issuer = issuers.get(&c.issuer).ok_or_else(|| {
-                    let kind = match self.config.file.issuers.get(&c.issuer).map(|i| i.kind()) {
-                        Some(IssuerKind::Acme(_)) => IssueError::Unsupported {
-                            issuer: c.issuer.clone(),
-                            kind: "ACME",
-                        }
-                        .to_string(),
-                        _ => format!("issuer `{}` is unavailable (see its own error)", c.issuer),
-                    };
-                    fail("issue", kind)
+                    fail("issue", format!("issuer `{}` is unavailable (see its own error)", c.issuer))
                 })?;
                 let started = Instant::now();
                 let result = issuer
@@ -362,43 +393,84 @@ impl Runtime {
             tracing::warn!(conflict = %c, "left untouched");
         }
 
-        let issuers =
-            if plan.credentials.iter().any(CredentialPlan::needs_write) || !self.config.file.issuers.is_empty() {
-                self.open_issuers(now, &mut report.failures).await
-            } else {
-                BTreeMap::new()
+        // DNS first: it does not depend on credentials, and HTTP-01 validation needs the
+        // hosts to resolve to the gateway already.
+        for zone in &plan.zones {
+            if zone.diff.changes.is_empty() {
+                continue;
+            }
+            let Some(provider) = self.providers.get(&zone.provider) else {
+                continue;
             };
-        let mut ready: BTreeSet<String> = BTreeSet::new();
-        for c in &plan.credentials {
-            if c.blocked.is_some() {
-                continue;
-            }
-            let current = observed.credentials.get(&c.site);
-            let usable_now = current.is_some_and(|o| o.key_matches && now < o.server.not_after);
-            if !c.needs_write() {
-                if usable_now {
-                    ready.insert(c.site.clone());
-                }
-                continue;
-            }
-            if cancel.is_cancelled() {
-                if usable_now {
-                    ready.insert(c.site.clone());
-                }
-                continue;
-            }
-            match self.renew_site(c, stored.owned.get(&c.site), &issuers, now).await {
+            let result: Result<(), DnsError> = provider.apply(&zone.diff).await;
+            self.metrics
+                .dns_changes(&zone.provider, result.is_ok(), zone.diff.changes.len() as u64);
+            match result {
                 Ok(()) => {
+                    report.dns_changes += zone.diff.changes.len();
+                    tracing::info!(provider = %zone.provider, changes = zone.diff.changes.len(), "dns updated");
+                }
+                Err(e) => report.failures.push(Failure {
+                    stage: "dns",
+                    subject: format!("dns provider {}", zone.provider),
+                    message: e.to_string(),
+                }),
+            }
+        }
+
+        let writes: Vec<&CredentialPlan> = plan.credentials.iter().filter(|c| c.needs_write()).collect();
+        let acme_needed: BTreeSet<String> = writes.iter().map(|c| c.issuer.clone()).collect();
+        let issuers = self.open_issuers(now, &acme_needed, &mut report.failures).await;
+        let usable_now = |site: &str| {
+            observed
+                .credentials
+                .get(site)
+                .is_some_and(|o| o.key_matches && now < o.server.not_after)
+        };
+        // A usable credential keeps serving until (and unless) its renewal lands.
+        let mut ready: BTreeSet<String> = plan
+            .credentials
+            .iter()
+            .filter(|c| c.blocked.is_none() && usable_now(&c.site))
+            .map(|c| c.site.clone())
+            .collect();
+        let mut due = Vec::new();
+        for c in writes {
+            match self.retry_not_before(&c.site).filter(|t| *t > now) {
+                Some(t) => report.failures.push(Failure {
+                    stage: "issue",
+                    subject: format!("site {}", c.site),
+                    message: format!("backing off after a failed issuance; next attempt at {}", crate::plan::rfc3339(t)),
+                }),
+                None => due.push(c),
+            }
+        }
+        let issuers = &issuers;
+        let stored = &stored;
+        let results: Vec<(&CredentialPlan, Option<Result<(), Failure>>)> = futures::stream::iter(due)
+            .map(|c| async move {
+                // Once shutdown is asked for, nothing new starts; what started finishes.
+                if cancel.is_cancelled() {
+                    return (c, None);
+                }
+                (c, Some(self.renew_site(c, stored.owned.get(&c.site), issuers, now).await))
+            })
+            .buffer_unordered(CONCURRENT_ISSUANCES)
+            .collect()
+            .await;
+        for (c, result) in results {
+            match result {
+                None => {}
+                Some(Ok(())) => {
                     tracing::info!(site = %c.site, issuer = %c.issuer, reason = %describe(c), "credential written");
                     report.issued.push(c.site.clone());
                     ready.insert(c.site.clone());
+                    self.retry_reset(&c.site);
                 }
-                Err(f) => {
+                Some(Err(f)) => {
                     tracing::error!(site = %c.site, stage = f.stage, error = %f.message, "credential not renewed");
                     report.failures.push(f);
-                    if usable_now {
-                        ready.insert(c.site.clone());
-                    }
+                    self.retry_later(&c.site, now);
                 }
             }
         }
@@ -444,29 +516,28 @@ impl Runtime {
                 }),
             }
         }
-        for zone in &plan.zones {
-            if zone.diff.changes.is_empty() {
-                continue;
-            }
-            let Some(provider) = self.providers.get(&zone.provider) else {
-                continue;
-            };
-            let result: Result<(), DnsError> = provider.apply(&zone.diff).await;
-            self.metrics
-                .dns_changes(&zone.provider, result.is_ok(), zone.diff.changes.len() as u64);
-            match result {
-                Ok(()) => {
-                    report.dns_changes += zone.diff.changes.len();
-                    tracing::info!(provider = %zone.provider, changes = zone.diff.changes.len(), "dns updated");
-                }
-                Err(e) => report.failures.push(Failure {
-                    stage: "dns",
-                    subject: format!("dns provider {}", zone.provider),
-                    message: e.to_string(),
-                }),
-            }
-        }
         self.finish(report)
+    }
+
+    fn retry_not_before(&self, site: &str) -> Option<OffsetDateTime> {
+        self.retry.lock().unwrap_or_else(|e| e.into_inner()).get(site).map(|(_, t)| *t)
+    }
+
+    fn retry_reset(&self, site: &str) {
+        self.retry.lock().unwrap_or_else(|e| e.into_inner()).remove(site);
+    }
+
+    /// Backs a site off after a failed issuance (per site, with jitter: never a hot loop).
+    fn retry_later(&self, site: &str, now: OffsetDateTime) {
+        let mut retry = self.retry.lock().unwrap_or_else(|e| e.into_inner());
+        let failures = retry.get(site).map_or(0, |(n, _)| *n) + 1;
+        let wait = time::Duration::try_from(backoff(failures)).unwrap_or(time::Duration::minutes(5));
+        retry.insert(site.to_string(), (failures, now + wait));
+    }
+
+    /// The earliest moment a backed-off site may be tried again.
+    pub fn next_retry(&self) -> Option<OffsetDateTime> {
+        self.retry.lock().unwrap_or_else(|e| e.into_inner()).values().map(|(_, t)| *t).min()
     }
 
     /// Counts a pass's failures by stage.
@@ -573,10 +644,11 @@ pub async fn run(
     config: Config,
     metrics: Arc<Metrics>,
     health: Health,
+    http01: Arc<Http01Challenges>,
     mut config_changed: tokio::sync::mpsc::Receiver<()>,
     shutdown: CancellationToken,
 ) -> Result<(), SetupError> {
-    let mut runtime = Runtime::new(config, metrics.clone())?;
+    let mut runtime = Runtime::new(config, metrics.clone(), http01.clone())?;
     let mut failures_in_row = 0u32;
     let mut config_text = std::fs::read_to_string(&runtime.config.path).unwrap_or_default();
     loop {
@@ -598,6 +670,9 @@ pub async fn run(
             .unwrap_or(std::time::Duration::from_secs(24 * 3600));
         if failures_in_row > 0 {
             wait = wait.min(backoff(failures_in_row));
+        }
+        if let Some(retry) = runtime.next_retry() {
+            wait = wait.min((retry - now).max(time::Duration::ZERO).unsigned_abs());
         }
         if runtime
             .config
@@ -631,7 +706,7 @@ pub async fn run(
                     }
                     config_text = text;
                     match Config::load(&runtime.config.path) {
-                        Ok(new) => match Runtime::new(new, metrics.clone()) {
+                        Ok(new) => match Runtime::new(new, metrics.clone(), http01.clone()) {
                             Ok(r) => {
                                 tracing::info!(config = %runtime.config.path.display(), "config changed: reloaded");
                                 runtime = r;

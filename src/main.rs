@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use tlsward::config::{self, Config};
 use tlsward::daemon::{self, Health, Runtime};
+use tlsward::issuer::acme::Http01Challenges;
 use tlsward::metrics::Metrics;
 
 #[derive(Parser)]
@@ -56,6 +57,9 @@ enum Command {
         /// Address of /metrics, /healthz and /readyz.
         #[arg(long, default_value = "127.0.0.1:9402")]
         listen: SocketAddr,
+        /// Address of the ACME HTTP-01 answers (started only when an issuer uses HTTP-01).
+        #[arg(long, default_value = "0.0.0.0:8089")]
+        solver_listen: SocketAddr,
     },
     /// Validate the config without touching anything.
     Check {
@@ -130,7 +134,7 @@ fn shutdown_on_signals(token: CancellationToken) {
     });
 }
 
-async fn run(path: &Path, once: bool, listen: SocketAddr) -> Result<ExitCode> {
+async fn run(path: &Path, once: bool, listen: SocketAddr, solver_listen: SocketAddr) -> Result<ExitCode> {
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return Ok(code),
@@ -138,8 +142,17 @@ async fn run(path: &Path, once: bool, listen: SocketAddr) -> Result<ExitCode> {
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
     shutdown_on_signals(shutdown.clone());
+    let http01 = Arc::new(Http01Challenges::default());
+    // Started for the issuers configured at start (adding the first HTTP-01 issuer later
+    // takes a restart, as does changing --solver-listen).
+    if config.file.uses_http01() {
+        let (bound, _) = tlsward::serve::bind_solver(solver_listen, http01.clone(), shutdown.clone())
+            .await
+            .with_context(|| format!("binding {solver_listen} for ACME HTTP-01 answers"))?;
+        tracing::debug!(listen = %bound, "ACME HTTP-01 solver listening");
+    }
     if once {
-        let runtime = match Runtime::new(config, metrics) {
+        let runtime = match Runtime::new(config, metrics, http01) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("{}: {e}", path.display());
@@ -174,7 +187,7 @@ async fn run(path: &Path, once: bool, listen: SocketAddr) -> Result<ExitCode> {
     let (_watcher, changes) = watch_config(path).context("watching the config file")?;
     let (bound, server) = daemon_server(listen, metrics.clone(), health.clone(), shutdown.clone()).await?;
     tracing::info!(listen = %bound, config = %path.display(), "tlsward running");
-    let result = daemon::run(config, metrics, health, changes, shutdown.clone()).await;
+    let result = daemon::run(config, metrics, health, http01, changes, shutdown.clone()).await;
     shutdown.cancel();
     let _ = server.await;
     match result {
@@ -202,7 +215,7 @@ async fn plan(path: &Path, format: PlanFormat) -> Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let runtime = match Runtime::new(config, Arc::new(Metrics::new())) {
+    let runtime = match Runtime::new(config, Arc::new(Metrics::new()), Arc::default()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{}: {e}", path.display());
@@ -248,9 +261,9 @@ fn main() -> ExitCode {
                 Ok(ExitCode::from(1))
             }
         },
-        Command::Run { config, once, listen } => {
+        Command::Run { config, once, listen, solver_listen } => {
             init_logging(&cli);
-            tokio_main(run(config, *once, *listen))
+            tokio_main(run(config, *once, *listen, *solver_listen))
         }
         Command::Plan { config, format } => {
             init_logging(&cli);

@@ -1,17 +1,19 @@
 //! The HTTP endpoints: `/metrics` (Prometheus), `/healthz` (the process answers) and
-//! `/readyz` (the first pass has completed). Read-only: serving never triggers work.
+//! `/readyz` (the first pass has completed); and, on its own port, the ACME HTTP-01
+//! answers. Read-only: serving never triggers work.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::Health;
+use crate::issuer::acme::Http01Challenges;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -40,6 +42,31 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "first pass not complete\n")
     }
+}
+
+async fn acme_challenge(State(challenges): State<Arc<Http01Challenges>>, Path(token): Path<String>) -> (StatusCode, String) {
+    match challenges.answer(&token) {
+        Some(key_authorization) => (StatusCode::OK, key_authorization),
+        None => (StatusCode::NOT_FOUND, "no such challenge\n".into()),
+    }
+}
+
+/// Serves pending HTTP-01 answers at `/.well-known/acme-challenge/<token>` on `addr`
+/// until `shutdown` fires.
+pub async fn bind_solver(
+    addr: SocketAddr,
+    challenges: Arc<Http01Challenges>,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = Router::new()
+        .route("/.well-known/acme-challenge/{token}", get(acme_challenge))
+        .with_state(challenges);
+    let handle = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    });
+    Ok((local, handle))
 }
 
 pub fn router(metrics_: Arc<Metrics>, health: Health) -> Router {

@@ -11,6 +11,16 @@ use crate::model::{RecordSet, RecordType, names};
 
 /// Record types tlsward manages at a published name.
 pub const MANAGED_TYPES: [RecordType; 3] = [RecordType::A, RecordType::AAAA, RecordType::CNAME];
+/// Record types tlsward manages at an ACME DNS-01 challenge name.
+pub const CHALLENGE_TYPES: [RecordType; 1] = [RecordType::TXT];
+/// The label that starts every ACME DNS-01 challenge name.
+pub const CHALLENGE_LABEL: &str = "_acme-challenge";
+
+/// The types tlsward manages at `name`: address records at a published host, the TXT
+/// record at an ACME challenge name; never anything else.
+pub fn managed_types(name: &str) -> &'static [RecordType] {
+    if name.starts_with(&format!("{CHALLENGE_LABEL}.")) { &CHALLENGE_TYPES } else { &MANAGED_TYPES }
+}
 
 /// The name of the ownership record of `host` (`*` becomes a plain label).
 pub fn ownership_name(host: &str) -> String {
@@ -112,6 +122,18 @@ pub struct ZoneDiff {
 /// Computes the changes that bring `current` to `desired` for `owner`, touching only
 /// names tlsward owns or that are free.
 pub fn diff(owner: &str, ttl: u32, desired: &[DesiredName], current: &[RecordSet]) -> ZoneDiff {
+    diff_within(owner, ttl, desired, current, None)
+}
+
+/// Like `diff`, but removes only owned names in `scope` that are no longer desired
+/// (an ACME challenge claims and releases its own names, and no others).
+pub fn diff_within(
+    owner: &str,
+    ttl: u32,
+    desired: &[DesiredName],
+    current: &[RecordSet],
+    scope: Option<&BTreeSet<String>>,
+) -> ZoneDiff {
     let at: BTreeMap<(&str, RecordType), &RecordSet> = current.iter().map(|r| ((r.name.as_str(), r.kind), r)).collect();
     let names_present: BTreeMap<&str, Vec<RecordType>> = current.iter().fold(BTreeMap::new(), |mut m, r| {
         m.entry(r.name.as_str()).or_insert_with(Vec::new).push(r.kind);
@@ -148,7 +170,7 @@ pub fn diff(owner: &str, ttl: u32, desired: &[DesiredName], current: &[RecordSet
             let wants_cname = want.records.iter().any(|r| r.kind == RecordType::CNAME);
             let blocking: Vec<String> = present
                 .iter()
-                .filter(|t| wants_cname || MANAGED_TYPES.contains(t))
+                .filter(|t| wants_cname || managed_types(host).contains(t))
                 .map(|t| t.to_string())
                 .collect();
             if !blocking.is_empty() {
@@ -169,7 +191,7 @@ pub fn diff(owner: &str, ttl: u32, desired: &[DesiredName], current: &[RecordSet
                 .get(host)
                 .into_iter()
                 .flatten()
-                .filter(|t| !MANAGED_TYPES.contains(t))
+                .filter(|t| !managed_types(host).contains(t))
                 .map(|t| t.to_string())
                 .collect();
             if !foreign.is_empty() {
@@ -193,7 +215,7 @@ pub fn diff(owner: &str, ttl: u32, desired: &[DesiredName], current: &[RecordSet
         if at.get(&(owner_record.name.as_str(), RecordType::TXT)).copied() != Some(&owner_record) {
             upserts.push(Change::Upsert(owner_record));
         }
-        for kind in MANAGED_TYPES {
+        for &kind in managed_types(host) {
             let now = at.get(&(host, kind)).copied();
             let target = want.records.iter().find(|r| r.kind == kind);
             match (now, target) {
@@ -216,8 +238,9 @@ pub fn diff(owner: &str, ttl: u32, desired: &[DesiredName], current: &[RecordSet
                 });
         }
     }
-    for host in owned.iter().filter(|h| !wanted.contains(h.as_str())) {
-        for kind in MANAGED_TYPES {
+    let in_scope = |h: &String| scope.is_none_or(|s| s.contains(h));
+    for host in owned.iter().filter(|h| !wanted.contains(h.as_str()) && in_scope(h)) {
+        for &kind in managed_types(host) {
             if let Some(n) = at.get(&(host.as_str(), kind)) {
                 deletes.push(Change::Delete((*n).clone()));
             }
@@ -432,6 +455,17 @@ mod tests {
         );
         assert!(d.changes.is_empty(), "{:?}", d.changes);
         assert!(d.conflicts[0].1.contains("foreign TXT records"), "{:?}", d.conflicts);
+    }
+
+    #[test]
+    fn a_scoped_diff_releases_only_the_names_in_scope() {
+        let current = vec![ours("shop.z.example"), a("shop.z.example", &["203.0.113.10"]), ours("_acme-challenge.shop.z.example"), txt("_acme-challenge.shop.z.example", "token")];
+        let scope: BTreeSet<String> = ["_acme-challenge.shop.z.example".to_string()].into();
+        let d = diff_within("me", 60, &[], &current, Some(&scope));
+        assert_eq!(
+            d.changes,
+            vec![Change::Delete(txt("_acme-challenge.shop.z.example", "token")), Change::Delete(ours("_acme-challenge.shop.z.example"))]
+        );
     }
 
     #[test]

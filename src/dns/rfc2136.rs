@@ -381,8 +381,8 @@ fn add_guard(m: &mut Message, guard: &Guard) -> Result<(), String> {
                 // "Name is not in use": a CNAME may not join anything.
                 m.add_answer(bare(host, WireType::ANY, DNSClass::NONE));
             } else {
-                for t in [WireType::A, WireType::AAAA, WireType::CNAME] {
-                    m.add_answer(bare(host.clone(), t, DNSClass::NONE));
+                for &t in super::registry::managed_types(name) {
+                    m.add_answer(bare(host.clone(), wire_type(t), DNSClass::NONE));
                 }
             }
         }

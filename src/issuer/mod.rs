@@ -2,6 +2,7 @@
 //! for each certificate itself, so a key never travels; it decides nothing about
 //! *when* to issue (that is the plan's job).
 
+pub mod acme;
 pub mod ca;
 
 use async_trait::async_trait;
@@ -25,8 +26,6 @@ pub struct Issued {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
-    #[error("issuer `{issuer}`: {kind} issuers are not supported by this build yet")]
-    Unsupported { issuer: String, kind: &'static str },
     #[error("issuer `{issuer}`: cannot {what}: {detail}")]
     Crypto {
         issuer: String,
@@ -37,6 +36,12 @@ pub enum IssueError {
     BrokenState {
         issuer: String,
         location: String,
+        detail: String,
+    },
+    #[error("issuer `{issuer}`: cannot {what}: {detail}")]
+    Acme {
+        issuer: String,
+        what: &'static str,
         detail: String,
     },
     #[error(transparent)]

@@ -1,0 +1,333 @@
+//! The ACME issuer (RFC 8555, through `instant-acme`): an account created once and
+//! kept in the store's state, orders for a site's hosts, HTTP-01 answered by tlsward's
+//! solver endpoint or DNS-01 through the site's DNS provider (with the same ownership
+//! rules as every other record), a key made here and sent only as a CSR.
+//!
+//! Challenge records and tokens are removed after every attempt, whether it succeeded
+//! or not. Transient failures (a nonce storm past instant-acme's own retries, a server
+//! that is restarting) are retried a few times with backoff inside one issuance; the
+//! daemon's per-site backoff covers the rest.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use serde::{Deserialize, Serialize};
+
+use super::ca::generate_key;
+use super::{IssueError, Issued, Issuer, ServerRequest};
+use crate::config::{AcmeSpec, KeyAlgorithm};
+use crate::dns::DnsProvider;
+use crate::dns::registry::{CHALLENGE_LABEL, DesiredName, diff_within};
+use crate::model::{RecordSet, RecordType};
+use crate::pki::PrivateKeyPem;
+use crate::store::{StateFile, Store};
+
+const ACCOUNT_FILE: &str = "account.json";
+const ATTEMPTS: u32 = 4;
+const VISIBLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn account_state(issuer: &str) -> String {
+    format!("acme/{issuer}")
+}
+
+/// Tokens of pending HTTP-01 challenges, served at `/.well-known/acme-challenge/<token>`.
+#[derive(Default)]
+pub struct Http01Challenges {
+    tokens: Mutex<HashMap<String, String>>,
+}
+
+impl Http01Challenges {
+    pub fn answer(&self, token: &str) -> Option<String> {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(token).cloned()
+    }
+    fn insert(&self, token: &str, key_authorization: &str) {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).insert(token.into(), key_authorization.into());
+    }
+    fn remove(&self, token: &str) {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).remove(token);
+    }
+}
+
+/// How an issuer proves control of a name.
+pub enum Solver {
+    Http01(Arc<Http01Challenges>),
+    Dns01 {
+        provider_name: String,
+        provider: Arc<dyn DnsProvider>,
+        owner: String,
+        ttl: u32,
+        /// One challenge update at a time per provider: a zone is read, then written.
+        lock: Arc<tokio::sync::Mutex<()>>,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredAccount {
+    directory: String,
+    credentials: AccountCredentials,
+}
+
+pub struct AcmeIssuer {
+    name: String,
+    account: Account,
+    solver: Solver,
+}
+
+fn acme_error<'a>(issuer: &'a str, what: &'static str) -> impl Fn(instant_acme::Error) -> IssueError + 'a {
+    move |e| IssueError::Acme { issuer: issuer.to_string(), what, detail: describe(&e) }
+}
+
+/// The error, with the ACME problem document's type and detail when there is one.
+fn describe(e: &instant_acme::Error) -> String {
+    match e {
+        instant_acme::Error::Api(p) => {
+            let kind = p.r#type.as_deref().unwrap_or("problem").trim_start_matches("urn:ietf:params:acme:error:");
+            let mut text = format!("{kind}: {}", p.detail.as_deref().unwrap_or(""));
+            for sub in &p.subproblems {
+                text.push_str(&format!("; {}", sub.detail.as_deref().unwrap_or("")));
+            }
+            text
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Whether another attempt may succeed (a storm of bad nonces, a restarting server).
+fn transient(e: &IssueError) -> bool {
+    match e {
+        IssueError::Acme { detail, .. } => {
+            detail.starts_with("badNonce")
+                || detail.starts_with("rateLimited")
+                || detail.contains("HTTP request failure")
+                || detail.contains("timed out")
+                || detail.contains("Connection refused")
+        }
+        _ => false,
+    }
+}
+
+impl AcmeIssuer {
+    /// Restores the issuer's account from the store, or creates it (once) and saves it.
+    pub async fn open(name: &str, spec: &AcmeSpec, store: &dyn Store, solver: Solver) -> Result<AcmeIssuer, IssueError> {
+        let err = |what| acme_error(name, what);
+        let builder = || match &spec.ca_bundle_file {
+            Some(path) => Account::builder_with_root(path),
+            None => Account::builder(),
+        };
+        let location = account_state(name);
+        let stored = store
+            .read_state(&location)
+            .await?
+            .and_then(|files| files.get(ACCOUNT_FILE).cloned())
+            .and_then(|bytes| serde_json::from_slice::<StoredAccount>(&bytes).ok())
+            .filter(|a| a.directory == spec.directory);
+        let account = match stored {
+            Some(a) => builder().map_err(err("set up the HTTP client"))?.from_credentials(a.credentials).await.map_err(err("restore the account"))?,
+            None => {
+                let contact: Vec<String> = spec.email.iter().map(|e| format!("mailto:{e}")).collect();
+                let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
+                let eab = match &spec.eab {
+                    Some(eab) => {
+                        let text = crate::daemon::read_secret(&format!("issuers.{name}.acme.eab.hmac_key"), &eab.hmac_key_file, &eab.hmac_key_env)
+                            .map_err(|e| IssueError::Acme { issuer: name.into(), what: "read the EAB key", detail: e.to_string() })?;
+                        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                            .decode(text.trim().trim_end_matches('='))
+                            .map_err(|e| IssueError::Acme { issuer: name.into(), what: "read the EAB key", detail: format!("not base64url: {e}") })?;
+                        Some(ExternalAccountKey::new(eab.kid.clone(), &key))
+                    }
+                    None => None,
+                };
+                let (account, credentials) = builder()
+                    .map_err(err("set up the HTTP client"))?
+                    .create(&NewAccount { contact: &contact, terms_of_service_agreed: true, only_return_existing: false }, spec.directory.clone(), eab.as_ref())
+                    .await
+                    .map_err(err("create the account"))?;
+                let json = serde_json::to_string(&StoredAccount { directory: spec.directory.clone(), credentials })
+                    .map_err(|e| IssueError::Acme { issuer: name.into(), what: "save the account", detail: e.to_string() })?;
+                store.write_state(&location, &[StateFile::secret(ACCOUNT_FILE, &json)]).await?;
+                tracing::info!(issuer = %name, account = %account.id(), "ACME account created");
+                account
+            }
+        };
+        Ok(AcmeIssuer { name: name.to_string(), account, solver })
+    }
+
+    pub fn account_id(&self) -> &str {
+        self.account.id()
+    }
+
+    async fn attempt(&self, request: &ServerRequest) -> Result<Issued, IssueError> {
+        let err = |what| acme_error(&self.name, what);
+        let ids: Vec<Identifier> = request.hosts.iter().map(|h| Identifier::Dns(h.as_str().to_string())).collect();
+        let mut order = self.account.new_order(&NewOrder::new(&ids)).await.map_err(err("create the order"))?;
+
+        // Publish every pending challenge first, then tell the server they are ready.
+        let mut http_tokens = Vec::new();
+        let mut dns_values: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let kind = match self.solver {
+            Solver::Http01(_) => ChallengeType::Http01,
+            Solver::Dns01 { .. } => ChallengeType::Dns01,
+        };
+        {
+            let mut authorizations = order.authorizations();
+            while let Some(authz) = authorizations.next().await {
+                let mut authz = authz.map_err(err("read an authorization"))?;
+                if authz.status != AuthorizationStatus::Pending {
+                    continue;
+                }
+                let challenge = authz.challenge(kind.clone()).ok_or_else(|| IssueError::Acme {
+                    issuer: self.name.clone(),
+                    what: "pick a challenge",
+                    detail: format!("the server offers no {kind:?} challenge"),
+                })?;
+                let host = challenge.identifier().to_string();
+                match &self.solver {
+                    Solver::Http01(tokens) => {
+                        tokens.insert(&challenge.token, challenge.key_authorization().as_str());
+                        http_tokens.push(challenge.token.clone());
+                    }
+                    Solver::Dns01 { .. } => {
+                        let name = format!("{CHALLENGE_LABEL}.{}", host.trim_start_matches("*."));
+                        dns_values.entry(name).or_default().push(challenge.key_authorization().dns_value());
+                    }
+                }
+            }
+        }
+        let published = self.publish_dns(&request.site, &dns_values).await;
+        let result = match published {
+            Ok(()) => self.complete(&mut order, request, kind).await,
+            Err(e) => Err(e),
+        };
+        // Always clean up, whatever happened.
+        if let Solver::Http01(tokens) = &self.solver {
+            for t in &http_tokens {
+                tokens.remove(t);
+            }
+        }
+        if let Err(e) = self.release_dns(&dns_values).await {
+            tracing::warn!(issuer = %self.name, error = %e, "challenge records not removed; the next pass removes them");
+        }
+        result
+    }
+
+    async fn complete(&self, order: &mut instant_acme::Order, request: &ServerRequest, kind: ChallengeType) -> Result<Issued, IssueError> {
+        let err = |what| acme_error(&self.name, what);
+        {
+            let mut authorizations = order.authorizations();
+            while let Some(authz) = authorizations.next().await {
+                let mut authz = authz.map_err(err("read an authorization"))?;
+                if authz.status != AuthorizationStatus::Pending {
+                    continue;
+                }
+                if let Some(mut challenge) = authz.challenge(kind.clone()) {
+                    challenge.set_ready().await.map_err(err("answer a challenge"))?;
+                }
+            }
+        }
+        let policy = RetryPolicy::new().initial_delay(Duration::from_millis(100)).timeout(Duration::from_secs(90));
+        let status = order.poll_ready(&policy).await.map_err(err("wait for validation"))?;
+        if status != OrderStatus::Ready {
+            let mut why = Vec::new();
+            let mut authorizations = order.authorizations();
+            while let Some(Ok(authz)) = authorizations.next().await {
+                for c in &authz.challenges {
+                    if let Some(e) = &c.error {
+                        why.push(format!("{}: {}", e.r#type.as_deref().unwrap_or("error"), e.detail.as_deref().unwrap_or("")));
+                    }
+                }
+            }
+            return Err(IssueError::Acme { issuer: self.name.clone(), what: "validate the hosts", detail: format!("order {status:?}: {}", why.join("; ")) });
+        }
+        let key = generate_key(KeyAlgorithm::EcdsaP256).map_err(|e| IssueError::Crypto { issuer: self.name.clone(), what: "make a key", detail: e.to_string() })?;
+        let names: Vec<String> = request.hosts.iter().map(|h| h.as_str().to_string()).collect();
+        let csr = rcgen::CertificateParams::new(names)
+            .and_then(|p| p.serialize_request(&key))
+            .map_err(|e| IssueError::Crypto { issuer: self.name.clone(), what: "make the CSR", detail: e.to_string() })?;
+        order.finalize_csr(csr.der()).await.map_err(err("finalize the order"))?;
+        let chain_pem = order.poll_certificate(&policy).await.map_err(err("download the certificate"))?;
+        Ok(Issued { chain_pem, key: PrivateKeyPem::new(key.serialize_pem()) })
+    }
+
+    async fn publish_dns(&self, site: &str, values: &BTreeMap<String, Vec<String>>) -> Result<(), IssueError> {
+        let Solver::Dns01 { provider_name, provider, owner, ttl, lock } = &self.solver else { return Ok(()) };
+        if values.is_empty() {
+            return Ok(());
+        }
+        let dns = |e: crate::dns::DnsError| IssueError::Acme { issuer: self.name.clone(), what: "publish the DNS-01 records", detail: e.to_string() };
+        let desired: Vec<DesiredName> = values
+            .iter()
+            .map(|(name, v)| DesiredName { host: name.clone(), site: site.to_string(), records: vec![RecordSet::new(name.clone(), RecordType::TXT, *ttl, v.clone())] })
+            .collect();
+        let scope: BTreeSet<String> = values.keys().cloned().collect();
+        {
+            let _guard = lock.lock().await;
+            let current = provider.records().await.map_err(dns)?;
+            let d = diff_within(owner, *ttl, &desired, &current, Some(&scope));
+            if let Some((name, why)) = d.conflicts.first() {
+                return Err(IssueError::Acme { issuer: self.name.clone(), what: "publish the DNS-01 records", detail: format!("dns provider `{provider_name}`: {name}: {why}") });
+            }
+            provider.apply(&d).await.map_err(dns)?;
+        }
+        // Answer only once the provider's authoritative view has every value.
+        let deadline = tokio::time::Instant::now() + VISIBLE_TIMEOUT;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let current = provider.records().await.map_err(dns)?;
+            let visible = values.iter().all(|(name, v)| {
+                current.iter().any(|r| r.kind == RecordType::TXT && &r.name == name && v.iter().all(|x| r.values.contains(x)))
+            });
+            if visible {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(IssueError::Acme { issuer: self.name.clone(), what: "publish the DNS-01 records", detail: format!("dns provider `{provider_name}` does not show them after {}s", VISIBLE_TIMEOUT.as_secs()) });
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn release_dns(&self, values: &BTreeMap<String, Vec<String>>) -> Result<(), crate::dns::DnsError> {
+        let Solver::Dns01 { provider, owner, ttl, lock, .. } = &self.solver else { return Ok(()) };
+        if values.is_empty() {
+            return Ok(());
+        }
+        let scope: BTreeSet<String> = values.keys().cloned().collect();
+        let _guard = lock.lock().await;
+        let current = provider.records().await?;
+        provider.apply(&diff_within(owner, *ttl, &[], &current, Some(&scope))).await
+    }
+}
+
+#[async_trait]
+impl Issuer for AcmeIssuer {
+    async fn issue(&self, request: &ServerRequest) -> Result<Issued, IssueError> {
+        let mut delay = Duration::from_millis(500);
+        let mut attempt = 1;
+        loop {
+            match self.attempt(request).await {
+                Err(e) if attempt < ATTEMPTS && transient(&e) => {
+                    tracing::warn!(issuer = %self.name, site = %request.site, attempt, error = %e, "ACME attempt failed; retrying");
+                    let jitter = 0.8 + 0.4 * rand::random::<f64>();
+                    tokio::time::sleep(delay.mul_f64(jitter)).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+    fn trust_anchor_pem(&self) -> Option<&str> {
+        None
+    }
+    fn signer_fingerprint(&self) -> Option<&str> {
+        None
+    }
+}
