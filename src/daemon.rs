@@ -275,7 +275,7 @@ impl Runtime {
                         },
                         None => Solver::Http01(self.http01.clone()),
                     };
-                    match AcmeIssuer::open(name, acme, self.store.as_ref(), solver).await {
+                    match AcmeIssuer::open(name, acme, self.store.clone(), solver).await {
                         Ok(issuer) => {
                             issuers.insert(name.clone(), Arc::new(issuer));
                         }

@@ -76,7 +76,10 @@ struct StoredAccount {
 
 pub struct AcmeIssuer {
     name: String,
-    account: Account,
+    spec: AcmeSpec,
+    store: Arc<dyn Store>,
+    /// Replaced when the server no longer knows the stored account.
+    account: tokio::sync::RwLock<Account>,
     solver: Solver,
 }
 
@@ -115,58 +118,48 @@ fn transient(e: &IssueError) -> bool {
 
 impl AcmeIssuer {
     /// Restores the issuer's account from the store, or creates it (once) and saves it.
-    pub async fn open(name: &str, spec: &AcmeSpec, store: &dyn Store, solver: Solver) -> Result<AcmeIssuer, IssueError> {
-        let err = |what| acme_error(name, what);
-        let builder = || match &spec.ca_bundle_file {
-            Some(path) => Account::builder_with_root(path),
-            None => Account::builder(),
-        };
-        let location = account_state(name);
+    pub async fn open(name: &str, spec: &AcmeSpec, store: Arc<dyn Store>, solver: Solver) -> Result<AcmeIssuer, IssueError> {
         let stored = store
-            .read_state(&location)
+            .read_state(&account_state(name))
             .await?
             .and_then(|files| files.get(ACCOUNT_FILE).cloned())
             .and_then(|bytes| serde_json::from_slice::<StoredAccount>(&bytes).ok())
             .filter(|a| a.directory == spec.directory);
         let account = match stored {
-            Some(a) => builder().map_err(err("set up the HTTP client"))?.from_credentials(a.credentials).await.map_err(err("restore the account"))?,
-            None => {
-                let contact: Vec<String> = spec.email.iter().map(|e| format!("mailto:{e}")).collect();
-                let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
-                let eab = match &spec.eab {
-                    Some(eab) => {
-                        let text = crate::daemon::read_secret(&format!("issuers.{name}.acme.eab.hmac_key"), &eab.hmac_key_file, &eab.hmac_key_env)
-                            .map_err(|e| IssueError::Acme { issuer: name.into(), what: "read the EAB key", detail: e.to_string() })?;
-                        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                            .decode(text.trim().trim_end_matches('='))
-                            .map_err(|e| IssueError::Acme { issuer: name.into(), what: "read the EAB key", detail: format!("not base64url: {e}") })?;
-                        Some(ExternalAccountKey::new(eab.kid.clone(), &key))
-                    }
-                    None => None,
-                };
-                let (account, credentials) = builder()
-                    .map_err(err("set up the HTTP client"))?
-                    .create(&NewAccount { contact: &contact, terms_of_service_agreed: true, only_return_existing: false }, spec.directory.clone(), eab.as_ref())
-                    .await
-                    .map_err(err("create the account"))?;
-                let json = serde_json::to_string(&StoredAccount { directory: spec.directory.clone(), credentials })
-                    .map_err(|e| IssueError::Acme { issuer: name.into(), what: "save the account", detail: e.to_string() })?;
-                store.write_state(&location, &[StateFile::secret(ACCOUNT_FILE, &json)]).await?;
-                tracing::info!(issuer = %name, account = %account.id(), "ACME account created");
-                account
-            }
+            Some(a) => http_client(name, spec)?
+                .from_credentials(a.credentials)
+                .await
+                .map_err(acme_error(name, "restore the account"))?,
+            None => create_account(name, spec, store.as_ref()).await?,
         };
-        Ok(AcmeIssuer { name: name.to_string(), account, solver })
+        Ok(AcmeIssuer {
+            name: name.to_string(),
+            spec: spec.clone(),
+            store,
+            account: tokio::sync::RwLock::new(account),
+            solver,
+        })
     }
 
-    pub fn account_id(&self) -> &str {
-        self.account.id()
+    pub async fn account_id(&self) -> String {
+        self.account.read().await.id().to_string()
     }
 
     async fn attempt(&self, request: &ServerRequest) -> Result<Issued, IssueError> {
         let err = |what| acme_error(&self.name, what);
         let ids: Vec<Identifier> = request.hosts.iter().map(|h| Identifier::Dns(h.as_str().to_string())).collect();
-        let mut order = self.account.new_order(&NewOrder::new(&ids)).await.map_err(err("create the order"))?;
+        let account = self.account.read().await.clone();
+        let mut order = match account.new_order(&NewOrder::new(&ids)).await {
+            // The server forgot the account (a reset test CA, a private CA rebuilt): make a
+            // new one, once, and carry on.
+            Err(instant_acme::Error::Api(p)) if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist") => {
+                tracing::warn!(issuer = %self.name, "the ACME server does not know the stored account; creating a new one");
+                let fresh = create_account(&self.name, &self.spec, self.store.as_ref()).await?;
+                *self.account.write().await = fresh.clone();
+                fresh.new_order(&NewOrder::new(&ids)).await.map_err(err("create the order"))?
+            }
+            other => other.map_err(err("create the order"))?,
+        };
 
         // Publish every pending challenge first, then tell the server they are ready.
         let mut http_tokens = Vec::new();
@@ -304,6 +297,42 @@ impl AcmeIssuer {
         let current = provider.records().await?;
         provider.apply(&diff_within(owner, *ttl, &[], &current, Some(&scope))).await
     }
+}
+
+fn http_client(name: &str, spec: &AcmeSpec) -> Result<instant_acme::AccountBuilder, IssueError> {
+    match &spec.ca_bundle_file {
+        Some(path) => Account::builder_with_root(path),
+        None => Account::builder(),
+    }
+    .map_err(acme_error(name, "set up the HTTP client"))
+}
+
+/// Registers a new account (with EAB when configured) and saves it in the store.
+async fn create_account(name: &str, spec: &AcmeSpec, store: &dyn Store) -> Result<Account, IssueError> {
+    let contact: Vec<String> = spec.email.iter().map(|e| format!("mailto:{e}")).collect();
+    let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let eab = match &spec.eab {
+        Some(eab) => {
+            let fail = |detail: String| IssueError::Acme { issuer: name.into(), what: "read the EAB key", detail };
+            let text = crate::daemon::read_secret(&format!("issuers.{name}.acme.eab.hmac_key"), &eab.hmac_key_file, &eab.hmac_key_env)
+                .map_err(|e| fail(e.to_string()))?;
+            let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(text.trim().trim_end_matches('='))
+                .map_err(|e| fail(format!("not base64url: {e}")))?;
+            Some(ExternalAccountKey::new(eab.kid.clone(), &key))
+        }
+        None => None,
+    };
+    let new = NewAccount { contact: &contact, terms_of_service_agreed: true, only_return_existing: false };
+    let (account, credentials) = http_client(name, spec)?
+        .create(&new, spec.directory.clone(), eab.as_ref())
+        .await
+        .map_err(acme_error(name, "create the account"))?;
+    let json = serde_json::to_string(&StoredAccount { directory: spec.directory.clone(), credentials })
+        .map_err(|e| IssueError::Acme { issuer: name.into(), what: "save the account", detail: e.to_string() })?;
+    store.write_state(&account_state(name), &[StateFile::secret(ACCOUNT_FILE, &json)]).await?;
+    tracing::info!(issuer = %name, account = %account.id(), "ACME account created");
+    Ok(account)
 }
 
 #[async_trait]

@@ -5,6 +5,7 @@
 pub mod bind;
 pub mod dns_scenario;
 pub mod pdns;
+pub mod pebble;
 pub mod webhook;
 
 use std::net::TcpListener;

@@ -1,0 +1,184 @@
+//! ACME against a real Pebble with real validation: Pebble resolves the hosts through
+//! the BIND that tlsward updates, fetches HTTP-01 tokens from tlsward's solver, and
+//! reads the DNS-01 TXT records tlsward writes.
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+
+use support::bind::Bind;
+use support::pebble::Pebble;
+use support::*;
+
+struct Setup {
+    w: Workdir,
+    bind: Bind,
+    pebble: Pebble,
+}
+
+fn setup(env: &[(&str, &str)]) -> Setup {
+    let w = Workdir::new();
+    let bind = Bind::start(&w.path().join("bind"), "foocorp.example", "");
+    let pebble = Pebble::start(&w.path().join("pebble"), &format!("127.0.0.1:{}", bind.port), env);
+    Setup { w, bind, pebble }
+}
+
+impl Setup {
+    fn config(&self, solver: &str, hosts: &str) -> String {
+        format!(
+            r#"owner_id: acme-test
+store: {{files: {{dir: out}}}}
+gateway: {{address: {{static: [127.0.0.1]}}}}
+issuers:
+  pebble:
+    acme: {{directory: "{dir}", email: ops@foocorp.example, ca_bundle_file: {ca}, solver: {solver}}}
+dns:
+  providers:
+    corp: {{rfc2136: {{server: "127.0.0.1:{port}", zone: foocorp.example., tsig: {{name: tlsward, secret_file: {key}}}}}}}
+sites:
+  - {{name: shop, hosts: [{hosts}], issuer: pebble, dns: corp, route: {{to: shop, port: 80}}}}
+"#,
+            dir = self.pebble.directory(),
+            ca = self.pebble.tls_ca.display(),
+            port = self.bind.port,
+            key = self.bind.key_file.display(),
+        )
+    }
+
+    fn run_once(&self) -> Output {
+        self.w
+            .command(&[
+                "run",
+                "--once",
+                "--config",
+                "tlsward.yaml",
+                "--log-format",
+                "json",
+                "--solver-listen",
+                &format!("127.0.0.1:{}", self.pebble.http_port),
+            ])
+            .output()
+            .unwrap()
+    }
+
+    fn verify_chain(&self, hosts: &[&str]) {
+        let chain = self.w.out().join("credentials/shop/tls.crt");
+        let root = self.pebble.issuing_root();
+        let (code, out) = sh(Command::new("openssl")
+            .args(["verify", "-purpose", "sslserver", "-CAfile"])
+            .arg(&root)
+            .arg("-untrusted")
+            .arg(&chain)
+            .arg(&chain));
+        assert_eq!(code, 0, "openssl verify: {out}");
+        let facts = tlsward::pki::facts(&std::fs::read_to_string(&chain).unwrap()).unwrap();
+        let mut want: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        want.sort();
+        assert_eq!(facts.dns_names, want);
+    }
+
+    fn serial(&self) -> String {
+        tlsward::pki::facts(&self.w.read("credentials/shop/tls.crt")).unwrap().serial_hex
+    }
+}
+
+#[test]
+fn http01_issues_a_chain_that_verifies_against_pebbles_root_and_a_restart_reuses_everything() {
+    let s = setup(&[("PEBBLE_VA_NOSLEEP", "1")]);
+    s.w.write_config(&s.config("{http01: {}}", "shop.foocorp.example, www.foocorp.example"));
+    assert_success(&s.run_once());
+    s.verify_chain(&["shop.foocorp.example", "www.foocorp.example"]);
+    let log = std::fs::read_to_string(s.pebble.dir.join("pebble.log")).unwrap();
+    assert!(log.contains("Attempting to validate w/ HTTP: http://www.foocorp.example:"), "pebble did not validate over HTTP-01:\n{log}");
+    let account = s.w.read("state/acme/pebble/account.json");
+
+    // A restart: same account, nothing issued.
+    let serial = s.serial();
+    let again = s.run_once();
+    assert_success(&again);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("converged: 0 credential(s) written"));
+    assert_eq!(s.serial(), serial);
+    assert_eq!(s.w.read("state/acme/pebble/account.json"), account);
+
+    // New hosts: a new order, with the same account.
+    s.w.write_config(&s.config("{http01: {}}", "shop.foocorp.example, www.foocorp.example, api.foocorp.example"));
+    assert_success(&s.run_once());
+    assert_ne!(s.serial(), serial);
+    s.verify_chain(&["api.foocorp.example", "shop.foocorp.example", "www.foocorp.example"]);
+    assert_eq!(s.w.read("state/acme/pebble/account.json"), account);
+}
+
+#[test]
+fn dns01_issues_a_wildcard_and_removes_its_challenge_records() {
+    let s = setup(&[("PEBBLE_VA_NOSLEEP", "1")]);
+    s.w.write_config(&s.config("{dns01: {provider: corp}}", "shop.foocorp.example, \"*.apps.foocorp.example\""));
+    let out = s.run_once();
+    assert_success(&out);
+    s.verify_chain(&["*.apps.foocorp.example", "shop.foocorp.example"]);
+    let log = std::fs::read_to_string(s.pebble.dir.join("pebble.log")).unwrap();
+    // Pebble validated both names for real (its VA is not in always-valid mode), and the
+    // only challenges tlsward answered were DNS-01.
+    assert!(log.contains("Identifier:acme.Identifier{Type:\"dns\", Value:\"apps.foocorp.example\"}"), "{log}");
+    assert!(log.matches("set VALID by completed challenge").count() >= 1, "{log}");
+    assert!(!log.contains("validate w/ HTTP"), "{log}");
+    for name in ["_acme-challenge.shop.foocorp.example", "_acme-challenge.apps.foocorp.example", "_tlsward._acme-challenge.shop.foocorp.example"] {
+        assert!(s.bind.dig(name, "TXT").is_empty(), "{name} left behind");
+    }
+    // The site's own records are in place.
+    assert_eq!(s.bind.dig("shop.foocorp.example", "A"), vec!["127.0.0.1"]);
+}
+
+#[test]
+fn a_badnonce_storm_converges() {
+    let s = setup(&[("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_WFE_NONCEREJECT", "60")]);
+    s.w.write_config(&s.config("{http01: {}}", "shop.foocorp.example"));
+    // With 60% of nonces rejected a pass may still fail; the next ones converge.
+    let mut converged = false;
+    for _ in 0..5 {
+        if s.run_once().status.success() {
+            converged = true;
+            break;
+        }
+    }
+    assert!(converged, "no convergence under a badNonce storm");
+    s.verify_chain(&["shop.foocorp.example"]);
+}
+
+#[test]
+fn pebble_dying_mid_order_leaves_the_previous_certificate_and_the_next_pass_resumes() {
+    let mut s = setup(&[("PEBBLE_VA_NOSLEEP", "1")]);
+    s.w.write_config(&s.config("{http01: {}}", "shop.foocorp.example"));
+    assert_success(&s.run_once());
+    let before = s.w.read("credentials/shop/tls.crt");
+
+    // Pebble's VA now waits before it validates: a window to kill it in, mid-order.
+    s.pebble.kill();
+    s.pebble.env = vec![("PEBBLE_VA_SLEEPTIME".into(), "5".into())];
+    s.pebble.restart();
+    s.w.write_config(&s.config("{http01: {}}", "shop.foocorp.example, www.foocorp.example"));
+    let child = s
+        .w
+        .command(&["run", "--once", "--config", "tlsward.yaml", "--log-format", "json", "--solver-listen", &format!("127.0.0.1:{}", s.pebble.http_port)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the order is pending validation, then kill the server.
+    wait_for(std::time::Duration::from_secs(20), "a pending order", || {
+        std::fs::read_to_string(s.pebble.dir.join("pebble.log")).ok().filter(|l| l.contains("POST /chalZ/")).map(|_| ())
+    });
+    s.pebble.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("site shop"), "{stderr}");
+    assert_eq!(s.w.read("credentials/shop/tls.crt"), before, "the previous certificate was touched");
+    assert!(s.w.read("manifests/gateway-tlsward-gateway.yaml").contains("shop-credential"), "the site stopped being served");
+
+    // Pebble comes back (it forgot everything, the account included): the next pass converges.
+    s.pebble.env = vec![("PEBBLE_VA_NOSLEEP".into(), "1".into())];
+    s.pebble.restart();
+    let out = s.run_once();
+    assert_success(&out);
+    s.verify_chain(&["shop.foocorp.example", "www.foocorp.example"]);
+}
