@@ -42,6 +42,7 @@ async fn tlsward_round(issuer: &CaIssuer) -> usize {
         let request = ServerRequest {
             site: format!("site-{i}"),
             hosts: vec![Hostname::parse(&format!("site-{i}.bench.example"), false).unwrap()],
+            previous_chain_pem: None,
         };
         let issued = issuer.issue(&request).await.unwrap();
         bytes += issued.chain_pem.len() + issued.key.expose().len();

@@ -77,6 +77,10 @@ pub struct Runtime {
     pub http01: Arc<Http01Challenges>,
     /// One DNS-01 challenge update at a time per provider.
     dns_locks: BTreeMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// ARI windows by certificate serial: (start, end, ask again after).
+    ari: std::sync::Mutex<BTreeMap<String, (OffsetDateTime, OffsetDateTime, OffsetDateTime)>>,
+    /// ACME issuers whose directory offers no renewal information.
+    ari_unsupported: std::sync::Mutex<BTreeSet<String>>,
     /// Sites whose last issuance failed: how often, and when to try again.
     retry: std::sync::Mutex<BTreeMap<String, (u32, OffsetDateTime)>>,
 }
@@ -164,6 +168,8 @@ impl Runtime {
             http01,
             dns_locks,
             retry: std::sync::Mutex::new(BTreeMap::new()),
+            ari: std::sync::Mutex::new(BTreeMap::new()),
+            ari_unsupported: std::sync::Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -225,7 +231,78 @@ impl Runtime {
             }
             observed.zones.insert(name.clone(), records);
         }
+        if with_dns {
+            observed.renewal_windows = self.renewal_windows(&stored).await;
+        }
         Ok((observed, stored))
+    }
+
+    /// The renewal windows ACME CAs suggest (ARI) for the stored certificates, asked
+    /// again only after the server's Retry-After; nothing is created to ask them.
+    async fn renewal_windows(&self, stored: &StoredCredentials) -> BTreeMap<String, (OffsetDateTime, OffsetDateTime)> {
+        let now = OffsetDateTime::now_utc();
+        let mut out = BTreeMap::new();
+        for (name, spec) in &self.config.file.issuers {
+            let IssuerKind::Acme(acme) = spec.kind() else { continue };
+            let sites: Vec<(&String, &CredentialBundle)> =
+                stored.owned.iter().filter(|(_, b)| &b.issuer == name).collect();
+            if sites.is_empty()
+                || self
+                    .ari_unsupported
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(name)
+            {
+                continue;
+            }
+            let mut issuer = None;
+            for (site, bundle) in sites {
+                let key = crate::pki::facts(&bundle.server.chain_pem)
+                    .map(|f| f.serial_hex)
+                    .unwrap_or_default();
+                let cached = self.ari.lock().unwrap_or_else(|e| e.into_inner()).get(&key).copied();
+                if let Some((start, end, _)) = cached.filter(|(_, _, refresh_at)| *refresh_at > now) {
+                    out.insert(site.clone(), (start, end));
+                    continue;
+                }
+                if issuer.is_none() {
+                    issuer =
+                        match AcmeIssuer::restore(name, acme, self.store.clone(), Solver::Http01(self.http01.clone()))
+                            .await
+                        {
+                            Ok(Some(i)) => Some(i),
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!(issuer = %name, error = %e, "renewal information unavailable");
+                                break;
+                            }
+                        };
+                }
+                let Some(acme_issuer) = &issuer else { break };
+                match acme_issuer.renewal_window(&bundle.server.chain_pem).await {
+                    Ok(Some((start, end, retry_after))) => {
+                        let refresh_at =
+                            now + time::Duration::try_from(retry_after).unwrap_or(time::Duration::hours(6));
+                        self.ari
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(key, (start, end, refresh_at));
+                        out.insert(site.clone(), (start, end));
+                    }
+                    Ok(None) => {
+                        self.ari_unsupported
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(name.clone());
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(issuer = %name, site = %site, error = %e, "renewal information unavailable")
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Observe and plan, writing nothing (the `plan` command).
@@ -310,13 +387,17 @@ impl Runtime {
             (Action::Keep { .. }, Some(b)) => b.server.clone(),
             _ => {
                 let issuer = issuers.get(&c.issuer).ok_or_else(|| {
-                    fail("issue", format!("issuer `{}` is unavailable (see its own error)", c.issuer))
+                    fail(
+                        "issue",
+                        format!("issuer `{}` is unavailable (see its own error)", c.issuer),
+                    )
                 })?;
                 let started = Instant::now();
                 let result = issuer
                     .issue(&ServerRequest {
                         site: c.site.clone(),
                         hosts: c.hosts.clone(),
+                        previous_chain_pem: stored.map(|b| b.server.chain_pem.clone()),
                     })
                     .await;
                 self.metrics
@@ -440,7 +521,10 @@ impl Runtime {
                 Some(t) => report.failures.push(Failure {
                     stage: "issue",
                     subject: format!("site {}", c.site),
-                    message: format!("backing off after a failed issuance; next attempt at {}", crate::plan::rfc3339(t)),
+                    message: format!(
+                        "backing off after a failed issuance; next attempt at {}",
+                        crate::plan::rfc3339(t)
+                    ),
                 }),
                 None => due.push(c),
             }
@@ -453,7 +537,10 @@ impl Runtime {
                 if cancel.is_cancelled() {
                     return (c, None);
                 }
-                (c, Some(self.renew_site(c, stored.owned.get(&c.site), issuers, now).await))
+                (
+                    c,
+                    Some(self.renew_site(c, stored.owned.get(&c.site), issuers, now).await),
+                )
             })
             .buffer_unordered(CONCURRENT_ISSUANCES)
             .collect()
@@ -520,7 +607,11 @@ impl Runtime {
     }
 
     fn retry_not_before(&self, site: &str) -> Option<OffsetDateTime> {
-        self.retry.lock().unwrap_or_else(|e| e.into_inner()).get(site).map(|(_, t)| *t)
+        self.retry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(site)
+            .map(|(_, t)| *t)
     }
 
     fn retry_reset(&self, site: &str) {
@@ -537,7 +628,12 @@ impl Runtime {
 
     /// The earliest moment a backed-off site may be tried again.
     pub fn next_retry(&self) -> Option<OffsetDateTime> {
-        self.retry.lock().unwrap_or_else(|e| e.into_inner()).values().map(|(_, t)| *t).min()
+        self.retry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|(_, t)| *t)
+            .min()
     }
 
     /// Counts a pass's failures by stage.

@@ -261,7 +261,12 @@ fn main() -> ExitCode {
                 Ok(ExitCode::from(1))
             }
         },
-        Command::Run { config, once, listen, solver_listen } => {
+        Command::Run {
+            config,
+            once,
+            listen,
+            solver_listen,
+        } => {
             init_logging(&cli);
             tokio_main(run(config, *once, *listen, *solver_listen))
         }

@@ -107,6 +107,26 @@ pub fn key_matches(cert_pem: &str, key: &PrivateKeyPem) -> Result<bool, PkiError
     Ok(cert.public_key().subject_public_key.data.as_ref() == pair.public_key_raw())
 }
 
+/// The ARI certificate identifier (RFC 9773 §4.1) of the first certificate of a chain:
+/// base64url of its authority key identifier and of its serial number's DER octets.
+pub fn ari_certificate_id(chain_pem: &str) -> Result<(String, String), PkiError> {
+    use base64::Engine;
+    let ders = certificates_der(chain_pem)?;
+    let cert = parse(&ders[0])?;
+    let aki = cert
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
+        .ok_or_else(|| PkiError::Certificate("no authority key identifier".into()))?;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    Ok((b64.encode(aki), b64.encode(cert.raw_serial())))
+}
+
 /// Whether the first certificate of `chain_pem` is signed by `issuer_pem`'s key.
 pub fn signed_by(chain_pem: &str, issuer_pem: &str) -> Result<bool, PkiError> {
     let leaf_der = certificates_der(chain_pem)?;

@@ -44,7 +44,10 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn acme_challenge(State(challenges): State<Arc<Http01Challenges>>, Path(token): Path<String>) -> (StatusCode, String) {
+async fn acme_challenge(
+    State(challenges): State<Arc<Http01Challenges>>,
+    Path(token): Path<String>,
+) -> (StatusCode, String) {
     match challenges.answer(&token) {
         Some(key_authorization) => (StatusCode::OK, key_authorization),
         None => (StatusCode::NOT_FOUND, "no such challenge\n".into()),
@@ -64,7 +67,9 @@ pub async fn bind_solver(
         .route("/.well-known/acme-challenge/{token}", get(acme_challenge))
         .with_state(challenges);
     let handle = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
     });
     Ok((local, handle))
 }

@@ -78,7 +78,9 @@ sites:
     }
 
     fn serial(&self) -> String {
-        tlsward::pki::facts(&self.w.read("credentials/shop/tls.crt")).unwrap().serial_hex
+        tlsward::pki::facts(&self.w.read("credentials/shop/tls.crt"))
+            .unwrap()
+            .serial_hex
     }
 }
 
@@ -89,7 +91,10 @@ fn http01_issues_a_chain_that_verifies_against_pebbles_root_and_a_restart_reuses
     assert_success(&s.run_once());
     s.verify_chain(&["shop.foocorp.example", "www.foocorp.example"]);
     let log = std::fs::read_to_string(s.pebble.dir.join("pebble.log")).unwrap();
-    assert!(log.contains("Attempting to validate w/ HTTP: http://www.foocorp.example:"), "pebble did not validate over HTTP-01:\n{log}");
+    assert!(
+        log.contains("Attempting to validate w/ HTTP: http://www.foocorp.example:"),
+        "pebble did not validate over HTTP-01:\n{log}"
+    );
     let account = s.w.read("state/acme/pebble/account.json");
 
     // A restart: same account, nothing issued.
@@ -101,7 +106,10 @@ fn http01_issues_a_chain_that_verifies_against_pebbles_root_and_a_restart_reuses
     assert_eq!(s.w.read("state/acme/pebble/account.json"), account);
 
     // New hosts: a new order, with the same account.
-    s.w.write_config(&s.config("{http01: {}}", "shop.foocorp.example, www.foocorp.example, api.foocorp.example"));
+    s.w.write_config(&s.config(
+        "{http01: {}}",
+        "shop.foocorp.example, www.foocorp.example, api.foocorp.example",
+    ));
     assert_success(&s.run_once());
     assert_ne!(s.serial(), serial);
     s.verify_chain(&["api.foocorp.example", "shop.foocorp.example", "www.foocorp.example"]);
@@ -111,17 +119,27 @@ fn http01_issues_a_chain_that_verifies_against_pebbles_root_and_a_restart_reuses
 #[test]
 fn dns01_issues_a_wildcard_and_removes_its_challenge_records() {
     let s = setup(&[("PEBBLE_VA_NOSLEEP", "1")]);
-    s.w.write_config(&s.config("{dns01: {provider: corp}}", "shop.foocorp.example, \"*.apps.foocorp.example\""));
+    s.w.write_config(&s.config(
+        "{dns01: {provider: corp}}",
+        "shop.foocorp.example, \"*.apps.foocorp.example\"",
+    ));
     let out = s.run_once();
     assert_success(&out);
     s.verify_chain(&["*.apps.foocorp.example", "shop.foocorp.example"]);
     let log = std::fs::read_to_string(s.pebble.dir.join("pebble.log")).unwrap();
     // Pebble validated both names for real (its VA is not in always-valid mode), and the
     // only challenges tlsward answered were DNS-01.
-    assert!(log.contains("Identifier:acme.Identifier{Type:\"dns\", Value:\"apps.foocorp.example\"}"), "{log}");
+    assert!(
+        log.contains("Identifier:acme.Identifier{Type:\"dns\", Value:\"apps.foocorp.example\"}"),
+        "{log}"
+    );
     assert!(log.matches("set VALID by completed challenge").count() >= 1, "{log}");
     assert!(!log.contains("validate w/ HTTP"), "{log}");
-    for name in ["_acme-challenge.shop.foocorp.example", "_acme-challenge.apps.foocorp.example", "_tlsward._acme-challenge.shop.foocorp.example"] {
+    for name in [
+        "_acme-challenge.shop.foocorp.example",
+        "_acme-challenge.apps.foocorp.example",
+        "_tlsward._acme-challenge.shop.foocorp.example",
+    ] {
         assert!(s.bind.dig(name, "TXT").is_empty(), "{name} left behind");
     }
     // The site's own records are in place.
@@ -156,24 +174,43 @@ fn pebble_dying_mid_order_leaves_the_previous_certificate_and_the_next_pass_resu
     s.pebble.env = vec![("PEBBLE_VA_SLEEPTIME".into(), "5".into())];
     s.pebble.restart();
     s.w.write_config(&s.config("{http01: {}}", "shop.foocorp.example, www.foocorp.example"));
-    let child = s
-        .w
-        .command(&["run", "--once", "--config", "tlsward.yaml", "--log-format", "json", "--solver-listen", &format!("127.0.0.1:{}", s.pebble.http_port)])
+    let child =
+        s.w.command(&[
+            "run",
+            "--once",
+            "--config",
+            "tlsward.yaml",
+            "--log-format",
+            "json",
+            "--solver-listen",
+            &format!("127.0.0.1:{}", s.pebble.http_port),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     // Wait until the order is pending validation, then kill the server.
     wait_for(std::time::Duration::from_secs(20), "a pending order", || {
-        std::fs::read_to_string(s.pebble.dir.join("pebble.log")).ok().filter(|l| l.contains("POST /chalZ/")).map(|_| ())
+        std::fs::read_to_string(s.pebble.dir.join("pebble.log"))
+            .ok()
+            .filter(|l| l.contains("POST /chalZ/"))
+            .map(|_| ())
     });
     s.pebble.kill();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("site shop"), "{stderr}");
-    assert_eq!(s.w.read("credentials/shop/tls.crt"), before, "the previous certificate was touched");
-    assert!(s.w.read("manifests/gateway-tlsward-gateway.yaml").contains("shop-credential"), "the site stopped being served");
+    assert_eq!(
+        s.w.read("credentials/shop/tls.crt"),
+        before,
+        "the previous certificate was touched"
+    );
+    assert!(
+        s.w.read("manifests/gateway-tlsward-gateway.yaml")
+            .contains("shop-credential"),
+        "the site stopped being served"
+    );
 
     // Pebble comes back (it forgot everything, the account included): the next pass converges.
     s.pebble.env = vec![("PEBBLE_VA_NOSLEEP".into(), "1".into())];

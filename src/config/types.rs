@@ -388,7 +388,9 @@ impl IssuerSpec {
 impl ConfigFile {
     /// Whether any issuer answers HTTP-01 challenges (so the solver endpoint must run).
     pub fn uses_http01(&self) -> bool {
-        self.issuers.values().any(|i| i.acme.as_ref().is_some_and(|a| a.solver.http01.is_some()))
+        self.issuers
+            .values()
+            .any(|i| i.acme.as_ref().is_some_and(|a| a.solver.http01.is_some()))
     }
 }
 

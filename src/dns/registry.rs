@@ -19,7 +19,11 @@ pub const CHALLENGE_LABEL: &str = "_acme-challenge";
 /// The types tlsward manages at `name`: address records at a published host, the TXT
 /// record at an ACME challenge name; never anything else.
 pub fn managed_types(name: &str) -> &'static [RecordType] {
-    if name.starts_with(&format!("{CHALLENGE_LABEL}.")) { &CHALLENGE_TYPES } else { &MANAGED_TYPES }
+    if name.starts_with(&format!("{CHALLENGE_LABEL}.")) {
+        &CHALLENGE_TYPES
+    } else {
+        &MANAGED_TYPES
+    }
 }
 
 /// The name of the ownership record of `host` (`*` becomes a plain label).
@@ -459,12 +463,20 @@ mod tests {
 
     #[test]
     fn a_scoped_diff_releases_only_the_names_in_scope() {
-        let current = vec![ours("shop.z.example"), a("shop.z.example", &["203.0.113.10"]), ours("_acme-challenge.shop.z.example"), txt("_acme-challenge.shop.z.example", "token")];
+        let current = vec![
+            ours("shop.z.example"),
+            a("shop.z.example", &["203.0.113.10"]),
+            ours("_acme-challenge.shop.z.example"),
+            txt("_acme-challenge.shop.z.example", "token"),
+        ];
         let scope: BTreeSet<String> = ["_acme-challenge.shop.z.example".to_string()].into();
         let d = diff_within("me", 60, &[], &current, Some(&scope));
         assert_eq!(
             d.changes,
-            vec![Change::Delete(txt("_acme-challenge.shop.z.example", "token")), Change::Delete(ours("_acme-challenge.shop.z.example"))]
+            vec![
+                Change::Delete(txt("_acme-challenge.shop.z.example", "token")),
+                Change::Delete(ours("_acme-challenge.shop.z.example"))
+            ]
         );
     }
 

@@ -15,10 +15,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine;
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey, Identifier, NewAccount,
-    NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType, ExternalAccountKey,
+    Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use super::ca::generate_key;
 use super::{IssueError, Issued, Issuer, ServerRequest};
@@ -45,10 +46,17 @@ pub struct Http01Challenges {
 
 impl Http01Challenges {
     pub fn answer(&self, token: &str) -> Option<String> {
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(token).cloned()
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .cloned()
     }
     fn insert(&self, token: &str, key_authorization: &str) {
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).insert(token.into(), key_authorization.into());
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token.into(), key_authorization.into());
     }
     fn remove(&self, token: &str) {
         self.tokens.lock().unwrap_or_else(|e| e.into_inner()).remove(token);
@@ -84,14 +92,22 @@ pub struct AcmeIssuer {
 }
 
 fn acme_error<'a>(issuer: &'a str, what: &'static str) -> impl Fn(instant_acme::Error) -> IssueError + 'a {
-    move |e| IssueError::Acme { issuer: issuer.to_string(), what, detail: describe(&e) }
+    move |e| IssueError::Acme {
+        issuer: issuer.to_string(),
+        what,
+        detail: describe(&e),
+    }
 }
 
 /// The error, with the ACME problem document's type and detail when there is one.
 fn describe(e: &instant_acme::Error) -> String {
     match e {
         instant_acme::Error::Api(p) => {
-            let kind = p.r#type.as_deref().unwrap_or("problem").trim_start_matches("urn:ietf:params:acme:error:");
+            let kind = p
+                .r#type
+                .as_deref()
+                .unwrap_or("problem")
+                .trim_start_matches("urn:ietf:params:acme:error:");
             let mut text = format!("{kind}: {}", p.detail.as_deref().unwrap_or(""));
             for sub in &p.subproblems {
                 text.push_str(&format!("; {}", sub.detail.as_deref().unwrap_or("")));
@@ -118,27 +134,71 @@ fn transient(e: &IssueError) -> bool {
 
 impl AcmeIssuer {
     /// Restores the issuer's account from the store, or creates it (once) and saves it.
-    pub async fn open(name: &str, spec: &AcmeSpec, store: Arc<dyn Store>, solver: Solver) -> Result<AcmeIssuer, IssueError> {
-        let stored = store
-            .read_state(&account_state(name))
-            .await?
-            .and_then(|files| files.get(ACCOUNT_FILE).cloned())
-            .and_then(|bytes| serde_json::from_slice::<StoredAccount>(&bytes).ok())
-            .filter(|a| a.directory == spec.directory);
-        let account = match stored {
-            Some(a) => http_client(name, spec)?
-                .from_credentials(a.credentials)
-                .await
-                .map_err(acme_error(name, "restore the account"))?,
+    pub async fn open(
+        name: &str,
+        spec: &AcmeSpec,
+        store: Arc<dyn Store>,
+        solver: Solver,
+    ) -> Result<AcmeIssuer, IssueError> {
+        let account = match stored_account(name, spec, store.as_ref()).await? {
+            Some(account) => account,
             None => create_account(name, spec, store.as_ref()).await?,
         };
-        Ok(AcmeIssuer {
+        Ok(Self::with_account(name, spec, store, solver, account))
+    }
+
+    /// Restores the stored account, creating nothing: `None` when there is none yet.
+    pub async fn restore(
+        name: &str,
+        spec: &AcmeSpec,
+        store: Arc<dyn Store>,
+        solver: Solver,
+    ) -> Result<Option<AcmeIssuer>, IssueError> {
+        Ok(stored_account(name, spec, store.as_ref())
+            .await?
+            .map(|account| Self::with_account(name, spec, store, solver, account)))
+    }
+
+    fn with_account(
+        name: &str,
+        spec: &AcmeSpec,
+        store: Arc<dyn Store>,
+        solver: Solver,
+        account: Account,
+    ) -> AcmeIssuer {
+        AcmeIssuer {
             name: name.to_string(),
             spec: spec.clone(),
             store,
             account: tokio::sync::RwLock::new(account),
             solver,
-        })
+        }
+    }
+
+    /// The CA's suggested renewal window for a certificate (ARI, RFC 9773) and how long
+    /// to wait before asking again; `None` when the CA offers no renewal information.
+    pub async fn renewal_window(
+        &self,
+        chain_pem: &str,
+    ) -> Result<Option<(OffsetDateTime, OffsetDateTime, Duration)>, IssueError> {
+        let (aki, serial) = crate::pki::ari_certificate_id(chain_pem).map_err(|e| IssueError::Acme {
+            issuer: self.name.clone(),
+            what: "identify the certificate for ARI",
+            detail: e.to_string(),
+        })?;
+        let id = CertificateIdentifier {
+            authority_key_identifier: aki.into(),
+            serial: serial.into(),
+        };
+        match self.account.read().await.renewal_info(&id).await {
+            Ok((info, retry_after)) => Ok(Some((
+                info.suggested_window.start,
+                info.suggested_window.end,
+                retry_after,
+            ))),
+            Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+            Err(e) => Err(acme_error(&self.name, "fetch the renewal window")(e)),
+        }
     }
 
     pub async fn account_id(&self) -> String {
@@ -147,16 +207,44 @@ impl AcmeIssuer {
 
     async fn attempt(&self, request: &ServerRequest) -> Result<Issued, IssueError> {
         let err = |what| acme_error(&self.name, what);
-        let ids: Vec<Identifier> = request.hosts.iter().map(|h| Identifier::Dns(h.as_str().to_string())).collect();
+        let ids: Vec<Identifier> = request
+            .hosts
+            .iter()
+            .map(|h| Identifier::Dns(h.as_str().to_string()))
+            .collect();
         let account = self.account.read().await.clone();
-        let mut order = match account.new_order(&NewOrder::new(&ids)).await {
+        let replaced = request
+            .previous_chain_pem
+            .as_deref()
+            .and_then(|pem| crate::pki::ari_certificate_id(pem).ok());
+        // Tell an ARI-aware CA which certificate this one replaces; a CA without ARI
+        // refuses `replaces`, so ask again without it.
+        let first = match &replaced {
+            Some((aki, serial)) => {
+                let id = CertificateIdentifier {
+                    authority_key_identifier: aki.as_str().into(),
+                    serial: serial.as_str().into(),
+                };
+                match account.new_order(&NewOrder::new(&ids).replaces(id)).await {
+                    Err(instant_acme::Error::Unsupported(_)) => account.new_order(&NewOrder::new(&ids)).await,
+                    other => other,
+                }
+            }
+            None => account.new_order(&NewOrder::new(&ids)).await,
+        };
+        let mut order = match first {
             // The server forgot the account (a reset test CA, a private CA rebuilt): make a
             // new one, once, and carry on.
-            Err(instant_acme::Error::Api(p)) if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist") => {
+            Err(instant_acme::Error::Api(p))
+                if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist") =>
+            {
                 tracing::warn!(issuer = %self.name, "the ACME server does not know the stored account; creating a new one");
                 let fresh = create_account(&self.name, &self.spec, self.store.as_ref()).await?;
                 *self.account.write().await = fresh.clone();
-                fresh.new_order(&NewOrder::new(&ids)).await.map_err(err("create the order"))?
+                fresh
+                    .new_order(&NewOrder::new(&ids))
+                    .await
+                    .map_err(err("create the order"))?
             }
             other => other.map_err(err("create the order"))?,
         };
@@ -188,7 +276,10 @@ impl AcmeIssuer {
                     }
                     Solver::Dns01 { .. } => {
                         let name = format!("{CHALLENGE_LABEL}.{}", host.trim_start_matches("*."));
-                        dns_values.entry(name).or_default().push(challenge.key_authorization().dns_value());
+                        dns_values
+                            .entry(name)
+                            .or_default()
+                            .push(challenge.key_authorization().dns_value());
                     }
                 }
             }
@@ -210,7 +301,12 @@ impl AcmeIssuer {
         result
     }
 
-    async fn complete(&self, order: &mut instant_acme::Order, request: &ServerRequest, kind: ChallengeType) -> Result<Issued, IssueError> {
+    async fn complete(
+        &self,
+        order: &mut instant_acme::Order,
+        request: &ServerRequest,
+        kind: ChallengeType,
+    ) -> Result<Issued, IssueError> {
         let err = |what| acme_error(&self.name, what);
         {
             let mut authorizations = order.authorizations();
@@ -224,7 +320,9 @@ impl AcmeIssuer {
                 }
             }
         }
-        let policy = RetryPolicy::new().initial_delay(Duration::from_millis(100)).timeout(Duration::from_secs(90));
+        let policy = RetryPolicy::new()
+            .initial_delay(Duration::from_millis(100))
+            .timeout(Duration::from_secs(90));
         let status = order.poll_ready(&policy).await.map_err(err("wait for validation"))?;
         if status != OrderStatus::Ready {
             let mut why = Vec::new();
@@ -232,31 +330,70 @@ impl AcmeIssuer {
             while let Some(Ok(authz)) = authorizations.next().await {
                 for c in &authz.challenges {
                     if let Some(e) = &c.error {
-                        why.push(format!("{}: {}", e.r#type.as_deref().unwrap_or("error"), e.detail.as_deref().unwrap_or("")));
+                        why.push(format!(
+                            "{}: {}",
+                            e.r#type.as_deref().unwrap_or("error"),
+                            e.detail.as_deref().unwrap_or("")
+                        ));
                     }
                 }
             }
-            return Err(IssueError::Acme { issuer: self.name.clone(), what: "validate the hosts", detail: format!("order {status:?}: {}", why.join("; ")) });
+            return Err(IssueError::Acme {
+                issuer: self.name.clone(),
+                what: "validate the hosts",
+                detail: format!("order {status:?}: {}", why.join("; ")),
+            });
         }
-        let key = generate_key(KeyAlgorithm::EcdsaP256).map_err(|e| IssueError::Crypto { issuer: self.name.clone(), what: "make a key", detail: e.to_string() })?;
+        let key = generate_key(KeyAlgorithm::EcdsaP256).map_err(|e| IssueError::Crypto {
+            issuer: self.name.clone(),
+            what: "make a key",
+            detail: e.to_string(),
+        })?;
         let names: Vec<String> = request.hosts.iter().map(|h| h.as_str().to_string()).collect();
         let csr = rcgen::CertificateParams::new(names)
             .and_then(|p| p.serialize_request(&key))
-            .map_err(|e| IssueError::Crypto { issuer: self.name.clone(), what: "make the CSR", detail: e.to_string() })?;
+            .map_err(|e| IssueError::Crypto {
+                issuer: self.name.clone(),
+                what: "make the CSR",
+                detail: e.to_string(),
+            })?;
         order.finalize_csr(csr.der()).await.map_err(err("finalize the order"))?;
-        let chain_pem = order.poll_certificate(&policy).await.map_err(err("download the certificate"))?;
-        Ok(Issued { chain_pem, key: PrivateKeyPem::new(key.serialize_pem()) })
+        let chain_pem = order
+            .poll_certificate(&policy)
+            .await
+            .map_err(err("download the certificate"))?;
+        Ok(Issued {
+            chain_pem,
+            key: PrivateKeyPem::new(key.serialize_pem()),
+        })
     }
 
     async fn publish_dns(&self, site: &str, values: &BTreeMap<String, Vec<String>>) -> Result<(), IssueError> {
-        let Solver::Dns01 { provider_name, provider, owner, ttl, lock } = &self.solver else { return Ok(()) };
+        let Solver::Dns01 {
+            provider_name,
+            provider,
+            owner,
+            ttl,
+            lock,
+        } = &self.solver
+        else {
+            return Ok(());
+        };
         if values.is_empty() {
             return Ok(());
         }
-        let dns = |e: crate::dns::DnsError| IssueError::Acme { issuer: self.name.clone(), what: "publish the DNS-01 records", detail: e.to_string() };
+        let dns = |e: crate::dns::DnsError| IssueError::Acme {
+            issuer: self.name.clone(),
+            what: "publish the DNS-01 records",
+            detail: e.to_string(),
+        };
         let desired: Vec<DesiredName> = values
             .iter()
-            .map(|(name, v)| DesiredName { host: name.clone(), site: site.to_string(), records: vec![RecordSet::new(name.clone(), RecordType::TXT, *ttl, v.clone())] })
+            .map(|(name, v)| DesiredName {
+                host: name.clone(),
+                site: site.to_string(),
+                records: vec![RecordSet::new(name.clone(), RecordType::TXT, *ttl, v.clone())],
+            })
             .collect();
         let scope: BTreeSet<String> = values.keys().cloned().collect();
         {
@@ -264,7 +401,11 @@ impl AcmeIssuer {
             let current = provider.records().await.map_err(dns)?;
             let d = diff_within(owner, *ttl, &desired, &current, Some(&scope));
             if let Some((name, why)) = d.conflicts.first() {
-                return Err(IssueError::Acme { issuer: self.name.clone(), what: "publish the DNS-01 records", detail: format!("dns provider `{provider_name}`: {name}: {why}") });
+                return Err(IssueError::Acme {
+                    issuer: self.name.clone(),
+                    what: "publish the DNS-01 records",
+                    detail: format!("dns provider `{provider_name}`: {name}: {why}"),
+                });
             }
             provider.apply(&d).await.map_err(dns)?;
         }
@@ -274,13 +415,22 @@ impl AcmeIssuer {
         loop {
             let current = provider.records().await.map_err(dns)?;
             let visible = values.iter().all(|(name, v)| {
-                current.iter().any(|r| r.kind == RecordType::TXT && &r.name == name && v.iter().all(|x| r.values.contains(x)))
+                current
+                    .iter()
+                    .any(|r| r.kind == RecordType::TXT && &r.name == name && v.iter().all(|x| r.values.contains(x)))
             });
             if visible {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(IssueError::Acme { issuer: self.name.clone(), what: "publish the DNS-01 records", detail: format!("dns provider `{provider_name}` does not show them after {}s", VISIBLE_TIMEOUT.as_secs()) });
+                return Err(IssueError::Acme {
+                    issuer: self.name.clone(),
+                    what: "publish the DNS-01 records",
+                    detail: format!(
+                        "dns provider `{provider_name}` does not show them after {}s",
+                        VISIBLE_TIMEOUT.as_secs()
+                    ),
+                });
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
@@ -288,14 +438,43 @@ impl AcmeIssuer {
     }
 
     async fn release_dns(&self, values: &BTreeMap<String, Vec<String>>) -> Result<(), crate::dns::DnsError> {
-        let Solver::Dns01 { provider, owner, ttl, lock, .. } = &self.solver else { return Ok(()) };
+        let Solver::Dns01 {
+            provider,
+            owner,
+            ttl,
+            lock,
+            ..
+        } = &self.solver
+        else {
+            return Ok(());
+        };
         if values.is_empty() {
             return Ok(());
         }
         let scope: BTreeSet<String> = values.keys().cloned().collect();
         let _guard = lock.lock().await;
         let current = provider.records().await?;
-        provider.apply(&diff_within(owner, *ttl, &[], &current, Some(&scope))).await
+        provider
+            .apply(&diff_within(owner, *ttl, &[], &current, Some(&scope)))
+            .await
+    }
+}
+
+async fn stored_account(name: &str, spec: &AcmeSpec, store: &dyn Store) -> Result<Option<Account>, IssueError> {
+    let stored = store
+        .read_state(&account_state(name))
+        .await?
+        .and_then(|files| files.get(ACCOUNT_FILE).cloned())
+        .and_then(|bytes| serde_json::from_slice::<StoredAccount>(&bytes).ok())
+        .filter(|a| a.directory == spec.directory);
+    match stored {
+        Some(a) => Ok(Some(
+            http_client(name, spec)?
+                .from_credentials(a.credentials)
+                .await
+                .map_err(acme_error(name, "restore the account"))?,
+        )),
+        None => Ok(None),
     }
 }
 
@@ -313,9 +492,17 @@ async fn create_account(name: &str, spec: &AcmeSpec, store: &dyn Store) -> Resul
     let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
     let eab = match &spec.eab {
         Some(eab) => {
-            let fail = |detail: String| IssueError::Acme { issuer: name.into(), what: "read the EAB key", detail };
-            let text = crate::daemon::read_secret(&format!("issuers.{name}.acme.eab.hmac_key"), &eab.hmac_key_file, &eab.hmac_key_env)
-                .map_err(|e| fail(e.to_string()))?;
+            let fail = |detail: String| IssueError::Acme {
+                issuer: name.into(),
+                what: "read the EAB key",
+                detail,
+            };
+            let text = crate::daemon::read_secret(
+                &format!("issuers.{name}.acme.eab.hmac_key"),
+                &eab.hmac_key_file,
+                &eab.hmac_key_env,
+            )
+            .map_err(|e| fail(e.to_string()))?;
             let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(text.trim().trim_end_matches('='))
                 .map_err(|e| fail(format!("not base64url: {e}")))?;
@@ -323,14 +510,27 @@ async fn create_account(name: &str, spec: &AcmeSpec, store: &dyn Store) -> Resul
         }
         None => None,
     };
-    let new = NewAccount { contact: &contact, terms_of_service_agreed: true, only_return_existing: false };
+    let new = NewAccount {
+        contact: &contact,
+        terms_of_service_agreed: true,
+        only_return_existing: false,
+    };
     let (account, credentials) = http_client(name, spec)?
         .create(&new, spec.directory.clone(), eab.as_ref())
         .await
         .map_err(acme_error(name, "create the account"))?;
-    let json = serde_json::to_string(&StoredAccount { directory: spec.directory.clone(), credentials })
-        .map_err(|e| IssueError::Acme { issuer: name.into(), what: "save the account", detail: e.to_string() })?;
-    store.write_state(&account_state(name), &[StateFile::secret(ACCOUNT_FILE, &json)]).await?;
+    let json = serde_json::to_string(&StoredAccount {
+        directory: spec.directory.clone(),
+        credentials,
+    })
+    .map_err(|e| IssueError::Acme {
+        issuer: name.into(),
+        what: "save the account",
+        detail: e.to_string(),
+    })?;
+    store
+        .write_state(&account_state(name), &[StateFile::secret(ACCOUNT_FILE, &json)])
+        .await?;
     tracing::info!(issuer = %name, account = %account.id(), "ACME account created");
     Ok(account)
 }

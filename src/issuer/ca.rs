@@ -429,6 +429,7 @@ mod tests {
                 .issue(&ServerRequest {
                     site: "a".into(),
                     hosts,
+                    previous_chain_pem: None,
                 })
                 .await
                 .unwrap();

@@ -15,6 +15,8 @@ use crate::pki::PrivateKeyPem;
 pub struct ServerRequest {
     pub site: String,
     pub hosts: Vec<Hostname>,
+    /// The certificate being replaced, if any (ACME `replaces`, RFC 9773).
+    pub previous_chain_pem: Option<String>,
 }
 
 /// A certificate chain (leaf first) and its private key.

@@ -36,6 +36,8 @@ pub struct Observed {
     pub zones: BTreeMap<String, Result<Vec<RecordSet>, String>>,
     /// `kind/name` of the objects tlsward owns in the store.
     pub owned_objects: Vec<String>,
+    /// Site → the renewal window its ACME CA suggests (ARI, RFC 9773), when it offers one.
+    pub renewal_windows: BTreeMap<String, (OffsetDateTime, OffsetDateTime)>,
 }
 
 /// Why a certificate is (re)issued.
@@ -51,6 +53,7 @@ pub enum Reason {
     ClientCaChanged,
     Expired { not_after: String },
     RenewalDue { renew_at: String },
+    RenewalWindow { start: String, end: String },
 }
 
 impl fmt::Display for Reason {
@@ -72,6 +75,9 @@ impl fmt::Display for Reason {
             Reason::ClientCaChanged => write!(f, "the client CA changed"),
             Reason::Expired { not_after } => write!(f, "expired at {not_after}"),
             Reason::RenewalDue { renew_at } => write!(f, "renewal was due at {renew_at}"),
+            Reason::RenewalWindow { start, end } => {
+                write!(f, "inside the CA's suggested renewal window {start} .. {end}")
+            }
         }
     }
 }
@@ -257,12 +263,28 @@ fn plan_credential(
             } else if is_ca && (signer.is_none() || c.server.issuer_fingerprint.as_ref() != signer) {
                 Action::Issue(Reason::SignerChanged)
             } else {
-                let (action, at) = lifecycle(
-                    &c.server,
-                    config.renew_before,
-                    renewal::jitter_for(seed, &site.name),
-                    now,
-                );
+                let jitter = renewal::jitter_for(seed, &site.name);
+                let (action, at) = match observed.renewal_windows.get(&site.name) {
+                    // The CA's suggested window (ARI) wins over renew_before.
+                    Some((start, end)) if now < c.server.not_after => {
+                        let at = renewal::ari_renew_at(*start, *end, jitter);
+                        if now >= at {
+                            let reason = Reason::RenewalWindow {
+                                start: rfc3339(*start),
+                                end: rfc3339(*end),
+                            };
+                            (Action::Issue(reason), None)
+                        } else {
+                            (
+                                Action::Keep {
+                                    renew_at: Some(rfc3339(at)),
+                                },
+                                Some(at),
+                            )
+                        }
+                    }
+                    _ => lifecycle(&c.server, config.renew_before, jitter, now),
+                };
                 keep_until(at);
                 action
             }

@@ -30,6 +30,15 @@ pub fn renew_at(
     at.max(not_before + lifetime / 10)
 }
 
+/// The moment inside a CA's suggested renewal window (ARI, RFC 9773) to renew at:
+/// a point chosen by `jitter` in [0, 1), as the RFC asks, so renewals spread out.
+pub fn ari_renew_at(start: OffsetDateTime, end: OffsetDateTime, jitter: f64) -> OffsetDateTime {
+    if end <= start {
+        return start;
+    }
+    start + (end - start) * jitter.clamp(0.0, 1.0)
+}
+
 /// A stable pseudo-random fraction in [0, 1) for `site` under `seed` (splitmix64 of
 /// an FNV-1a hash): the same inputs always plan the same moment.
 pub fn jitter_for(seed: u64, site: &str) -> f64 {
@@ -100,6 +109,18 @@ mod tests {
         let na = nb + Duration::seconds(66);
         let at = renew_at(nb, na, RenewBefore::Percent(99.9), 0.99);
         assert_eq!(at, nb + Duration::seconds(66) / 10);
+    }
+
+    #[test]
+    fn an_ari_window_is_renewed_inside_it() {
+        let start = datetime!(2026-03-01 0:00 UTC);
+        let end = datetime!(2026-03-03 0:00 UTC);
+        assert_eq!(ari_renew_at(start, end, 0.0), start);
+        assert_eq!(ari_renew_at(start, end, 0.5), datetime!(2026-03-02 0:00 UTC));
+        let late = ari_renew_at(start, end, 0.999_999);
+        assert!(late < end && late > start);
+        // A degenerate window (end before start) means: now.
+        assert_eq!(ari_renew_at(end, start, 0.7), end);
     }
 
     #[test]

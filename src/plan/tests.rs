@@ -508,3 +508,29 @@ fn a_converged_world_plans_nothing_and_the_same_inputs_plan_the_same() {
     let ready: BTreeSet<String> = ["shop".to_string()].into();
     assert_eq!(a.objects, crate::render::object_keys(&config(""), &ready));
 }
+
+#[test]
+fn an_ari_window_overrides_renew_before() {
+    let issued = NOW - Duration::days(2); // by 33% of 30 days: not due for weeks
+    let mut o = observed_with(vec![stored("shop", &["shop.z.example"], issued)]);
+    // The CA asks for renewal inside a window that has already opened and closed.
+    o.renewal_windows
+        .insert("shop".into(), (NOW - Duration::hours(2), NOW - Duration::hours(1)));
+    assert!(matches!(
+        server_of(&plan(&config(""), &o, NOW, SEED), "shop"),
+        Action::Issue(Reason::RenewalWindow { .. })
+    ));
+    // A window in the future: kept, renewing inside it.
+    let (start, end) = (NOW + Duration::days(3), NOW + Duration::days(4));
+    o.renewal_windows.insert("shop".into(), (start, end));
+    let p = plan(&config(""), &o, NOW, SEED);
+    let at = p.next_renewal.unwrap();
+    assert!(at >= start && at < end, "{at}");
+    // Past its expiry a certificate is reissued whatever the window says.
+    let mut expired = observed_with(vec![stored("shop", &["shop.z.example"], NOW - Duration::days(40))]);
+    expired.renewal_windows.insert("shop".into(), (start, end));
+    assert!(matches!(
+        server_of(&plan(&config(""), &expired, NOW, SEED), "shop"),
+        Action::Issue(Reason::Expired { .. })
+    ));
+}

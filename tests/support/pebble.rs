@@ -31,11 +31,16 @@ impl Pebble {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "pebble test TLS CA");
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "pebble test TLS CA");
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap().signed_by(&key, &issuer).unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
         std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
         std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
         std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
@@ -70,7 +75,10 @@ impl Pebble {
         }});
         std::fs::write(self.dir.join("pebble.json"), config.to_string()).unwrap();
         let mut cmd = Command::new("pebble");
-        cmd.arg("-config").arg(self.dir.join("pebble.json")).arg("-dnsserver").arg(&self.dns_server);
+        cmd.arg("-config")
+            .arg(self.dir.join("pebble.json"))
+            .arg("-dnsserver")
+            .arg(&self.dns_server);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
