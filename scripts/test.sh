@@ -17,6 +17,8 @@ declare -A needs=(
   [/usr/sbin/pdns_server]=pdns-server
   [/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql]=pdns-backend-sqlite3
   [/usr/bin/sqlite3]=sqlite3
+  [/usr/bin/pebble]=pebble
+  [/usr/bin/lego]=lego
 )
 missing=()
 for path in "${!needs[@]}"; do

@@ -86,7 +86,7 @@ pub struct Runtime {
 }
 
 /// Sites issued at once (each mostly waits on an ACME server).
-const CONCURRENT_ISSUANCES: usize = 8;
+pub const CONCURRENT_ISSUANCES: usize = 16;
 
 /// Reads a secret from the file or environment variable the config names.
 pub fn read_secret(field: &str, file: &Option<String>, env: &Option<String>) -> Result<String, SetupError> {
