@@ -18,7 +18,6 @@ use support::bind::Bind;
 use support::*;
 use tlsward::dns::DnsProvider;
 use tlsward::dns::registry::{DesiredName, diff};
-use tlsward::dns::rfc2136::{Rfc2136Provider, parse_tsig_secret};
 use tlsward::model::{RecordSet, RecordType};
 
 const ZONE: &str = "bench.example";
@@ -62,12 +61,7 @@ fn main() {
         .unwrap();
 
     // 1. Throughput.
-    let spec: tlsward::config::Rfc2136Spec = serde_json::from_value(serde_json::json!({
-        "server": format!("127.0.0.1:{}", bind.port), "zone": format!("{ZONE}."), "tsig": {"name": "tlsward", "secret_file": bind.key_file},
-    }))
-    .unwrap();
-    let secret = parse_tsig_secret(&std::fs::read_to_string(&bind.key_file).unwrap()).unwrap();
-    let provider = Rfc2136Provider::new("bench", &spec, &secret).unwrap();
+    let provider = bind.provider();
     // Each host is two record changes: its A record and its ownership TXT.
     let desired: Vec<DesiredName> = (0..CHANGES / 2)
         .map(|i| {

@@ -45,20 +45,23 @@ sites:
         )
     }
 
+    /// `tlsward run --once` with the solver where Pebble's VA looks for it.
+    fn command(&self) -> Command {
+        let solver = format!("127.0.0.1:{}", self.pebble.http_port);
+        self.w.command(&[
+            "run",
+            "--once",
+            "--config",
+            "tlsward.yaml",
+            "--log-format",
+            "json",
+            "--solver-listen",
+            &solver,
+        ])
+    }
+
     fn run_once(&self) -> Output {
-        self.w
-            .command(&[
-                "run",
-                "--once",
-                "--config",
-                "tlsward.yaml",
-                "--log-format",
-                "json",
-                "--solver-listen",
-                &format!("127.0.0.1:{}", self.pebble.http_port),
-            ])
-            .output()
-            .unwrap()
+        self.command().output().unwrap()
     }
 
     fn verify_chain(&self, hosts: &[&str]) {
@@ -174,17 +177,8 @@ fn pebble_dying_mid_order_leaves_the_previous_certificate_and_the_next_pass_resu
     s.pebble.env = vec![("PEBBLE_VA_SLEEPTIME".into(), "5".into())];
     s.pebble.restart();
     s.w.write_config(&s.config("{http01: {}}", "shop.foocorp.example, www.foocorp.example"));
-    let child =
-        s.w.command(&[
-            "run",
-            "--once",
-            "--config",
-            "tlsward.yaml",
-            "--log-format",
-            "json",
-            "--solver-listen",
-            &format!("127.0.0.1:{}", s.pebble.http_port),
-        ])
+    let child = s
+        .command()
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

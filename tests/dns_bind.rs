@@ -107,19 +107,11 @@ fn nsupdate(bind: &Bind, line: &str) {
 async fn a_change_made_after_tlsward_read_the_zone_fails_the_update_and_survives() {
     use tlsward::dns::DnsProvider;
     use tlsward::dns::registry::{DesiredName, diff};
-    use tlsward::dns::rfc2136::{Rfc2136Provider, parse_tsig_secret};
     use tlsward::model::{RecordSet, RecordType};
 
     let w = Workdir::new();
     let bind = Bind::start(&w.path().join("bind"), "foocorp.example", FOREIGN);
-    let spec: tlsward::config::Rfc2136Spec = serde_json::from_value(serde_json::json!({
-        "server": format!("127.0.0.1:{}", bind.port),
-        "zone": "foocorp.example.",
-        "tsig": {"name": "tlsward", "secret_file": bind.key_file},
-    }))
-    .unwrap();
-    let secret = parse_tsig_secret(&std::fs::read_to_string(&bind.key_file).unwrap()).unwrap();
-    let provider = Rfc2136Provider::new("corp", &spec, &secret).unwrap();
+    let provider = bind.provider();
     let want = |host: &str| DesiredName {
         host: host.into(),
         site: "s".into(),
@@ -158,17 +150,11 @@ async fn a_change_made_after_tlsward_read_the_zone_fails_the_update_and_survives
 async fn a_thousand_changes_larger_than_one_message_all_land() {
     use tlsward::dns::DnsProvider;
     use tlsward::dns::registry::{DesiredName, diff};
-    use tlsward::dns::rfc2136::{Rfc2136Provider, parse_tsig_secret};
     use tlsward::model::{RecordSet, RecordType};
 
     let w = Workdir::new();
     let bind = Bind::start(&w.path().join("bind"), "foocorp.example", FOREIGN);
-    let spec: tlsward::config::Rfc2136Spec = serde_json::from_value(serde_json::json!({
-        "server": format!("127.0.0.1:{}", bind.port), "zone": "foocorp.example.", "tsig": {"name": "tlsward", "secret_file": bind.key_file},
-    }))
-    .unwrap();
-    let secret = parse_tsig_secret(&std::fs::read_to_string(&bind.key_file).unwrap()).unwrap();
-    let provider = Rfc2136Provider::new("corp", &spec, &secret).unwrap();
+    let provider = bind.provider();
     let desired: Vec<DesiredName> = (0..500)
         .map(|i| {
             let host = format!("h{i}.foocorp.example");

@@ -2,8 +2,6 @@
 
 mod support;
 
-use std::process::Command;
-
 use support::dns_scenario::{self, Backend};
 use support::pdns::Pdns;
 use support::*;
@@ -34,23 +32,7 @@ impl Backend for PdnsBackend<'_> {
     }
     /// Asks the server's own DNS port, as a resolver would.
     fn lookup(&self, name: &str, kind: &str) -> Vec<String> {
-        let (code, out) = sh(Command::new("dig").args([
-            "+short",
-            "+time=2",
-            "-p",
-            &self.pdns.dns_port.to_string(),
-            "@127.0.0.1",
-            kind,
-            name,
-        ]));
-        assert_eq!(code, 0, "{out}");
-        let mut v: Vec<String> = out
-            .lines()
-            .map(|l| l.trim().to_string())
-            .filter(|l| !l.is_empty())
-            .collect();
-        v.sort();
-        v
+        support::bind::dig(self.pdns.dns_port, name, kind)
     }
 }
 

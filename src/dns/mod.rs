@@ -48,6 +48,26 @@ pub enum DnsError {
     Store(#[from] crate::store::StoreError),
 }
 
+/// The HTTP client of the HTTP-based providers (PowerDNS, webhook).
+pub(crate) fn http_client(provider: &str) -> Result<reqwest::Client, DnsError> {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| DnsError::Config {
+            provider: provider.to_string(),
+            detail: e.to_string(),
+        })
+}
+
+/// A request to an HTTP-based provider that got no answer.
+pub(crate) fn http_unreachable(provider: &str, server: &str, e: reqwest::Error) -> DnsError {
+    DnsError::Server {
+        provider: provider.to_string(),
+        server: server.to_string(),
+        detail: e.without_url().to_string(),
+    }
+}
+
 #[async_trait]
 pub trait DnsProvider: Send + Sync {
     /// Every record set in the zone (types tlsward does not manage as `Other`).

@@ -63,13 +63,7 @@ impl PowerDnsProvider {
     pub fn new(name: &str, spec: &PowerDnsSpec, api_key: &str) -> Result<Self, DnsError> {
         let zone = spec.zone.trim_end_matches('.').to_ascii_lowercase();
         let base = spec.url.trim_end_matches('/').to_string();
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .map_err(|e| DnsError::Config {
-                provider: name.to_string(),
-                detail: e.to_string(),
-            })?;
+        let http = super::http_client(name)?;
         Ok(PowerDnsProvider {
             name: name.to_string(),
             zone_url: format!("{base}/api/v1/servers/{}/zones/{zone}.", spec.server_id),
@@ -81,11 +75,7 @@ impl PowerDnsProvider {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> DnsError {
-        DnsError::Server {
-            provider: self.name.clone(),
-            server: self.base.clone(),
-            detail: e.without_url().to_string(),
-        }
+        super::http_unreachable(&self.name, &self.base, e)
     }
 
     /// Turns a non-2xx answer into an error that says what the status means.

@@ -101,13 +101,7 @@ pub struct WebhookProvider {
 
 impl WebhookProvider {
     pub fn new(name: &str, spec: &WebhookSpec) -> Result<Self, DnsError> {
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .map_err(|e| DnsError::Config {
-                provider: name.to_string(),
-                detail: e.to_string(),
-            })?;
+        let http = super::http_client(name)?;
         Ok(WebhookProvider {
             name: name.to_string(),
             url: spec.url.trim_end_matches('/').to_string(),
@@ -117,11 +111,7 @@ impl WebhookProvider {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> DnsError {
-        DnsError::Server {
-            provider: self.name.clone(),
-            server: self.url.clone(),
-            detail: e.without_url().to_string(),
-        }
+        super::http_unreachable(&self.name, &self.url, e)
     }
 
     fn rejected(&self, detail: String) -> DnsError {

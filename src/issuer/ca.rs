@@ -95,17 +95,20 @@ impl Authority {
         let key = generate_key(alg)?;
         let params = ca_params(common_name, path_len, now - BACKDATE, days);
         let cert = params.self_signed(&key)?;
+        Ok(Self::signing(cert, params, key))
+    }
+
+    /// A freshly made CA: ready to sign, and its key as PEM for the state set.
+    fn signing(cert: rcgen::Certificate, params: CertificateParams, key: KeyPair) -> (Authority, PrivateKeyPem) {
         let key_pem = PrivateKeyPem::new(key.serialize_pem());
         let not_after = params.not_after;
-        Ok((
-            Authority {
-                cert_pem: cert.pem(),
-                fingerprint: pki::fingerprint(cert.der()),
-                signer: rcgen::Issuer::new(params, key),
-                not_after,
-            },
-            key_pem,
-        ))
+        let authority = Authority {
+            cert_pem: cert.pem(),
+            fingerprint: pki::fingerprint(cert.der()),
+            signer: rcgen::Issuer::new(params, key),
+            not_after,
+        };
+        (authority, key_pem)
     }
 
     fn new_intermediate(
@@ -118,17 +121,7 @@ impl Authority {
         let days = INTERMEDIATE_VALIDITY_DAYS.min((parent.not_after - now).whole_days());
         let params = ca_params(common_name, 0, now - BACKDATE, days);
         let cert = params.signed_by(&key, &parent.signer)?;
-        let key_pem = PrivateKeyPem::new(key.serialize_pem());
-        let not_after = params.not_after;
-        Ok((
-            Authority {
-                cert_pem: cert.pem(),
-                fingerprint: pki::fingerprint(cert.der()),
-                signer: rcgen::Issuer::new(params, key),
-                not_after,
-            },
-            key_pem,
-        ))
+        Ok(Self::signing(cert, params, key))
     }
 
     fn load(cert_pem: &str, key_pem: &str) -> Result<Authority, String> {

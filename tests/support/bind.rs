@@ -94,22 +94,33 @@ zone "{zone}" {{
 
     /// `dig +short` answers for `name` and `kind`, sorted.
     pub fn dig(&self, name: &str, kind: &str) -> Vec<String> {
-        let (code, out) = sh(Command::new("dig").args([
-            "+short",
-            "+time=2",
-            "-p",
-            &self.port.to_string(),
-            "@127.0.0.1",
-            kind,
-            name,
-        ]));
-        assert_eq!(code, 0, "{out}");
-        let mut v: Vec<String> = out
-            .lines()
-            .map(|l| l.trim().to_string())
-            .filter(|l| !l.is_empty())
-            .collect();
-        v.sort();
-        v
+        dig(self.port, name, kind)
     }
+
+    /// tlsward's RFC 2136 provider for this server's zone, with its TSIG key.
+    pub fn provider(&self) -> tlsward::dns::rfc2136::Rfc2136Provider {
+        let spec: tlsward::config::Rfc2136Spec = serde_json::from_value(serde_json::json!({
+            "server": format!("127.0.0.1:{}", self.port),
+            "zone": format!("{}.", self.zone),
+            "tsig": {"name": "tlsward", "secret_file": self.key_file},
+        }))
+        .unwrap();
+        let secret =
+            tlsward::dns::rfc2136::parse_tsig_secret(&std::fs::read_to_string(&self.key_file).unwrap()).unwrap();
+        tlsward::dns::rfc2136::Rfc2136Provider::new("corp", &spec, &secret).unwrap()
+    }
+}
+
+/// `dig +short` against the server on 127.0.0.1:`port`, answers sorted.
+pub fn dig(port: u16, name: &str, kind: &str) -> Vec<String> {
+    let (code, out) =
+        sh(Command::new("dig").args(["+short", "+time=2", "-p", &port.to_string(), "@127.0.0.1", kind, name]));
+    assert_eq!(code, 0, "{out}");
+    let mut v: Vec<String> = out
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    v.sort();
+    v
 }
