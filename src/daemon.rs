@@ -563,7 +563,7 @@ impl Runtime {
         }
 
         // Objects after credentials: a Gateway server never names a missing credential.
-        let objects = crate::render::objects(&self.config.file, &ready);
+        let objects = crate::render::objects(&self.config.file, &ready, &BTreeMap::new());
         for object in &objects {
             if let Err(e) = self.store.apply_object(object).await {
                 report.failures.push(Failure {

@@ -36,6 +36,10 @@ pub mod names {
     pub fn http_server(site: &str) -> String {
         format!("http-{site}")
     }
+    /// The VirtualService that answers a site's pending HTTP-01 challenge.
+    pub fn challenge_route(site: &str) -> String {
+        format!("acme-{site}")
+    }
 }
 
 /// A DNS host name as tlsward publishes it: lowercase, no trailing dot; a wildcard

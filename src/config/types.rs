@@ -192,9 +192,36 @@ pub struct SolverSpec {
     pub dns01: Option<Dns01Spec>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Http01Spec {}
+pub struct Http01Spec {
+    /// In a cluster, the Service (`host:port`) of tlsward's HTTP-01 answers: while a
+    /// challenge is pending the Gateway routes `/.well-known/acme-challenge/` there.
+    #[serde(default = "default_solver_service")]
+    pub service: String,
+}
+
+impl Default for Http01Spec {
+    fn default() -> Self {
+        Http01Spec {
+            service: default_solver_service(),
+        }
+    }
+}
+
+fn default_solver_service() -> String {
+    "tlsward-acme-solver.tlsward.svc.cluster.local:8089".into()
+}
+
+impl Http01Spec {
+    /// The solver Service's host and port (validated by `check`).
+    pub fn service_host_port(&self) -> (&str, u16) {
+        match self.service.rsplit_once(':') {
+            Some((host, port)) => (host, port.parse().unwrap_or(8089)),
+            None => (&self.service, 8089),
+        }
+    }
+}
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

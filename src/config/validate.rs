@@ -183,6 +183,19 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
                     format!("`{email}` is not an email address"),
                 );
             }
+            if let Some(http01) = &acme.solver.http01 {
+                let (host, _) = http01.service_host_port();
+                let port_ok = http01
+                    .service
+                    .rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok_and(|p| p > 0));
+                if !port_ok || host.split('.').any(|l| check_label(l).is_err()) {
+                    c.at(
+                        format!("{pointer}/acme/solver/http01/service"),
+                        format!("`{}` is not a Service HOST:PORT (for example tlsward-acme-solver.tlsward.svc.cluster.local:8089)", http01.service),
+                    );
+                }
+            }
             if let Some(eab) = &acme.eab {
                 c.one_secret_source(
                     &format!("{pointer}/acme/eab"),

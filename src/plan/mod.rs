@@ -154,6 +154,10 @@ pub struct Plan {
     pub removed_credentials: Vec<String>,
     /// Objects (`kind/name`) wanted when every credential becomes ready.
     pub objects: Vec<String>,
+    /// In a cluster, sites whose HTTP-01 challenges this pass answers through the
+    /// Gateway, with the solver Service (host, port) their challenge route points to.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub challenge_routes: BTreeMap<String, (String, u16)>,
     /// Owned objects (`kind/name`) no longer wanted.
     pub objects_to_delete: Vec<String>,
     pub zones: Vec<ZonePlan>,
@@ -420,6 +424,23 @@ fn plan_zones(config: &ConfigFile, observed: &Observed, conflicts: &mut Vec<Conf
     zones
 }
 
+/// Sites that need an ACME HTTP-01 order in this pass, when the Gateway must carry the
+/// challenge (a cluster; on the files store the solver port alone answers).
+fn challenge_routes(config: &ConfigFile, credentials: &[CredentialPlan]) -> BTreeMap<String, (String, u16)> {
+    if config.store.kubernetes.is_none() {
+        return BTreeMap::new();
+    }
+    credentials
+        .iter()
+        .filter(|c| c.blocked.is_none() && c.server.is_issue())
+        .filter_map(|c| {
+            let http01 = config.issuers.get(&c.issuer)?.acme.as_ref()?.solver.http01.as_ref()?;
+            let (host, port) = http01.service_host_port();
+            Some((c.site.clone(), (host.to_string(), port)))
+        })
+        .collect()
+}
+
 /// The pure core. See the module doc.
 pub fn plan(config: &ConfigFile, observed: &Observed, now: OffsetDateTime, seed: u64) -> Plan {
     let mut next = None;
@@ -454,10 +475,12 @@ pub fn plan(config: &ConfigFile, observed: &Observed, now: OffsetDateTime, seed:
         .filter(|c| c.blocked.is_none())
         .map(|c| c.site.clone())
         .collect();
-    let objects = render::object_keys(config, &ready);
+    let objects = render::object_keys(config, &ready, &BTreeSet::new());
+    let challenge_routes = challenge_routes(config, &credentials);
     let objects_to_delete = render::unwanted(&objects, &observed.owned_objects);
     let zones = plan_zones(config, observed, &mut conflicts);
     Plan {
+        challenge_routes,
         credentials,
         removed_credentials,
         objects,

@@ -87,7 +87,7 @@ fn rendered(cfg: &ConfigFile, p: &Plan) -> Vec<serde_json::Value> {
         .filter(|c| c.blocked.is_none())
         .map(|c| c.site.clone())
         .collect();
-    crate::render::objects(cfg, &ready)
+    crate::render::objects(cfg, &ready, &p.challenge_routes)
 }
 
 fn server_of<'a>(p: &'a Plan, site: &str) -> &'a Action {
@@ -506,7 +506,10 @@ fn a_converged_world_plans_nothing_and_the_same_inputs_plan_the_same() {
     assert!(a.is_noop(), "{}", text::to_text(&a));
     assert_eq!(a, plan(&config(""), &o, NOW, SEED));
     let ready: BTreeSet<String> = ["shop".to_string()].into();
-    assert_eq!(a.objects, crate::render::object_keys(&config(""), &ready));
+    assert_eq!(
+        a.objects,
+        crate::render::object_keys(&config(""), &ready, &BTreeSet::new())
+    );
 }
 
 #[test]
@@ -533,4 +536,58 @@ fn an_ari_window_overrides_renew_before() {
         server_of(&plan(&config(""), &expired, NOW, SEED), "shop"),
         Action::Issue(Reason::Expired { .. })
     ));
+}
+
+fn cluster_acme(solver: &str) -> ConfigFile {
+    let text = format!(
+        r#"owner_id: o
+store: {{kubernetes: {{}}}}
+issuers:
+  le: {{acme: {{directory: "https://acme.example/dir", solver: {{http01: {solver}}}}}}}
+  internal: {{ca: {{}}}}
+sites:
+  - {{name: shop, hosts: [shop.z.example], issuer: le, route: {{to: shop, port: 80}}}}
+  - {{name: inv, hosts: [inv.z.example], issuer: internal, route: {{to: inv, port: 80}}}}
+"#
+    );
+    Config::parse("c.yaml", &text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn an_http01_order_in_a_cluster_routes_the_challenge_through_the_gateway_first() {
+    let cfg = cluster_acme("{service: \"solver.tlsward.svc.cluster.local:8089\"}");
+    let p = plan(&cfg, &Observed::default(), NOW, SEED);
+    assert_eq!(p.challenge_routes.keys().collect::<Vec<_>>(), vec!["shop"]);
+    // What goes out before the orders: nothing is issued yet.
+    let objects = crate::render::objects(&cfg, &BTreeSet::new(), &p.challenge_routes);
+    let servers = objects[0]["spec"]["servers"].as_array().unwrap();
+    // `shop` has no credential yet: no HTTPS server, but a plain HTTP server for the challenge.
+    let shop: Vec<&serde_json::Value> = servers.iter().filter(|s| s["hosts"][0] == "shop.z.example").collect();
+    assert_eq!(shop.len(), 1);
+    assert_eq!(shop[0]["port"]["number"], 80);
+    assert!(
+        shop[0].get("tls").is_none(),
+        "the blanket redirect would hide the challenge"
+    );
+    let vs = objects.iter().find(|o| o["metadata"]["name"] == "acme-shop").unwrap();
+    let http = &vs["spec"]["http"];
+    assert_eq!(http[0]["match"][0]["uri"]["prefix"], "/.well-known/acme-challenge/");
+    assert_eq!(
+        http[0]["route"][0]["destination"]["host"],
+        "solver.tlsward.svc.cluster.local"
+    );
+    assert_eq!(http[0]["route"][0]["destination"]["port"]["number"], 8089);
+    assert_eq!(
+        http[1]["redirect"]["scheme"], "https",
+        "everything else still goes to HTTPS"
+    );
+    // Once issued, the final objects carry no challenge route.
+    assert!(!p.objects.iter().any(|k| k.starts_with("virtualservice/acme-")));
+}
+
+#[test]
+fn the_files_store_answers_http01_on_the_solver_port_alone() {
+    let mut cfg = cluster_acme("{}");
+    cfg.store = serde_json::from_value(serde_json::json!({"files": {"dir": "out"}})).unwrap();
+    assert!(plan(&cfg, &Observed::default(), NOW, SEED).challenge_routes.is_empty());
 }

@@ -3,7 +3,7 @@
 
 pub mod zone;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
@@ -31,26 +31,63 @@ fn hosts(site: &SiteSpec) -> Vec<String> {
 }
 
 /// The one Gateway: per ready site an HTTPS server on 443 and a redirecting HTTP
-/// server on 80. A site whose credential is not ready has no server at all.
-pub fn gateway(config: &ConfigFile, ready: &BTreeSet<String>) -> Value {
+/// server on 80. A site whose credential is not ready has no HTTPS server at all. A site
+/// with an HTTP-01 challenge pending keeps its HTTP server without the blanket redirect,
+/// so that its `acme-<site>` VirtualService can answer the challenge path first.
+pub fn gateway(config: &ConfigFile, ready: &BTreeSet<String>, challenged: &BTreeSet<String>) -> Value {
     let mut servers = Vec::new();
-    for site in config.sites.iter().filter(|s| ready.contains(&s.name)) {
-        servers.push(json!({
-            "port": {"number": 443, "name": names::https_server(&site.name), "protocol": "HTTPS"},
-            "hosts": hosts(site),
-            "tls": {"mode": site.tls.mode.as_str(), "credentialName": names::credential_secret(&site.name)},
-        }));
-        servers.push(json!({
-            "port": {"number": 80, "name": names::http_server(&site.name), "protocol": "HTTP"},
-            "hosts": hosts(site),
-            "tls": {"httpsRedirect": true},
-        }));
+    for site in &config.sites {
+        let (is_ready, is_challenged) = (ready.contains(&site.name), challenged.contains(&site.name));
+        if is_ready {
+            servers.push(json!({
+                "port": {"number": 443, "name": names::https_server(&site.name), "protocol": "HTTPS"},
+                "hosts": hosts(site),
+                "tls": {"mode": site.tls.mode.as_str(), "credentialName": names::credential_secret(&site.name)},
+            }));
+        }
+        if is_challenged {
+            servers.push(json!({
+                "port": {"number": 80, "name": names::http_server(&site.name), "protocol": "HTTP"},
+                "hosts": hosts(site),
+            }));
+        } else if is_ready {
+            servers.push(json!({
+                "port": {"number": 80, "name": names::http_server(&site.name), "protocol": "HTTP"},
+                "hosts": hosts(site),
+                "tls": {"httpsRedirect": true},
+            }));
+        }
     }
     json!({
         "apiVersion": ISTIO_API,
         "kind": "Gateway",
         "metadata": {"name": config.gateway.name, "namespace": config.gateway.namespace, "labels": labels(config, None)},
         "spec": {"selector": config.gateway.selector, "servers": servers},
+    })
+}
+
+/// While a site's HTTP-01 challenge is pending: the challenge path on port 80 goes to
+/// tlsward's solver Service, everything else on port 80 is still redirected to HTTPS.
+pub fn challenge_virtual_service(config: &ConfigFile, site: &SiteSpec, solver: (&str, u16)) -> Value {
+    json!({
+        "apiVersion": ISTIO_API,
+        "kind": "VirtualService",
+        "metadata": {
+            "name": names::challenge_route(&site.name),
+            "namespace": config.gateway.namespace,
+            "labels": labels(config, Some(&site.name)),
+        },
+        "spec": {
+            "hosts": hosts(site),
+            "gateways": [config.gateway.name],
+            "http": [
+                {
+                    "match": [{"uri": {"prefix": "/.well-known/acme-challenge/"}, "port": 80}],
+                    "route": [{"destination": {"host": solver.0, "port": {"number": solver.1}}}],
+                },
+                {"match": [{"port": 80}], "redirect": {"scheme": "https", "redirectCode": 301}},
+            ],
+        },
     })
 }
 
@@ -103,23 +140,39 @@ pub fn secret_metadata(config: &ConfigFile, site: &SiteSpec) -> Value {
     })
 }
 
-/// Every object tlsward wants, given which sites have a ready credential.
-pub fn objects(config: &ConfigFile, ready: &BTreeSet<String>) -> Vec<Value> {
-    let mut out = vec![gateway(config, ready)];
-    for site in config.sites.iter().filter(|s| ready.contains(&s.name)) {
-        out.push(virtual_service(config, site));
-        out.push(secret_metadata(config, site));
+/// Every object tlsward wants, given which sites have a ready credential and which
+/// have an HTTP-01 challenge pending (with the solver Service each one routes to).
+pub fn objects(
+    config: &ConfigFile,
+    ready: &BTreeSet<String>,
+    challenged: &BTreeMap<String, (String, u16)>,
+) -> Vec<Value> {
+    let names: BTreeSet<String> = challenged.keys().cloned().collect();
+    let mut out = vec![gateway(config, ready, &names)];
+    for site in &config.sites {
+        if ready.contains(&site.name) {
+            out.push(virtual_service(config, site));
+            out.push(secret_metadata(config, site));
+        }
+        if let Some((host, port)) = challenged.get(&site.name) {
+            out.push(challenge_virtual_service(config, site, (host, *port)));
+        }
     }
     out
 }
 
 /// The `kind/name` of every object `objects` renders, without rendering them (the
 /// plan needs only the names; rendering 10,000 sites' objects is the apply step's cost).
-pub fn object_keys(config: &ConfigFile, ready: &BTreeSet<String>) -> Vec<String> {
+pub fn object_keys(config: &ConfigFile, ready: &BTreeSet<String>, challenged: &BTreeSet<String>) -> Vec<String> {
     let mut out = vec![format!("gateway/{}", config.gateway.name)];
-    for site in config.sites.iter().filter(|s| ready.contains(&s.name)) {
-        out.push(format!("virtualservice/{}", site.name));
-        out.push(format!("secret/{}", names::credential_secret(&site.name)));
+    for site in &config.sites {
+        if ready.contains(&site.name) {
+            out.push(format!("virtualservice/{}", site.name));
+            out.push(format!("secret/{}", names::credential_secret(&site.name)));
+        }
+        if challenged.contains(&site.name) {
+            out.push(format!("virtualservice/{}", names::challenge_route(&site.name)));
+        }
     }
     out
 }
@@ -139,11 +192,21 @@ mod tests {
         let text = "owner_id: o\nstore: {files: {dir: out}}\nissuers: {ca1: {ca: {}}}\nsites:\n  - {name: a, hosts: [a.example.com], issuer: ca1, route: {to: a, port: 80}}\n  - {name: b, hosts: [b.example.com], issuer: ca1, route: {to: b, port: 80}}\n";
         let config = crate::config::Config::parse("t.yaml", text).unwrap();
         let ready: BTreeSet<String> = ["b".to_string()].into();
-        let rendered: Vec<String> = objects(&config, &ready).iter().map(crate::store::object_key).collect();
-        assert_eq!(object_keys(&config, &ready), rendered);
+        let challenged: BTreeMap<String, (String, u16)> = [("a".to_string(), ("solver".to_string(), 8089))].into();
+        let names: BTreeSet<String> = challenged.keys().cloned().collect();
+        let rendered: Vec<String> = objects(&config, &ready, &challenged)
+            .iter()
+            .map(crate::store::object_key)
+            .collect();
+        assert_eq!(object_keys(&config, &ready, &names), rendered);
         assert_eq!(
             rendered,
-            vec!["gateway/tlsward-gateway", "virtualservice/b", "secret/b-credential"]
+            vec![
+                "gateway/tlsward-gateway",
+                "virtualservice/acme-a",
+                "virtualservice/b",
+                "secret/b-credential"
+            ]
         );
     }
 }
