@@ -477,6 +477,10 @@ impl Runtime {
         // DNS first: it does not depend on credentials, and HTTP-01 validation needs the
         // hosts to resolve to the gateway already.
         for zone in &plan.zones {
+            if !zone.diff.conflicts.is_empty() {
+                self.metrics
+                    .dns_changes(&zone.provider, "conflict", zone.diff.conflicts.len() as u64);
+            }
             if zone.diff.changes.is_empty() {
                 continue;
             }
@@ -484,8 +488,9 @@ impl Runtime {
                 continue;
             };
             let result: Result<(), DnsError> = provider.apply(&zone.diff).await;
+            let outcome = if result.is_ok() { "success" } else { "failure" };
             self.metrics
-                .dns_changes(&zone.provider, result.is_ok(), zone.diff.changes.len() as u64);
+                .dns_changes(&zone.provider, outcome, zone.diff.changes.len() as u64);
             match result {
                 Ok(()) => {
                     report.dns_changes += zone.diff.changes.len();

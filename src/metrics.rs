@@ -131,8 +131,9 @@ impl Metrics {
         self.issuance_duration.observe(seconds);
     }
 
-    pub fn dns_changes(&self, provider: &str, ok: bool, count: u64) {
-        let result = if ok { "success" } else { "failure" };
+    /// Counts record changes by `result`: `success`, `failure`, or `conflict` (a name
+    /// left untouched because it is not tlsward's).
+    pub fn dns_changes(&self, provider: &str, result: &str, count: u64) {
         self.dns_changes
             .get_or_create(&labels(&[("provider", provider), ("result", result)]))
             .inc_by(count);

@@ -225,3 +225,28 @@ fn sigterm_mid_pass_finishes_the_write_in_flight_and_exits_zero() {
     }
     assert!(written < 40, "the pass was not interrupted ({written} written)");
 }
+
+#[test]
+fn a_dns_conflict_is_counted_in_the_metrics() {
+    let w = Workdir::new();
+    std::fs::create_dir_all(w.out().join("dns")).unwrap();
+    std::fs::write(
+        w.out().join("dns/foocorp.example.zone"),
+        "$ORIGIN foocorp.example.\n@ 300 IN SOA ns1 hostmaster 1 3600 600 604800 60\n@ 300 IN NS ns1\nfrontend 300 IN A 198.51.100.99\n",
+    )
+    .unwrap();
+    w.write_config(&local_config());
+    let d = Daemon::start(&w);
+    d.wait_ready();
+    let m = d.metrics();
+    assert!(
+        m.contains("tlsward_dns_record_changes_total{provider=\"local\",result=\"conflict\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("tlsward_dns_record_changes_total{provider=\"local\",result=\"success\"} 2"),
+        "{m}"
+    );
+    let (code, _) = d.terminate();
+    assert_eq!(code, 0);
+}
