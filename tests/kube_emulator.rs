@@ -1,0 +1,292 @@
+//! The API emulator checked by independent clients: the real kubectl 1.31 and the real
+//! `kube` client must get the answers a real API server gives.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::kube_emulator::{Path, Running, fields, label_selector_matches};
+use support::sh;
+
+fn secret_yaml(name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: default\n  labels: {{app: demo}}\nstringData: {{}}\ndata:\n  k: {value}\n"
+    )
+}
+
+fn write(dir: &tempfile::TempDir, file: &str, text: &str) -> String {
+    let p = dir.path().join(file);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn field_sets_skip_identity_and_treat_lists_as_leaves() {
+    let f = fields(
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "a", "labels": {"x": "1"}}, "data": {"k": "v"}, "spec": {"servers": [1, 2]}}),
+    );
+    let want: std::collections::BTreeSet<Path> = [
+        vec!["metadata", "labels", "x"],
+        vec!["data", "k"],
+        vec!["spec", "servers"],
+    ]
+    .into_iter()
+    .map(|p| p.into_iter().map(String::from).collect())
+    .collect();
+    assert_eq!(f, want);
+}
+
+#[test]
+fn label_selectors_follow_kubernetes_syntax() {
+    let labels = json!({"a": "1", "b": "2"});
+    let l = labels.as_object().unwrap();
+    assert!(label_selector_matches("a=1,b", l));
+    assert!(label_selector_matches("a==1,!c,b!=3", l));
+    assert!(!label_selector_matches("a=2", l));
+    assert!(!label_selector_matches("!a", l));
+}
+
+#[test]
+fn kubectl_server_side_apply_conflicts_with_another_manager_unless_forced() {
+    let emu = Running::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = sh(&mut emu.kubectl(&[
+        "apply",
+        "--server-side",
+        "--validate=false",
+        "-f",
+        &write(&dir, "a.yaml", &secret_yaml("demo", "djE=")),
+    ]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("secret/demo serverside-applied"), "{out}");
+
+    // tlsward (the real kube client) takes the same field with another value: conflict.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let err = rt.block_on(async {
+        let api: Api<Secret> = Api::namespaced(emu.client().await, "default");
+        let patch = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "demo"}, "data": {"k": "djI="}});
+        api.patch("demo", &PatchParams::apply("tlsward"), &Patch::Apply(&patch))
+            .await
+            .unwrap_err()
+    });
+    let text = err.to_string();
+    assert!(text.contains("conflict with \"kubectl\": .data.k"), "{text}");
+
+    // kubectl applying a new value is fine: the field is its own.
+    let (code, out) = sh(&mut emu.kubectl(&[
+        "apply",
+        "--server-side",
+        "--validate=false",
+        "-f",
+        &write(&dir, "b.yaml", &secret_yaml("demo", "djM=")),
+    ]));
+    assert_eq!(code, 0, "{out}");
+    // A second manager forcing takes ownership; kubectl then conflicts without --force-conflicts.
+    rt.block_on(async {
+        let api: Api<Secret> = Api::namespaced(emu.client().await, "default");
+        let patch = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "demo"}, "data": {"k": "djQ="}});
+        api.patch("demo", &PatchParams::apply("tlsward").force(), &Patch::Apply(&patch))
+            .await
+            .unwrap();
+    });
+    let (code, out) = sh(&mut emu.kubectl(&[
+        "apply",
+        "--server-side",
+        "--validate=false",
+        "-f",
+        &write(&dir, "c.yaml", &secret_yaml("demo", "djU=")),
+    ]));
+    assert_ne!(code, 0);
+    assert!(out.contains("conflict with \"tlsward\""), "{out}");
+    let (code, out) = sh(&mut emu.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--validate=false",
+        "-f",
+        &write(&dir, "d.yaml", &secret_yaml("demo", "djU=")),
+    ]));
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = sh(&mut emu.kubectl(&["get", "secret", "demo", "-o", "jsonpath={.data.k}"]));
+    assert_eq!((code, out.trim()), (0, "djU="));
+}
+
+#[test]
+fn kubectl_replace_with_a_stale_resource_version_is_a_conflict() {
+    let emu = Running::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = sh(&mut emu.kubectl(&[
+        "create",
+        "--validate=false",
+        "-f",
+        &write(&dir, "a.yaml", &secret_yaml("demo", "djE=")),
+    ]));
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = sh(&mut emu.kubectl(&[
+        "create",
+        "--validate=false",
+        "-f",
+        &write(&dir, "a2.yaml", &secret_yaml("demo", "djE=")),
+    ]));
+    assert_ne!(code, 0);
+    assert!(out.contains("already exists"), "{out}");
+    let (_, current) = sh(&mut emu.kubectl(&["get", "secret", "demo", "-o", "json"]));
+    let mut obj: serde_json::Value = serde_json::from_str(&current).unwrap();
+    let stale = obj["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    obj["data"]["k"] = json!("djI=");
+    let (code, out) = sh(&mut emu.kubectl(&[
+        "replace",
+        "--validate=false",
+        "-f",
+        &write(&dir, "fresh.json", &obj.to_string()),
+    ]));
+    assert_eq!(code, 0, "{out}");
+    obj["data"]["k"] = json!("djM=");
+    obj["metadata"]["resourceVersion"] = json!(stale);
+    let (code, out) = sh(&mut emu.kubectl(&[
+        "replace",
+        "--validate=false",
+        "-f",
+        &write(&dir, "stale.json", &obj.to_string()),
+    ]));
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("the object has been modified; please apply your changes to the latest version"),
+        "{out}"
+    );
+    let (code, out) = sh(&mut emu.kubectl(&["delete", "secret", "nope"]));
+    assert_ne!(code, 0);
+    assert!(out.contains("not found"), "{out}");
+}
+
+#[test]
+fn kubectl_get_watch_sees_objects_as_they_come() {
+    let emu = Running::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = sh(&mut emu.kubectl(&[
+        "create",
+        "--validate=false",
+        "-f",
+        &write(&dir, "a.yaml", &secret_yaml("first", "djE=")),
+    ]));
+    assert_eq!(code, 0, "{out}");
+    let mut child = emu
+        .kubectl(&["get", "secrets", "-w", "-o", "name"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), "secret/first");
+    let (code, out) = sh(&mut emu.kubectl(&[
+        "create",
+        "--validate=false",
+        "-f",
+        &write(&dir, "b.yaml", &secret_yaml("second", "djE=")),
+    ]));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), "secret/second");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_watch_from_a_compacted_resource_version_gets_410_and_a_fresh_one_gets_every_change() {
+    use futures::StreamExt;
+    use kube::api::{WatchEvent, WatchParams};
+    let emu = Running::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let api: Api<Secret> = Api::namespaced(emu.client().await, "default");
+        let make = |name: &str| {
+            serde_json::from_value::<Secret>(json!({"metadata": {"name": name, "namespace": "default"}})).unwrap()
+        };
+        let first = api.create(&PostParams::default(), &make("one")).await.unwrap();
+        let old_rv = first.metadata.resource_version.unwrap();
+        api.create(&PostParams::default(), &make("two")).await.unwrap();
+        emu.emulator.compact();
+
+        // Resuming from before the compaction: 410, so the client must relist.
+        let mut stale = api.watch(&WatchParams::default(), &old_rv).await.unwrap().boxed();
+        match tokio::time::timeout(Duration::from_secs(10), stale.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            WatchEvent::Error(e) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+            other => panic!("expected 410, got {other:?}"),
+        }
+
+        // Relisting gives a current resourceVersion; a watch from it sees what follows.
+        let list = api.list(&Default::default()).await.unwrap();
+        assert_eq!(list.items.len(), 2);
+        let rv = list.metadata.resource_version.unwrap();
+        let mut fresh = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+        api.create(&PostParams::default(), &make("three")).await.unwrap();
+        api.delete("one", &Default::default()).await.unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            match tokio::time::timeout(Duration::from_secs(10), fresh.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+            {
+                WatchEvent::Added(s) => seen.push(format!("added {}", s.metadata.name.unwrap())),
+                WatchEvent::Deleted(s) => seen.push(format!("deleted {}", s.metadata.name.unwrap())),
+                _ => {}
+            }
+        }
+        assert_eq!(seen, vec!["added three", "deleted one"]);
+    });
+}
+
+#[test]
+fn the_standalone_emulator_serves_kubectl_and_stops_on_sigterm() {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("examples/kube-emulator");
+    assert!(bin.exists(), "{} (cargo test builds the examples)", bin.display());
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let port = support::free_port();
+    let mut child = std::process::Command::new(&bin)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--kubeconfig"])
+        .arg(&kubeconfig)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    support::wait_for(Duration::from_secs(10), "the emulator", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let kubectl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/layer/kubectl/kubectl");
+    let (code, out) = sh(std::process::Command::new(&kubectl)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("HOME", dir.path())
+        .args(["get", "secrets", "-o", "name"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut said = String::new();
+    use std::io::Read;
+    child.stderr.take().unwrap().read_to_string(&mut said).unwrap();
+    assert!(!said.contains("token"), "{said}");
+}

@@ -1,0 +1,945 @@
+//! An emulated Kubernetes API server over real HTTP, for the real `kube` client and
+//! the real `kubectl`: the semantics tlsward relies on, and no more.
+//!
+//! What it does like the real API server:
+//! - LIST / GET / WATCH with resourceVersions; a watch from a compacted resourceVersion
+//!   gets an ERROR event with a 410 `Expired` status (as kube-apiserver sends once the
+//!   watch has started), so clients relist.
+//! - create (`AlreadyExists` 409), replace with a stale `metadata.resourceVersion`
+//!   (`Conflict` 409), delete (`NotFound` 404): errors in the `metav1.Status` shape.
+//! - the `status` subresource of Services, Gateways and VirtualServices: a write to the
+//!   main resource keeps `.status`, a write to `/status` changes only `.status`.
+//! - label selectors (`a=b`, `a!=b`, `a`, `!a`, comma-joined).
+//! - server-side apply (`application/apply-patch+yaml`) with field ownership per
+//!   manager: applying a field another manager owns with a different value is a 409
+//!   `Conflict` naming the manager and field unless `force=true`, which takes it over;
+//!   fields a manager stops applying are removed unless someone else owns them; an
+//!   apply that changes nothing does not bump the resourceVersion. Creates and replaces
+//!   take ownership of the fields they change, as `Update` operations do.
+//! - discovery (`/api`, `/apis`, `/api/v1`, `/apis/<group>/<version>`) for kubectl.
+//!
+//! Where it is simpler than the real API server (the real behaviour in brackets):
+//! - one global resourceVersion counter as a decimal string [opaque, etcd revision].
+//! - lists are atomic in apply [list-map keys such as `port` merge per item].
+//! - no admission, defaulting, schema validation or `fieldValidation` [all of them];
+//!   no `/openapi`, so kubectl runs with `--validate=false` [it downloads the schemas].
+//! - no authentication or authorization [RBAC]; every request is allowed.
+//! - watch bookmarks, `sendInitialEvents`, pagination (`limit`/`continue`) are not
+//!   served [they are]; `timeoutSeconds` ends a watch like the real server.
+//! - compaction happens only when a test calls `compact()` [periodically].
+//! - the Istio kinds are opaque objects [validated against their CRD schema].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use tokio::sync::broadcast;
+
+/// (group, version, resource, kind, namespaced, has a status subresource)
+const RESOURCES: &[(&str, &str, &str, &str, bool, bool)] = &[
+    ("", "v1", "secrets", "Secret", true, false),
+    ("", "v1", "services", "Service", true, true),
+    ("", "v1", "events", "Event", true, false),
+    ("", "v1", "namespaces", "Namespace", false, false),
+    ("coordination.k8s.io", "v1", "leases", "Lease", true, false),
+    ("events.k8s.io", "v1", "events", "Event", true, false),
+    ("networking.istio.io", "v1", "gateways", "Gateway", true, true),
+    (
+        "networking.istio.io",
+        "v1",
+        "virtualservices",
+        "VirtualService",
+        true,
+        true,
+    ),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Resource {
+    group: &'static str,
+    version: &'static str,
+    resource: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+    status: bool,
+}
+
+impl Resource {
+    fn find(group: &str, version: &str, resource: &str) -> Option<Resource> {
+        RESOURCES
+            .iter()
+            .find(|r| r.0 == group && r.1 == version && r.2 == resource)
+            .map(|r| Resource {
+                group: r.0,
+                version: r.1,
+                resource: r.2,
+                kind: r.3,
+                namespaced: r.4,
+                status: r.5,
+            })
+    }
+    fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+}
+
+type Key = (String, String, String, String); // (apiVersion, resource, namespace, name)
+pub type Path = Vec<String>;
+
+#[derive(Clone)]
+struct Stored {
+    object: Value,
+    /// manager → (operation, owned leaf paths)
+    managers: BTreeMap<String, (String, BTreeSet<Path>)>,
+}
+
+#[derive(Clone, Debug)]
+struct Event {
+    rv: u64,
+    api_version: String,
+    resource: String,
+    kind: &'static str,
+    object: Value,
+}
+
+/// One write the emulator received, in order (for tests of write ordering).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    pub method: String,
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+    /// Whether it changed anything.
+    pub changed: bool,
+}
+
+#[derive(Default)]
+struct Db {
+    rv: u64,
+    objects: BTreeMap<Key, Stored>,
+    history: Vec<Event>,
+    compacted: u64,
+    writes: Vec<Write>,
+}
+
+#[derive(Clone)]
+pub struct Emulator {
+    db: Arc<Mutex<Db>>,
+    events: broadcast::Sender<Event>,
+    /// Bumped to end every open watch (as a restarting API server does).
+    closes: tokio::sync::watch::Sender<u64>,
+}
+
+fn status(code: u16, reason: &str, message: String) -> Response {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code});
+    (
+        StatusCode::from_u16(code).unwrap(),
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn ok_json(code: StatusCode, v: &Value) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+/// Leaf paths of the fields a client sets (lists and scalars are leaves); identity and
+/// server-owned metadata are not fields anyone owns.
+pub fn fields(v: &Value) -> BTreeSet<Path> {
+    fn walk(v: &Value, path: &mut Path, out: &mut BTreeSet<Path>) {
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                for (k, child) in m {
+                    path.push(k.clone());
+                    walk(child, path, out);
+                    path.pop();
+                }
+            }
+            _ => {
+                out.insert(path.clone());
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    if let Value::Object(m) = v {
+        for (k, child) in m {
+            match k.as_str() {
+                "apiVersion" | "kind" | "status" => {}
+                "metadata" => {
+                    for sub in ["labels", "annotations"] {
+                        if let Some(c) = child.get(sub) {
+                            walk(c, &mut vec!["metadata".into(), sub.into()], &mut out);
+                        }
+                    }
+                }
+                _ => walk(child, &mut vec![k.clone()], &mut out),
+            }
+        }
+    }
+    out
+}
+
+fn get_path<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, k| v.get(k))
+}
+
+fn set_path(v: &mut Value, path: &[String], value: Value) {
+    let mut cur = v;
+    for (i, k) in path.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = Value::Object(Map::new());
+        }
+        let m = cur.as_object_mut().unwrap();
+        if i == path.len() - 1 {
+            m.insert(k.clone(), value);
+            return;
+        }
+        cur = m.entry(k.clone()).or_insert_with(|| Value::Object(Map::new()));
+    }
+}
+
+fn remove_path(v: &mut Value, path: &[String]) {
+    if let Some((last, parents)) = path.split_last() {
+        let mut cur = &mut *v;
+        for k in parents {
+            match cur.get_mut(k) {
+                Some(next) => cur = next,
+                None => return,
+            }
+        }
+        if let Some(m) = cur.as_object_mut() {
+            m.remove(last);
+        }
+        // Drop emptied parents.
+        if !parents.is_empty() && get_path(v, parents).is_some_and(|p| p.as_object().is_some_and(Map::is_empty)) {
+            remove_path(v, parents);
+        }
+    }
+}
+
+fn overlaps(a: &Path, b: &Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+fn fields_v1(paths: &BTreeSet<Path>) -> Value {
+    let mut root = Value::Object(Map::new());
+    for p in paths {
+        let keys: Path = p.iter().map(|k| format!("f:{k}")).collect();
+        set_path(&mut root, &keys, json!({}));
+    }
+    root
+}
+
+pub fn label_selector_matches(selector: &str, labels: &Map<String, Value>) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let get = |k: &str| labels.get(k.trim()).and_then(Value::as_str);
+        if let Some((k, v)) = term.split_once("!=") {
+            get(k) != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            get(k) == Some(v.trim())
+        } else if let Some(k) = term.strip_prefix('!') {
+            get(k).is_none()
+        } else {
+            get(term).is_some()
+        }
+    })
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// What a request addresses.
+struct Target {
+    resource: Resource,
+    namespace: String,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn parse_target(path: &str) -> Option<Target> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let (namespace, rest): (String, &[&str]) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (ns.to_string(), rest),
+        _ => (String::new(), rest),
+    };
+    let (resource, name, sub) = match rest {
+        [r] => (*r, None, None),
+        [r, n] => (*r, Some(n.to_string()), None),
+        [r, n, s] => (*r, Some(n.to_string()), Some(s.to_string())),
+        _ => return None,
+    };
+    let resource = Resource::find(group, version, resource)?;
+    Some(Target {
+        resource,
+        namespace,
+        name,
+        subresource: sub,
+    })
+}
+
+impl Emulator {
+    pub fn new() -> Emulator {
+        let (events, _) = broadcast::channel(4096);
+        let (closes, _) = tokio::sync::watch::channel(0);
+        Emulator {
+            db: Arc::new(Mutex::new(Db::default())),
+            events,
+            closes,
+        }
+    }
+
+    /// Forgets the watch history and ends every open watch: a client that watches
+    /// again from an older resourceVersion gets 410 and must relist.
+    pub fn compact(&self) {
+        let mut db = self.db.lock().unwrap();
+        db.compacted = db.rv;
+        db.history.clear();
+        self.closes.send_modify(|n| *n += 1);
+    }
+
+    /// Every write received so far, in order.
+    pub fn writes(&self) -> Vec<Write> {
+        self.db.lock().unwrap().writes.clone()
+    }
+
+    /// The stored object, as a GET would return it.
+    pub fn get(&self, api_version: &str, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+        let db = self.db.lock().unwrap();
+        db.objects
+            .get(&(api_version.into(), resource.into(), namespace.into(), name.into()))
+            .map(render)
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new().fallback(handle).with_state(self.clone())
+    }
+
+    /// Serves on `listener` until the returned handle is aborted or the runtime ends.
+    pub async fn serve(self, listener: tokio::net::TcpListener) {
+        let _ = axum::serve(listener, self.router()).await;
+    }
+
+    fn record(&self, db: &mut Db, method: &str, t: &Target, name: &str, changed: bool) {
+        db.writes.push(Write {
+            method: method.into(),
+            resource: t.resource.resource.into(),
+            namespace: t.namespace.clone(),
+            name: name.into(),
+            changed,
+        });
+    }
+
+    fn emit(&self, db: &mut Db, t: &Target, kind: &'static str, object: &Value) {
+        let event = Event {
+            rv: db.rv,
+            api_version: t.resource.api_version(),
+            resource: t.resource.resource.into(),
+            kind,
+            object: object.clone(),
+        };
+        db.history.push(event.clone());
+        let _ = self.events.send(event);
+    }
+}
+
+impl Default for Emulator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The object as served: with its managedFields.
+fn render(s: &Stored) -> Value {
+    let mut o = s.object.clone();
+    let api_version = o["apiVersion"].clone();
+    let managed: Vec<Value> = s
+        .managers
+        .iter()
+        .map(|(m, (op, paths))| json!({"manager": m, "operation": op, "apiVersion": api_version, "fieldsType": "FieldsV1", "fieldsV1": fields_v1(paths)}))
+        .collect();
+    o["metadata"]["managedFields"] = Value::Array(managed);
+    o
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, Response> {
+    if let Ok(v) = serde_json::from_slice(body) {
+        return Ok(v);
+    }
+    let text = String::from_utf8_lossy(body);
+    tlsward::config::yaml::parse(&text)
+        .map(|(v, _)| v)
+        .map_err(|e| status(400, "BadRequest", format!("the body is neither JSON nor YAML: {e}")))
+}
+
+async fn handle(
+    State(emu): State<Emulator>,
+    method: Method,
+    uri: Uri,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    if method == Method::GET
+        && let Some(r) = discovery(&path)
+    {
+        return ok_json(StatusCode::OK, &r);
+    }
+    let Some(t) = parse_target(&path) else {
+        return status(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        );
+    };
+    match (method.as_str(), &t.name) {
+        ("GET", None) if q.get("watch").is_some_and(|w| w == "1" || w == "true") => watch(&emu, &t, &q),
+        ("GET", None) => list(&emu, &t, &q),
+        ("GET", Some(name)) => {
+            let db = emu.db.lock().unwrap();
+            match db.objects.get(&key(&t, name)) {
+                Some(s) => ok_json(StatusCode::OK, &render(s)),
+                None => not_found(&t, name),
+            }
+        }
+        ("POST", None) => match parse_body(&body) {
+            Ok(v) => create(
+                &emu,
+                &t,
+                v,
+                q.get("fieldManager").cloned().unwrap_or_else(|| "unknown".into()),
+            ),
+            Err(r) => r,
+        },
+        ("PUT", Some(name)) => match parse_body(&body) {
+            Ok(v) => replace(
+                &emu,
+                &t,
+                name,
+                v,
+                q.get("fieldManager").cloned().unwrap_or_else(|| "unknown".into()),
+            ),
+            Err(r) => r,
+        },
+        ("PATCH", Some(name)) => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !content_type.starts_with("application/apply-patch") {
+                return status(
+                    415,
+                    "UnsupportedMediaType",
+                    format!("only server-side apply is served, not {content_type}"),
+                );
+            }
+            let Some(manager) = q.get("fieldManager") else {
+                return status(
+                    400,
+                    "BadRequest",
+                    "PATCH with application/apply-patch+yaml requires a fieldManager".into(),
+                );
+            };
+            match parse_body(&body) {
+                Ok(v) => apply(&emu, &t, name, v, manager, q.get("force").is_some_and(|f| f == "true")),
+                Err(r) => r,
+            }
+        }
+        ("DELETE", Some(name)) => delete(&emu, &t, name),
+        _ => status(405, "MethodNotAllowed", format!("{method} is not served on {path}")),
+    }
+}
+
+fn key(t: &Target, name: &str) -> Key {
+    (
+        t.resource.api_version(),
+        t.resource.resource.into(),
+        t.namespace.clone(),
+        name.into(),
+    )
+}
+
+fn not_found(t: &Target, name: &str) -> Response {
+    status(
+        404,
+        "NotFound",
+        format!("{}.{} \"{name}\" not found", t.resource.resource, t.resource.group).replace(". \"", " \""),
+    )
+}
+
+fn list(emu: &Emulator, t: &Target, q: &BTreeMap<String, String>) -> Response {
+    let db = emu.db.lock().unwrap();
+    let selector = q.get("labelSelector").cloned().unwrap_or_default();
+    let items: Vec<Value> = db
+        .objects
+        .iter()
+        .filter(|((av, r, ns, _), _)| {
+            *av == t.resource.api_version()
+                && r == t.resource.resource
+                && (t.namespace.is_empty() || *ns == t.namespace)
+        })
+        .map(|(_, s)| render(s))
+        .filter(|o| label_selector_matches(&selector, o["metadata"]["labels"].as_object().unwrap_or(&Map::new())))
+        .collect();
+    let body = json!({
+        "kind": format!("{}List", t.resource.kind),
+        "apiVersion": t.resource.api_version(),
+        "metadata": {"resourceVersion": db.rv.to_string()},
+        "items": items,
+    });
+    ok_json(StatusCode::OK, &body)
+}
+
+fn watch(emu: &Emulator, t: &Target, q: &BTreeMap<String, String>) -> Response {
+    let selector = q.get("labelSelector").cloned().unwrap_or_default();
+    let timeout = q.get("timeoutSeconds").and_then(|s| s.parse().ok()).unwrap_or(1800u64);
+    let from: Option<u64> = q
+        .get("resourceVersion")
+        .and_then(|s| s.parse().ok())
+        .filter(|rv| *rv > 0);
+    let (api_version, resource, namespace) = (
+        t.resource.api_version(),
+        t.resource.resource.to_string(),
+        t.namespace.clone(),
+    );
+    let matches = move |e: &Event| {
+        e.api_version == api_version
+            && e.resource == resource
+            && (namespace.is_empty() || e.object["metadata"]["namespace"].as_str() == Some(namespace.as_str()))
+            && label_selector_matches(
+                &selector,
+                e.object["metadata"]["labels"].as_object().unwrap_or(&Map::new()),
+            )
+    };
+    let line = |kind: &str, object: &Value| Bytes::from(format!("{}\n", json!({"type": kind, "object": object})));
+    let mut initial: Vec<Bytes> = Vec::new();
+    let (rx, mut closed) = {
+        let db = emu.db.lock().unwrap();
+        match from {
+            Some(rv) if rv < db.compacted => {
+                let gone = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": format!("too old resource version: {rv} ({})", db.compacted), "reason": "Expired", "code": 410});
+                let body = Body::from(line("ERROR", &gone));
+                return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+            }
+            Some(rv) => {
+                for e in db.history.iter().filter(|e| e.rv > rv && matches(e)) {
+                    initial.push(line(e.kind, &e.object));
+                }
+            }
+            None => {
+                // Without a resourceVersion a watch starts with every object as ADDED.
+                for ((av, r, _, _), s) in db.objects.iter() {
+                    let e = Event {
+                        rv: 0,
+                        api_version: av.clone(),
+                        resource: r.clone(),
+                        kind: "ADDED",
+                        object: render(s),
+                    };
+                    if matches(&e) {
+                        initial.push(line("ADDED", &e.object));
+                    }
+                }
+            }
+        }
+        (emu.events.subscribe(), emu.closes.subscribe())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+    closed.borrow_and_update();
+    let live = futures::stream::unfold((rx, closed, matches), move |(mut rx, mut closed, matches)| async move {
+        loop {
+            tokio::select! {
+                _ = closed.changed() => return None,
+                got = tokio::time::timeout_at(deadline, rx.recv()) => match got {
+                    Ok(Ok(e)) if matches(&e) => {
+                        let bytes = Bytes::from(format!("{}\n", json!({"type": e.kind, "object": e.object})));
+                        return Some((Ok::<Bytes, std::io::Error>(bytes), (rx, closed, matches)));
+                    }
+                    Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+                    _ => return None,
+                },
+            }
+        }
+    });
+    let stream = futures::StreamExt::chain(futures::stream::iter(initial.into_iter().map(Ok)), live);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+fn create(emu: &Emulator, t: &Target, mut v: Value, manager: String) -> Response {
+    let Some(name) = v["metadata"]["name"].as_str().map(str::to_string) else {
+        return status(422, "Invalid", "metadata.name is required".into());
+    };
+    let mut db = emu.db.lock().unwrap();
+    let k = key(t, &name);
+    if db.objects.contains_key(&k) {
+        emu.record(&mut db, "POST", t, &name, false);
+        return status(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", t.resource.resource),
+        );
+    }
+    db.rv += 1;
+    v["apiVersion"] = json!(t.resource.api_version());
+    v["kind"] = json!(t.resource.kind);
+    let meta = v["metadata"].as_object_mut().unwrap();
+    if t.resource.namespaced {
+        meta.insert("namespace".into(), json!(t.namespace));
+    }
+    meta.insert("resourceVersion".into(), json!(db.rv.to_string()));
+    meta.insert("uid".into(), json!(format!("uid-{}", db.rv)));
+    meta.insert("creationTimestamp".into(), json!(now()));
+    meta.remove("managedFields");
+    let owned = fields(&v);
+    let stored = Stored {
+        object: v.clone(),
+        managers: BTreeMap::from([(manager, ("Update".to_string(), owned))]),
+    };
+    let rendered = render(&stored);
+    db.objects.insert(k, stored);
+    emu.record(&mut db, "POST", t, &name, true);
+    emu.emit(&mut db, t, "ADDED", &rendered);
+    ok_json(StatusCode::CREATED, &rendered)
+}
+
+fn replace(emu: &Emulator, t: &Target, name: &str, mut v: Value, manager: String) -> Response {
+    let mut db = emu.db.lock().unwrap();
+    let k = key(t, name);
+    let Some(current) = db.objects.get(&k).cloned() else {
+        emu.record(&mut db, "PUT", t, name, false);
+        return not_found(t, name);
+    };
+    let current_rv = current.object["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    if let Some(rv) = v["metadata"]["resourceVersion"].as_str()
+        && rv != current_rv
+    {
+        emu.record(&mut db, "PUT", t, name, false);
+        return status(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                t.resource.resource
+            ),
+        );
+    }
+    let to_status = t.subresource.as_deref() == Some("status");
+    let mut next = current.object.clone();
+    if to_status {
+        next["status"] = v.get("status").cloned().unwrap_or(Value::Null);
+    } else {
+        v["apiVersion"] = json!(t.resource.api_version());
+        v["kind"] = json!(t.resource.kind);
+        for k in ["namespace", "uid", "creationTimestamp", "resourceVersion"] {
+            if let Some(x) = current.object["metadata"].get(k) {
+                v["metadata"][k] = x.clone();
+            }
+        }
+        if let Some(m) = v["metadata"].as_object_mut() {
+            m.remove("managedFields");
+        }
+        if t.resource.status {
+            match current.object.get("status") {
+                Some(s) => v["status"] = s.clone(),
+                None => {
+                    if let Some(m) = v.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+        }
+        next = v;
+    }
+    let changed = next != current.object;
+    let mut stored = current.clone();
+    if changed {
+        // An update owns the fields it changed; nobody else does any more.
+        let changed_paths: BTreeSet<Path> = fields(&next)
+            .union(&fields(&current.object))
+            .filter(|p| get_path(&next, p) != get_path(&current.object, p))
+            .cloned()
+            .collect();
+        for (_, (_, paths)) in stored.managers.iter_mut() {
+            paths.retain(|p| !changed_paths.iter().any(|c| overlaps(p, c)));
+        }
+        let entry = stored
+            .managers
+            .entry(manager)
+            .or_insert(("Update".into(), BTreeSet::new()));
+        entry
+            .1
+            .extend(changed_paths.into_iter().filter(|p| get_path(&next, p).is_some()));
+        stored.managers.retain(|_, (_, p)| !p.is_empty());
+        db.rv += 1;
+        next["metadata"]["resourceVersion"] = json!(db.rv.to_string());
+        stored.object = next;
+    }
+    let rendered = render(&stored);
+    db.objects.insert(k, stored);
+    emu.record(&mut db, "PUT", t, name, changed);
+    if changed {
+        emu.emit(&mut db, t, "MODIFIED", &rendered);
+    }
+    ok_json(StatusCode::OK, &rendered)
+}
+
+fn apply(emu: &Emulator, t: &Target, name: &str, patch: Value, manager: &str, force: bool) -> Response {
+    let mut db = emu.db.lock().unwrap();
+    let k = key(t, name);
+    let to_status = t.subresource.as_deref() == Some("status");
+    let applied: BTreeSet<Path> = if to_status {
+        patch
+            .get("status")
+            .map(|s| {
+                let mut out = BTreeSet::new();
+                for p in fields(&json!({"x": s})) {
+                    let mut full = vec!["status".to_string()];
+                    full.extend(p.into_iter().skip(1));
+                    out.insert(full);
+                }
+                out
+            })
+            .unwrap_or_default()
+    } else {
+        fields(&patch)
+    };
+    let existing = db.objects.get(&k).cloned();
+    let mut stored = existing.clone().unwrap_or_else(|| Stored {
+        object: json!({"apiVersion": t.resource.api_version(), "kind": t.resource.kind, "metadata": {"name": name}}),
+        managers: BTreeMap::new(),
+    });
+    // Conflicts: a field another manager owns, applied with a different value.
+    let mut conflicts = Vec::new();
+    for (other, (_, paths)) in stored.managers.iter() {
+        if other == manager {
+            continue;
+        }
+        for p in &applied {
+            if paths.iter().any(|o| overlaps(o, p)) && get_path(&stored.object, p) != get_path(&patch, p) {
+                conflicts.push(format!("conflict with \"{other}\": .{}", p.join(".")));
+            }
+        }
+    }
+    if !conflicts.is_empty() && !force {
+        emu.record(&mut db, "PATCH", t, name, false);
+        return status(
+            409,
+            "Conflict",
+            format!(
+                "Apply failed with {} conflict{}: {}",
+                conflicts.len(),
+                if conflicts.len() == 1 { "" } else { "s" },
+                conflicts.join(", ")
+            ),
+        );
+    }
+    let before = stored.object.clone();
+    let previously: BTreeSet<Path> = stored.managers.get(manager).map(|(_, p)| p.clone()).unwrap_or_default();
+    for (other, (_, paths)) in stored.managers.iter_mut() {
+        if other != manager {
+            paths.retain(|o| !applied.iter().any(|p| overlaps(o, p)));
+        }
+    }
+    let owned_by_others: BTreeSet<Path> = stored
+        .managers
+        .iter()
+        .filter(|(m, _)| *m != manager)
+        .flat_map(|(_, (_, p))| p.clone())
+        .collect();
+    for p in previously.difference(&applied) {
+        if !owned_by_others.iter().any(|o| overlaps(o, p)) {
+            remove_path(&mut stored.object, p);
+        }
+    }
+    for p in &applied {
+        if let Some(v) = get_path(&patch, p) {
+            set_path(&mut stored.object, p, v.clone());
+        }
+    }
+    stored.managers.insert(manager.to_string(), ("Apply".into(), applied));
+    stored.managers.retain(|_, (_, p)| !p.is_empty());
+    let changed = existing.is_none() || stored.object != before;
+    if changed {
+        db.rv += 1;
+        let meta = stored.object["metadata"].as_object_mut().unwrap();
+        if t.resource.namespaced {
+            meta.insert("namespace".into(), json!(t.namespace));
+        }
+        meta.insert("resourceVersion".into(), json!(db.rv.to_string()));
+        meta.entry("uid").or_insert(json!(format!("uid-{}", db.rv)));
+        meta.entry("creationTimestamp").or_insert(json!(now()));
+    }
+    let rendered = render(&stored);
+    db.objects.insert(k, stored);
+    emu.record(&mut db, "PATCH", t, name, changed);
+    if changed {
+        emu.emit(
+            &mut db,
+            t,
+            if existing.is_none() { "ADDED" } else { "MODIFIED" },
+            &rendered,
+        );
+    }
+    ok_json(
+        if existing.is_none() {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        &rendered,
+    )
+}
+
+fn delete(emu: &Emulator, t: &Target, name: &str) -> Response {
+    let mut db = emu.db.lock().unwrap();
+    let Some(stored) = db.objects.remove(&key(t, name)) else {
+        emu.record(&mut db, "DELETE", t, name, false);
+        return not_found(t, name);
+    };
+    db.rv += 1;
+    let mut rendered = render(&stored);
+    rendered["metadata"]["resourceVersion"] = json!(db.rv.to_string());
+    emu.record(&mut db, "DELETE", t, name, true);
+    emu.emit(&mut db, t, "DELETED", &rendered);
+    ok_json(
+        StatusCode::OK,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": {"name": name, "kind": t.resource.resource}}),
+    )
+}
+
+fn discovery(path: &str) -> Option<Value> {
+    let resources_of = |group: &str, version: &str| -> Value {
+        let list: Vec<Value> = RESOURCES
+            .iter()
+            .filter(|r| r.0 == group && r.1 == version)
+            .flat_map(|r| {
+                let main = json!({"name": r.2, "singularName": r.3.to_ascii_lowercase(), "namespaced": r.4, "kind": r.3,
+                    "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]});
+                let status = json!({"name": format!("{}/status", r.2), "singularName": "", "namespaced": r.4, "kind": r.3, "verbs": ["get", "patch", "update"]});
+                if r.5 { vec![main, status] } else { vec![main] }
+            })
+            .collect();
+        let gv = if group.is_empty() {
+            version.to_string()
+        } else {
+            format!("{group}/{version}")
+        };
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list})
+    };
+    match path.trim_end_matches('/') {
+        "/api" => Some(
+            json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
+        ),
+        "/apis" => {
+            let mut groups: Vec<&str> = RESOURCES.iter().map(|r| r.0).filter(|g| !g.is_empty()).collect();
+            groups.dedup();
+            let groups: Vec<Value> = groups
+                .iter()
+                .map(|g| {
+                    let v = RESOURCES.iter().find(|r| r.0 == *g).unwrap().1;
+                    let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+                    json!({"name": g, "versions": [gv], "preferredVersion": gv})
+                })
+                .collect();
+            Some(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+        }
+        "/api/v1" => Some(resources_of("", "v1")),
+        "/version" => Some(json!({"major": "1", "minor": "31", "gitVersion": "v1.31.0-tlsward-emulator"})),
+        p => {
+            let segs: Vec<&str> = p.trim_matches('/').split('/').collect();
+            match segs.as_slice() {
+                ["apis", g, v] if RESOURCES.iter().any(|r| r.0 == *g && r.1 == *v) => Some(resources_of(g, v)),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// A kubeconfig for a client of the emulator on `port`.
+pub fn kubeconfig(port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: emulator\n  cluster:\n    server: http://127.0.0.1:{port}\nusers:\n- name: emulator\n  user:\n    token: emulator\ncontexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: emulator\n    namespace: default\ncurrent-context: emulator\n"
+    )
+}
+
+/// An emulator serving on a free loopback port from its own thread, for a test.
+pub struct Running {
+    pub emulator: Emulator,
+    pub port: u16,
+    pub kubeconfig: tempfile::NamedTempFile,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Running {
+    pub fn start() -> Running {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let emulator = Emulator::new();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        runtime.spawn(emulator.clone().serve(listener));
+        let kubeconfig = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(kubeconfig.path(), self::kubeconfig(port)).unwrap();
+        Running {
+            emulator,
+            port,
+            kubeconfig,
+            _runtime: runtime,
+        }
+    }
+
+    /// The real kubectl 1.31 (installed by scripts/test.sh), pointed at this emulator.
+    pub fn kubectl(&self, args: &[&str]) -> std::process::Command {
+        let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/layer/kubectl/kubectl");
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/test.sh, which installs it",
+            bin.display()
+        );
+        let mut c = std::process::Command::new(bin);
+        c.env("KUBECONFIG", self.kubeconfig.path())
+            .env("HOME", std::env::temp_dir())
+            .args(args);
+        c
+    }
+
+    /// A `kube` client for this emulator, from its kubeconfig.
+    pub async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig.path()).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+}
