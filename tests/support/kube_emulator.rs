@@ -380,14 +380,14 @@ fn render(s: &Stored) -> Value {
     o
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, Response> {
+fn parse_body(body: &Bytes) -> Result<Value, Box<Response>> {
     if let Ok(v) = serde_json::from_slice(body) {
         return Ok(v);
     }
     let text = String::from_utf8_lossy(body);
     tlsward::config::yaml::parse(&text)
         .map(|(v, _)| v)
-        .map_err(|e| status(400, "BadRequest", format!("the body is neither JSON nor YAML: {e}")))
+        .map_err(|e| Box::new(status(400, "BadRequest", format!("the body is neither JSON nor YAML: {e}"))))
 }
 
 async fn handle(
@@ -428,7 +428,7 @@ async fn handle(
                 v,
                 q.get("fieldManager").cloned().unwrap_or_else(|| "unknown".into()),
             ),
-            Err(r) => r,
+            Err(r) => *r,
         },
         ("PUT", Some(name)) => match parse_body(&body) {
             Ok(v) => replace(
@@ -438,7 +438,7 @@ async fn handle(
                 v,
                 q.get("fieldManager").cloned().unwrap_or_else(|| "unknown".into()),
             ),
-            Err(r) => r,
+            Err(r) => *r,
         },
         ("PATCH", Some(name)) => {
             let content_type = headers
@@ -461,7 +461,7 @@ async fn handle(
             };
             match parse_body(&body) {
                 Ok(v) => apply(&emu, &t, name, v, manager, q.get("force").is_some_and(|f| f == "true")),
-                Err(r) => r,
+                Err(r) => *r,
             }
         }
         ("DELETE", Some(name)) => delete(&emu, &t, name),
