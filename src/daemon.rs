@@ -27,6 +27,7 @@ use crate::issuer::{Issuer, ServerRequest};
 use crate::metrics::{CertificateState, Metrics};
 use crate::plan::{self, Action, CredentialPlan, Observed, Plan, renewal};
 use crate::store::files::FilesStore;
+use crate::store::kubernetes::KubeStore;
 use crate::store::{CredentialBundle, KeyPairPem, Store, StoreError, StoredCredentials};
 
 /// Default client-certificate lifetime when the site's issuer is not the internal CA.
@@ -135,14 +136,20 @@ pub fn seed_for(owner: &str) -> u64 {
 }
 
 impl Runtime {
-    pub fn new(config: Config, metrics: Arc<Metrics>, http01: Arc<Http01Challenges>) -> Result<Runtime, SetupError> {
+    pub async fn new(
+        config: Config,
+        metrics: Arc<Metrics>,
+        http01: Arc<Http01Challenges>,
+    ) -> Result<Runtime, SetupError> {
         let file = &config.file;
-        let store: Arc<dyn Store> = match (&file.store.files, &file.store.kubernetes) {
-            (Some(files), _) => Arc::new(FilesStore::new(PathBuf::from(&files.dir), &file.owner_id)),
-            (None, _) => {
-                return Err(SetupError::Unsupported(
-                    "store.kubernetes: the Kubernetes store is not supported by this build yet; use store.files".into(),
-                ));
+        let store: Arc<dyn Store> = match &file.store.files {
+            Some(files) => Arc::new(FilesStore::new(PathBuf::from(&files.dir), &file.owner_id)),
+            None => {
+                // In-cluster config, or $KUBECONFIG, like every kube-rs controller.
+                let client = kube::Client::try_default()
+                    .await
+                    .map_err(|e| SetupError::Unsupported(format!("store.kubernetes: cannot reach the cluster: {e}")))?;
+                Arc::new(KubeStore::new(client, &file.gateway.namespace, &file.owner_id))
             }
         };
         let files_root = file
@@ -415,6 +422,7 @@ impl Runtime {
             server,
             client_ca_pem: None,
             clients: BTreeMap::new(),
+            format: site.tls.format,
         };
         if site.tls.mode == TlsMode::Mutual {
             let (alg, validity) = match self.config.file.issuers.get(&site.issuer).map(|i| i.kind()) {
@@ -749,7 +757,7 @@ pub async fn run(
     mut config_changed: tokio::sync::mpsc::Receiver<()>,
     shutdown: CancellationToken,
 ) -> Result<(), SetupError> {
-    let mut runtime = Runtime::new(config, metrics.clone(), http01.clone())?;
+    let mut runtime = Runtime::new(config, metrics.clone(), http01.clone()).await?;
     let mut failures_in_row = 0u32;
     let mut config_text = std::fs::read_to_string(&runtime.config.path).unwrap_or_default();
     loop {
@@ -807,7 +815,7 @@ pub async fn run(
                     }
                     config_text = text;
                     match Config::load(&runtime.config.path) {
-                        Ok(new) => match Runtime::new(new, metrics.clone(), http01.clone()) {
+                        Ok(new) => match Runtime::new(new, metrics.clone(), http01.clone()).await {
                             Ok(r) => {
                                 tracing::info!(config = %runtime.config.path.display(), "config changed: reloaded");
                                 runtime = r;

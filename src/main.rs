@@ -152,7 +152,7 @@ async fn run(path: &Path, once: bool, listen: SocketAddr, solver_listen: SocketA
         tracing::debug!(listen = %bound, "ACME HTTP-01 solver listening");
     }
     if once {
-        let runtime = match Runtime::new(config, metrics, http01) {
+        let runtime = match Runtime::new(config, metrics, http01).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("{}: {e}", path.display());
@@ -215,7 +215,7 @@ async fn plan(path: &Path, format: PlanFormat) -> Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let runtime = match Runtime::new(config, Arc::new(Metrics::new()), Arc::default()) {
+    let runtime = match Runtime::new(config, Arc::new(Metrics::new()), Arc::default()).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{}: {e}", path.display());

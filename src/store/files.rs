@@ -232,6 +232,7 @@ impl FilesStore {
             }
         }
         Ok(CredentialBundle {
+            format: Default::default(),
             site: site.to_string(),
             issuer: marker.issuer,
             server: KeyPairPem {
@@ -482,6 +483,7 @@ mod tests {
             server,
             client_ca_pem: None,
             clients: BTreeMap::new(),
+            format: Default::default(),
         }
     }
 

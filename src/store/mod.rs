@@ -4,6 +4,7 @@
 //! carries no tlsward ownership mark. It decides nothing else.
 
 pub mod files;
+pub mod kubernetes;
 
 use std::collections::BTreeMap;
 
@@ -54,6 +55,8 @@ pub struct CredentialBundle {
     /// The client CA that MUTUAL servers verify clients against.
     pub client_ca_pem: Option<String>,
     pub clients: BTreeMap<String, KeyPairPem>,
+    /// The Secret layout SDS reads (the files store always writes `tls.crt`/`tls.key`).
+    pub format: crate::config::SecretFormat,
 }
 
 /// What a store found: tlsward's credentials, and names it must leave alone.
@@ -79,8 +82,8 @@ pub enum StoreError {
     Refused { site: String, reason: String },
     #[error("{what} is not tlsward's (no owner mark for `{owner}`): left untouched")]
     Foreign { what: String, owner: String },
-    #[error("{0} store is not supported by this build yet")]
-    Unsupported(&'static str),
+    #[error("{what}: {detail}")]
+    Kube { what: String, detail: String },
 }
 
 #[async_trait]

@@ -385,9 +385,13 @@ fn parse_body(body: &Bytes) -> Result<Value, Box<Response>> {
         return Ok(v);
     }
     let text = String::from_utf8_lossy(body);
-    tlsward::config::yaml::parse(&text)
-        .map(|(v, _)| v)
-        .map_err(|e| Box::new(status(400, "BadRequest", format!("the body is neither JSON nor YAML: {e}"))))
+    tlsward::config::yaml::parse(&text).map(|(v, _)| v).map_err(|e| {
+        Box::new(status(
+            400,
+            "BadRequest",
+            format!("the body is neither JSON nor YAML: {e}"),
+        ))
+    })
 }
 
 async fn handle(

@@ -1,0 +1,456 @@
+//! The Kubernetes store: credentials as Secrets in the gateway namespace, in the
+//! format Istio's SDS reads for `credentialName`; tlsward's own state (CA keys, ACME
+//! account) in Secrets beside them; the Gateway and VirtualServices by server-side
+//! apply with field manager `tlsward`.
+//!
+//! A Secret without tlsward's owner label is never written or deleted: it is reported.
+//! A credential Secret is replaced whole with its resourceVersion, so a concurrent
+//! change makes the write fail (409) and it is retried from a fresh read. An object
+//! whose applied fields already hold tlsward's values is not written at all: a no-op
+//! pass makes no write calls.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind, ObjectMeta};
+use serde_json::Value;
+
+use super::{CredentialBundle, KeyPairPem, StateFile, Store, StoreError, StoredCredentials, object_key, verify_bundle};
+use crate::config::SecretFormat;
+use crate::model::names;
+use crate::pki::PrivateKeyPem;
+
+/// Annotation naming the issuer that signed a credential.
+const ISSUER_ANNOTATION: &str = "tlsward.io/issuer";
+/// Label on tlsward's state Secrets (value: the state name, `/` as `.`).
+const STATE_LABEL: &str = "tlsward.io/state";
+const CLIENTS_SUFFIX: &str = "-client-credentials";
+const WRITE_ATTEMPTS: u32 = 4;
+
+pub struct KubeStore {
+    client: kube::Client,
+    namespace: String,
+    owner: String,
+    /// The objects seen by the last `owned_objects`, to skip writes that change nothing.
+    seen: Mutex<BTreeMap<String, Value>>,
+}
+
+fn api_error(what: String) -> impl FnOnce(kube::Error) -> StoreError {
+    move |e| StoreError::Kube {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+fn text(secret: &Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()?
+        .get(key)
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+}
+
+fn istio(kind: &str) -> ApiResource {
+    let plural = format!("{}s", kind.to_ascii_lowercase());
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("networking.istio.io", "v1", kind), &plural)
+}
+
+/// Whether every field of `wanted` already holds the same value in `current`.
+fn contains(current: &Value, wanted: &Value) -> bool {
+    match (current, wanted) {
+        (Value::Object(c), Value::Object(w)) => w.iter().all(|(k, v)| c.get(k).is_some_and(|cv| contains(cv, v))),
+        (c, w) => c == w,
+    }
+}
+
+impl KubeStore {
+    pub fn new(client: kube::Client, namespace: &str, owner: &str) -> KubeStore {
+        KubeStore {
+            client,
+            namespace: namespace.to_string(),
+            owner: owner.to_string(),
+            seen: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn owned(&self, meta: &ObjectMeta) -> bool {
+        meta.labels.as_ref().and_then(|l| l.get(names::OWNER)) == Some(&self.owner)
+    }
+
+    fn labels(&self, site: Option<&str>) -> BTreeMap<String, String> {
+        let mut l = BTreeMap::from([
+            (names::MANAGED_BY.to_string(), names::MANAGED_BY_VALUE.to_string()),
+            (names::OWNER.to_string(), self.owner.clone()),
+        ]);
+        if let Some(site) = site {
+            l.insert(names::SITE.to_string(), site.to_string());
+        }
+        l
+    }
+
+    /// Writes a Secret whole: create, or replace with the resourceVersion just read.
+    /// Never touches one without our owner label.
+    async fn put_secret(&self, mut secret: Secret) -> Result<(), StoreError> {
+        let api = self.secrets();
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        let what = || format!("Secret {}/{name}", self.namespace);
+        for attempt in 1..=WRITE_ATTEMPTS {
+            let current = api.get_opt(&name).await.map_err(api_error(what()))?;
+            let result = match current {
+                Some(c) if !self.owned(&c.metadata) => {
+                    return Err(StoreError::Foreign {
+                        what: what(),
+                        owner: self.owner.clone(),
+                    });
+                }
+                Some(c)
+                    if c.data == secret.data
+                        && c.type_ == secret.type_
+                        && c.metadata.labels == secret.metadata.labels
+                        && c.metadata.annotations == secret.metadata.annotations =>
+                {
+                    return Ok(());
+                }
+                Some(c) => {
+                    secret.metadata.resource_version = c.metadata.resource_version;
+                    api.replace(
+                        &name,
+                        &PostParams {
+                            field_manager: Some(names::FIELD_MANAGER.into()),
+                            ..Default::default()
+                        },
+                        &secret,
+                    )
+                    .await
+                    .map(|_| ())
+                }
+                None => {
+                    secret.metadata.resource_version = None;
+                    api.create(
+                        &PostParams {
+                            field_manager: Some(names::FIELD_MANAGER.into()),
+                            ..Default::default()
+                        },
+                        &secret,
+                    )
+                    .await
+                    .map(|_| ())
+                }
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if is_conflict(&e) && attempt < WRITE_ATTEMPTS => {
+                    tracing::debug!(secret = %name, attempt, "changed meanwhile (409): reading it again");
+                }
+                Err(e) => return Err(api_error(what())(e)),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    async fn delete_owned_secret(&self, name: &str) -> Result<(), StoreError> {
+        let api = self.secrets();
+        let what = format!("Secret {}/{name}", self.namespace);
+        match api.get_opt(name).await.map_err(api_error(what.clone()))? {
+            None => Ok(()),
+            Some(s) if !self.owned(&s.metadata) => Err(StoreError::Foreign {
+                what,
+                owner: self.owner.clone(),
+            }),
+            Some(_) => api
+                .delete(name, &DeleteParams::default())
+                .await
+                .map(|_| ())
+                .map_err(api_error(what)),
+        }
+    }
+
+    fn state_secret_name(name: &str) -> String {
+        format!("tlsward-state-{}", name.replace('/', "-"))
+    }
+}
+
+#[async_trait]
+impl Store for KubeStore {
+    async fn credentials(&self) -> Result<StoredCredentials, StoreError> {
+        let all = self
+            .secrets()
+            .list(&ListParams::default())
+            .await
+            .map_err(api_error(format!("Secrets in {}", self.namespace)))?;
+        let by_name: BTreeMap<String, &Secret> = all
+            .items
+            .iter()
+            .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
+            .collect();
+        let mut out = StoredCredentials::default();
+        for (name, secret) in &by_name {
+            let Some(site) = name.strip_suffix("-credential") else {
+                continue;
+            };
+            if !self.owned(&secret.metadata) {
+                out.foreign.insert(
+                    site.to_string(),
+                    format!("Secret {}/{name} exists without tlsward's owner label", self.namespace),
+                );
+                continue;
+            }
+            let (crt, key) = match secret.type_.as_deref() {
+                Some(names::SECRET_TYPE_TLS) => (text(secret, names::TLS_CRT), text(secret, names::TLS_KEY)),
+                _ => (text(secret, names::GENERIC_CERT), text(secret, names::GENERIC_KEY)),
+            };
+            let (Some(chain_pem), Some(key)) = (crt, key) else {
+                out.unreadable.insert(
+                    site.to_string(),
+                    format!("Secret {}/{name} lacks its certificate or key", self.namespace),
+                );
+                continue;
+            };
+            let client_ca_pem = text(secret, names::CA_CRT)
+                .or_else(|| text(secret, names::GENERIC_CACERT))
+                .or_else(|| {
+                    by_name
+                        .get(&format!("{name}-cacert"))
+                        .and_then(|s| text(s, names::CA_CRT))
+                });
+            let mut clients = BTreeMap::new();
+            if let Some(cs) = by_name
+                .get(&format!("{site}{CLIENTS_SUFFIX}"))
+                .filter(|s| self.owned(&s.metadata))
+            {
+                for k in cs.data.iter().flat_map(|d| d.keys()) {
+                    if let Some(client) = k.strip_suffix(".crt")
+                        && let (Some(c), Some(k)) = (text(cs, k), text(cs, &format!("{client}.key")))
+                    {
+                        clients.insert(
+                            client.to_string(),
+                            KeyPairPem {
+                                chain_pem: c,
+                                key: PrivateKeyPem::new(k),
+                            },
+                        );
+                    }
+                }
+            }
+            let issuer = secret
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ISSUER_ANNOTATION))
+                .cloned()
+                .unwrap_or_default();
+            out.owned.insert(
+                site.to_string(),
+                CredentialBundle {
+                    site: site.to_string(),
+                    issuer,
+                    server: KeyPairPem {
+                        chain_pem,
+                        key: PrivateKeyPem::new(key),
+                    },
+                    client_ca_pem,
+                    clients,
+                    format: if secret.type_.as_deref() == Some(names::SECRET_TYPE_TLS) {
+                        SecretFormat::Tls
+                    } else {
+                        SecretFormat::Generic
+                    },
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    async fn write_credential(&self, bundle: &CredentialBundle) -> Result<(), StoreError> {
+        verify_bundle(bundle)?;
+        let site = &bundle.site;
+        let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+        // Clients first: the credential Secret that names their CA comes last.
+        if !bundle.clients.is_empty() {
+            let mut data = BTreeMap::new();
+            for (name, pair) in &bundle.clients {
+                data.insert(format!("{name}.crt"), bytes(&pair.chain_pem));
+                data.insert(format!("{name}.key"), bytes(pair.key.expose()));
+            }
+            let clients = Secret {
+                metadata: ObjectMeta {
+                    name: Some(format!("{site}{CLIENTS_SUFFIX}")),
+                    namespace: Some(self.namespace.clone()),
+                    labels: Some(self.labels(Some(site))),
+                    ..Default::default()
+                },
+                type_: Some(names::SECRET_TYPE_OPAQUE.into()),
+                data: Some(data),
+                ..Default::default()
+            };
+            self.put_secret(clients).await?;
+        }
+        // The keys Istio's SDS reads for `credentialName`, by format.
+        let (crt, key, ca, kind) = match bundle.format {
+            SecretFormat::Tls => (names::TLS_CRT, names::TLS_KEY, names::CA_CRT, names::SECRET_TYPE_TLS),
+            SecretFormat::Generic => (
+                names::GENERIC_CERT,
+                names::GENERIC_KEY,
+                names::GENERIC_CACERT,
+                names::SECRET_TYPE_OPAQUE,
+            ),
+        };
+        let mut data = BTreeMap::from([
+            (crt.to_string(), bytes(&bundle.server.chain_pem)),
+            (key.to_string(), bytes(bundle.server.key.expose())),
+        ]);
+        if let Some(pem) = &bundle.client_ca_pem {
+            data.insert(ca.to_string(), bytes(pem));
+        }
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(names::credential_secret(site)),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(self.labels(Some(site))),
+                annotations: Some(BTreeMap::from([(ISSUER_ANNOTATION.to_string(), bundle.issuer.clone())])),
+                ..Default::default()
+            },
+            type_: Some(kind.into()),
+            data: Some(data),
+            ..Default::default()
+        };
+        self.put_secret(secret).await?;
+        if bundle.clients.is_empty() {
+            self.delete_owned_secret(&format!("{site}{CLIENTS_SUFFIX}")).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_credential(&self, site: &str) -> Result<(), StoreError> {
+        self.delete_owned_secret(&names::credential_secret(site)).await?;
+        self.delete_owned_secret(&format!("{site}{CLIENTS_SUFFIX}")).await
+    }
+
+    async fn read_state(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, StoreError> {
+        let secret_name = Self::state_secret_name(name);
+        let found = self
+            .secrets()
+            .get_opt(&secret_name)
+            .await
+            .map_err(api_error(format!("Secret {}/{secret_name}", self.namespace)))?;
+        Ok(found
+            .filter(|s| self.owned(&s.metadata))
+            .map(|s| s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect()))
+    }
+
+    async fn write_state(&self, name: &str, files: &[StateFile]) -> Result<(), StoreError> {
+        let mut labels = self.labels(None);
+        labels.insert(STATE_LABEL.into(), name.replace('/', "."));
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(Self::state_secret_name(name)),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            },
+            type_: Some(names::SECRET_TYPE_OPAQUE.into()),
+            data: Some(
+                files
+                    .iter()
+                    .map(|f| (f.name.clone(), ByteString(f.contents.clone())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        self.put_secret(secret).await
+    }
+
+    async fn write_trust(&self, _issuer: &str, _pem: &str) -> Result<bool, StoreError> {
+        // In a cluster the root lives in the issuer's state Secret (`root.crt`).
+        Ok(false)
+    }
+
+    async fn owned_objects(&self) -> Result<Vec<String>, StoreError> {
+        let selector = format!("{}={}", names::OWNER, self.owner);
+        let mut seen = BTreeMap::new();
+        for kind in ["Gateway", "VirtualService"] {
+            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.namespace, &istio(kind));
+            let list = api
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(api_error(format!("{kind}s in {}", self.namespace)))?;
+            for o in list.items {
+                let v = serde_json::to_value(&o).unwrap_or_default();
+                seen.insert(
+                    format!("{}/{}", kind.to_ascii_lowercase(), o.metadata.name.unwrap_or_default()),
+                    v,
+                );
+            }
+        }
+        let keys = seen.keys().cloned().collect();
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
+        Ok(keys)
+    }
+
+    async fn apply_object(&self, object: &Value) -> Result<bool, StoreError> {
+        let kind = object["kind"].as_str().unwrap_or_default();
+        if kind == "Secret" {
+            // Credential Secrets are written whole by write_credential, never applied.
+            return Ok(false);
+        }
+        let key = object_key(object);
+        let unchanged = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .is_some_and(|current| contains(current, object));
+        if unchanged {
+            return Ok(false);
+        }
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.namespace, &istio(kind));
+        // Never forced: a field another manager owns is a conflict to report, not to take.
+        let applied = api
+            .patch(name, &PatchParams::apply(names::FIELD_MANAGER), &Patch::Apply(object))
+            .await
+            .map_err(api_error(format!("{kind} {}/{name}", self.namespace)))?;
+        let v = serde_json::to_value(&applied).unwrap_or_default();
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(key, v);
+        Ok(true)
+    }
+
+    async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+        let Some((kind, name)) = key.split_once('/') else {
+            return Ok(());
+        };
+        let kind = match kind {
+            "gateway" => "Gateway",
+            "virtualservice" => "VirtualService",
+            _ => return Ok(()),
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.namespace, &istio(kind));
+        let what = format!("{kind} {}/{name}", self.namespace);
+        match api.get_opt(name).await.map_err(api_error(what.clone()))? {
+            Some(o) if o.metadata.labels.as_ref().and_then(|l| l.get(names::OWNER)) == Some(&self.owner) => {
+                api.delete(name, &DeleteParams::default())
+                    .await
+                    .map_err(api_error(what))?;
+                self.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+                Ok(())
+            }
+            Some(_) => Err(StoreError::Foreign {
+                what,
+                owner: self.owner.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The Kubernetes store against the API emulator, with the real `kube` client inside
+//! the real binary: SDS-format Secrets, the Gateway and VirtualServices by server-side
+//! apply, write ordering, ownership, and a no-op pass that writes nothing.
+
+mod support;
+
+use base64::Engine;
+use serde_json::{Value, json};
+use support::kube_emulator::{Running, Write};
+use support::*;
+
+const NS: &str = "istio-system";
+
+fn config(extra_site: bool) -> String {
+    let mut t = String::from(
+        "owner_id: kube-test\nstore: {kubernetes: {}}\ngateway: {namespace: istio-system}\nissuers: {internal: {ca: {}}}\nsites:\n  - {name: frontend, hosts: [frontend.foocorp.example], issuer: internal, route: {to: fe.ux.svc.cluster.local, port: 80}}\n",
+    );
+    if extra_site {
+        t.push_str("  - {name: inventory, hosts: [inventory.foocorp.example], issuer: internal, tls: {mode: MUTUAL, clients: [scanner]}, route: {to: inv.corp.svc.cluster.local, port: 80}}\n");
+    }
+    t
+}
+
+fn run(w: &Workdir, emu: &Running) -> std::process::Output {
+    w.command(&["run", "--once", "--config", "tlsward.yaml", "--log-format", "json"])
+        .env("KUBECONFIG", emu.kubeconfig.path())
+        .output()
+        .unwrap()
+}
+
+fn data(secret: &Value, key: &str) -> String {
+    let b64 = secret["data"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {key} in {secret}"));
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap()
+}
+
+fn secret(emu: &Running, name: &str) -> Option<Value> {
+    emu.emulator.get("v1", "secrets", NS, name)
+}
+
+#[test]
+fn credentials_become_sds_secrets_and_objects_are_applied_after_them() {
+    let emu = Running::start();
+    let w = Workdir::new();
+    w.write_config(&config(true));
+    assert_success(&run(&w, &emu));
+
+    let fe = secret(&emu, "frontend-credential").expect("the frontend Secret");
+    assert_eq!(fe["type"], "kubernetes.io/tls");
+    assert_eq!(fe["metadata"]["labels"]["app.kubernetes.io/managed-by"], "tlsward");
+    assert_eq!(fe["metadata"]["labels"]["tlsward.io/owner"], "kube-test");
+    assert_eq!(fe["metadata"]["labels"]["tlsward.io/site"], "frontend");
+    let key = tlsward::pki::PrivateKeyPem::new(data(&fe, "tls.key"));
+    assert!(tlsward::pki::key_matches(&data(&fe, "tls.crt"), &key).unwrap());
+    let inv = secret(&emu, "inventory-credential").unwrap();
+    assert!(data(&inv, "ca.crt").contains("BEGIN CERTIFICATE"));
+    let clients = secret(&emu, "inventory-client-credentials").unwrap();
+    assert!(data(&clients, "scanner.crt").contains("BEGIN CERTIFICATE"));
+
+    let gw = emu
+        .emulator
+        .get("networking.istio.io/v1", "gateways", NS, "tlsward-gateway")
+        .expect("the Gateway");
+    let servers = gw["spec"]["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 4);
+    let managers: Vec<&str> = gw["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["manager"].as_str().unwrap())
+        .collect();
+    assert_eq!(managers, vec!["tlsward"]);
+    assert!(
+        emu.emulator
+            .get("networking.istio.io/v1", "virtualservices", NS, "inventory")
+            .is_some()
+    );
+
+    // Every Secret the Gateway names was written before the Gateway was.
+    let writes = emu.emulator.writes();
+    let position = |resource: &str, name: &str| {
+        writes
+            .iter()
+            .position(|x: &Write| x.resource == resource && x.name == name && x.changed)
+            .unwrap()
+    };
+    let gateway_at = position("gateways", "tlsward-gateway");
+    assert!(position("secrets", "frontend-credential") < gateway_at);
+    assert!(position("secrets", "inventory-credential") < gateway_at);
+}
+
+#[test]
+fn a_restart_reissues_nothing_and_a_no_op_pass_makes_zero_writes() {
+    let emu = Running::start();
+    let w = Workdir::new();
+    w.write_config(&config(true));
+    assert_success(&run(&w, &emu));
+    let before = emu.emulator.writes().len();
+    let serial = tlsward::pki::facts(&data(&secret(&emu, "frontend-credential").unwrap(), "tls.crt"))
+        .unwrap()
+        .serial_hex;
+    let out = run(&w, &emu);
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("converged: 0 credential(s) written"));
+    assert_eq!(
+        emu.emulator.writes().len(),
+        before,
+        "writes: {:?}",
+        &emu.emulator.writes()[before..]
+    );
+    assert_eq!(
+        tlsward::pki::facts(&data(&secret(&emu, "frontend-credential").unwrap(), "tls.crt"))
+            .unwrap()
+            .serial_hex,
+        serial
+    );
+}
+
+#[test]
+fn a_foreign_secret_with_the_same_name_is_left_alone_and_reported() {
+    let emu = Running::start();
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "frontend-credential", "namespace": NS}, "type": "Opaque", "data": {"x": "eA=="}});
+    let file = dir.path().join("s.json");
+    std::fs::write(&file, foreign.to_string()).unwrap();
+    let (code, out) = sh(&mut emu.kubectl(&["create", "--validate=false", "-f", file.to_str().unwrap()]));
+    assert_eq!(code, 0, "{out}");
+    let w = Workdir::new();
+    w.write_config(&config(false));
+    let out = run(&w, &emu);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Secret istio-system/frontend-credential exists without tlsward's owner label"),
+        "{stderr}"
+    );
+    assert_eq!(secret(&emu, "frontend-credential").unwrap()["data"]["x"], "eA==");
+    let gw = emu
+        .emulator
+        .get("networking.istio.io/v1", "gateways", NS, "tlsward-gateway")
+        .unwrap();
+    assert_eq!(
+        gw["spec"]["servers"],
+        json!([]),
+        "the Gateway names a credential tlsward does not own"
+    );
+}
+
+#[test]
+fn removing_a_site_deletes_only_what_tlsward_owns() {
+    let emu = Running::start();
+    let w = Workdir::new();
+    w.write_config(&config(true));
+    assert_success(&run(&w, &emu));
+    let dir = tempfile::tempdir().unwrap();
+    let other = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "someone-elses", "namespace": NS}, "spec": {"hosts": ["x.example"]}});
+    let file = dir.path().join("vs.json");
+    std::fs::write(&file, other.to_string()).unwrap();
+    let (code, out) = sh(&mut emu.kubectl(&["create", "--validate=false", "-f", file.to_str().unwrap()]));
+    assert_eq!(code, 0, "{out}");
+
+    w.write_config(&config(false));
+    assert_success(&run(&w, &emu));
+    assert!(secret(&emu, "inventory-credential").is_none());
+    assert!(secret(&emu, "inventory-client-credentials").is_none());
+    assert!(
+        emu.emulator
+            .get("networking.istio.io/v1", "virtualservices", NS, "inventory")
+            .is_none()
+    );
+    assert!(
+        emu.emulator
+            .get("networking.istio.io/v1", "virtualservices", NS, "someone-elses")
+            .is_some()
+    );
+    let gw = emu
+        .emulator
+        .get("networking.istio.io/v1", "gateways", NS, "tlsward-gateway")
+        .unwrap();
+    assert_eq!(gw["spec"]["servers"].as_array().unwrap().len(), 2);
+    // The Gateway stopped naming the credential before the credential went away.
+    let writes = emu.emulator.writes();
+    let last_gateway = writes
+        .iter()
+        .rposition(|x| x.resource == "gateways" && x.changed)
+        .unwrap();
+    let secret_deleted = writes
+        .iter()
+        .position(|x| x.method == "DELETE" && x.name == "inventory-credential")
+        .unwrap();
+    assert!(last_gateway < secret_deleted);
+}
