@@ -12,6 +12,8 @@ use crate::model::{Address, GatewayAddress, Hostname};
 pub enum AddressError {
     #[error("gateway.address.resolve: cannot resolve `{host}`: {detail}")]
     Resolve { host: String, detail: String },
+    #[error("gateway Service `{service}`: {detail}")]
+    Service { service: String, detail: String },
 }
 
 #[async_trait]
@@ -79,4 +81,88 @@ pub fn from_spec(spec: &AddressSpec) -> Result<Box<dyn AddressSource>, AddressEr
         })
         .collect();
     Ok(Box::new(StaticAddress(GatewayAddress::new(addresses))))
+}
+
+/// In a cluster: the addresses in the gateway Service's `status.loadBalancer.ingress`.
+pub struct ServiceAddress {
+    api: kube::Api<k8s_openapi::api::core::v1::Service>,
+    name: String,
+}
+
+impl ServiceAddress {
+    pub fn new(client: kube::Client, namespace: &str, name: &str) -> Self {
+        ServiceAddress {
+            api: kube::Api::namespaced(client, namespace),
+            name: name.to_string(),
+        }
+    }
+}
+
+/// The load balancer addresses a Service reports (IPs and hostnames).
+pub fn service_addresses(service: &k8s_openapi::api::core::v1::Service) -> GatewayAddress {
+    let ingress = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .cloned()
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for i in ingress {
+        if let Some(ip) = i.ip.as_deref().and_then(|ip| ip.parse().ok()) {
+            out.push(Address::Ip(ip));
+        }
+        if let Some(h) = i.hostname.as_deref().and_then(|h| Hostname::parse(h, false).ok()) {
+            out.push(Address::Hostname(h));
+        }
+    }
+    GatewayAddress::new(out)
+}
+
+#[async_trait]
+impl AddressSource for ServiceAddress {
+    async fn current(&self) -> Result<GatewayAddress, AddressError> {
+        let service = self.api.get(&self.name).await.map_err(|e| AddressError::Service {
+            service: self.name.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok(service_addresses(&service))
+    }
+}
+
+/// Watches the gateway Service and bumps `changes` whenever its load balancer
+/// addresses change: DNS follows without waiting for a timer.
+pub async fn watch_service(
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    changes: tokio::sync::watch::Sender<u64>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    let api: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::namespaced(client, &namespace);
+    let mut last: Option<GatewayAddress> = None;
+    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    while let Some(event) = stream.next().await {
+        let service = match event {
+            Ok(watcher::Event::Apply(s)) | Ok(watcher::Event::InitApply(s)) => s,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(service = %name, error = %e, "watching the gateway Service failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if service.metadata.name.as_deref() != Some(name.as_str()) {
+            continue;
+        }
+        let now = service_addresses(&service);
+        if last.as_ref() != Some(&now) {
+            if last.is_some() {
+                tracing::info!(service = %name, address = ?now.addresses().iter().map(|a| a.to_string()).collect::<Vec<_>>(), "load balancer address changed");
+            }
+            last = Some(now);
+            changes.send_modify(|n| *n += 1);
+        }
+    }
 }

@@ -78,6 +78,9 @@ pub struct Runtime {
     pub http01: Arc<Http01Challenges>,
     /// One DNS-01 challenge update at a time per provider.
     dns_locks: BTreeMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Bumped by the gateway Service watch when the load balancer's address changes.
+    address_changes: tokio::sync::watch::Sender<u64>,
+    watch_task: Option<tokio::task::JoinHandle<()>>,
     /// ARI windows by certificate serial: (start, end, ask again after).
     ari: std::sync::Mutex<BTreeMap<String, (OffsetDateTime, OffsetDateTime, OffsetDateTime)>>,
     /// ACME issuers whose directory offers no renewal information.
@@ -88,6 +91,14 @@ pub struct Runtime {
 
 /// Sites issued at once (each mostly waits on an ACME server).
 pub const CONCURRENT_ISSUANCES: usize = 16;
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(t) = &self.watch_task {
+            t.abort();
+        }
+    }
+}
 
 /// Reads a secret from the file or environment variable the config names.
 pub fn read_secret(field: &str, file: &Option<String>, env: &Option<String>) -> Result<String, SetupError> {
@@ -142,6 +153,9 @@ impl Runtime {
         http01: Arc<Http01Challenges>,
     ) -> Result<Runtime, SetupError> {
         let file = &config.file;
+        let (address_changes, _) = tokio::sync::watch::channel(0u64);
+        let mut watch_task = None;
+        let mut service_source: Option<Box<dyn AddressSource>> = None;
         let store: Arc<dyn Store> = match &file.store.files {
             Some(files) => Arc::new(FilesStore::new(PathBuf::from(&files.dir), &file.owner_id)),
             None => {
@@ -149,6 +163,16 @@ impl Runtime {
                 let client = kube::Client::try_default()
                     .await
                     .map_err(|e| SetupError::Unsupported(format!("store.kubernetes: cannot reach the cluster: {e}")))?;
+                if file.gateway.address.is_none() {
+                    let (ns, svc) = (file.gateway.namespace.clone(), file.gateway.service.clone());
+                    service_source = Some(Box::new(address::ServiceAddress::new(client.clone(), &ns, &svc)));
+                    watch_task = Some(tokio::spawn(address::watch_service(
+                        client.clone(),
+                        ns,
+                        svc,
+                        address_changes.clone(),
+                    )));
+                }
                 Arc::new(KubeStore::new(client, &file.gateway.namespace, &file.owner_id))
             }
         };
@@ -162,7 +186,10 @@ impl Runtime {
         for (name, spec) in &file.dns.providers {
             providers.insert(name.clone(), dns_provider(name, spec, file.dns.ttl, &files_root)?);
         }
-        let address = file.gateway.address.as_ref().map(address::from_spec).transpose()?;
+        let address = match file.gateway.address.as_ref().map(address::from_spec).transpose()? {
+            Some(a) => Some(a),
+            None => service_source,
+        };
         let seed = seed_for(&file.owner_id);
         let dns_locks = providers.keys().map(|k| (k.clone(), Arc::default())).collect();
         Ok(Runtime {
@@ -174,6 +201,8 @@ impl Runtime {
             seed,
             http01,
             dns_locks,
+            address_changes,
+            watch_task,
             retry: std::sync::Mutex::new(BTreeMap::new()),
             ari: std::sync::Mutex::new(BTreeMap::new()),
             ari_unsupported: std::sync::Mutex::new(BTreeSet::new()),
@@ -220,11 +249,17 @@ impl Runtime {
         if let Some(source) = &self.address {
             match source.current().await {
                 Ok(a) => observed.address = Some(a),
-                Err(e) => failures.push(Failure {
+                // Only a failure when some site publishes DNS records from it.
+                Err(e) if file.sites.iter().any(|s| s.dns.is_some()) => failures.push(Failure {
                     stage: "address",
-                    subject: "gateway.address".into(),
+                    subject: if file.gateway.address.is_some() {
+                        "gateway.address".into()
+                    } else {
+                        format!("Service {}/{}", file.gateway.namespace, file.gateway.service)
+                    },
                     message: e.to_string(),
                 }),
+                Err(e) => tracing::debug!(error = %e, "no gateway address (no site publishes DNS)"),
             }
         }
         for (name, provider) in self.providers.iter().filter(|_| with_dns) {
@@ -760,6 +795,8 @@ pub async fn run(
     let mut runtime = Runtime::new(config, metrics.clone(), http01.clone()).await?;
     let mut failures_in_row = 0u32;
     let mut config_text = std::fs::read_to_string(&runtime.config.path).unwrap_or_default();
+    // Subscribed across passes, so a change during a pass still wakes the next one.
+    let mut address_changed = runtime.address_changes.subscribe();
     loop {
         let mut report = runtime.pass(&shutdown).await;
         runtime.record(&mut report).await;
@@ -803,11 +840,13 @@ pub async fn run(
             "pass complete"
         );
         let deadline = tokio::time::Instant::now() + wait;
-        // Wait for the timer, or for a config change that validates and can run.
+        // Wait for the timer, a load balancer address change, or a config change that
+        // validates and can run.
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep_until(deadline) => break,
+                Ok(()) = address_changed.changed() => break,
                 Some(()) = config_changed.recv() => {
                     let text = std::fs::read_to_string(&runtime.config.path).unwrap_or_default();
                     if text == config_text {
@@ -819,6 +858,7 @@ pub async fn run(
                             Ok(r) => {
                                 tracing::info!(config = %runtime.config.path.display(), "config changed: reloaded");
                                 runtime = r;
+                                address_changed = runtime.address_changes.subscribe();
                                 break;
                             }
                             Err(e) => tracing::error!(error = %e, "new config cannot run; keeping the previous one"),

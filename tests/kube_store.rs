@@ -191,3 +191,93 @@ fn removing_a_site_deletes_only_what_tlsward_owns() {
         .unwrap();
     assert!(last_gateway < secret_deleted);
 }
+
+/// Creates the gateway Service, or sets its load balancer status, through the kube API.
+fn set_load_balancer(emu: &Running, ingress: Value) {
+    use k8s_openapi::api::core::v1::Service;
+    use kube::api::{Api, PostParams};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let api: Api<Service> = Api::namespaced(emu.client().await, NS);
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "istio-ingressgateway", "namespace": NS},
+            "spec": {"type": "LoadBalancer", "ports": [{"name": "https", "port": 443}]},
+        }))
+        .unwrap();
+        let current = match api.get_opt("istio-ingressgateway").await.unwrap() {
+            Some(s) => s,
+            None => api.create(&PostParams::default(), &svc).await.unwrap(),
+        };
+        let mut with_status = current.clone();
+        with_status.status = Some(serde_json::from_value(json!({"loadBalancer": {"ingress": ingress}})).unwrap());
+        api.replace_status("istio-ingressgateway", &PostParams::default(), &with_status)
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn the_load_balancer_is_followed_by_its_watch_without_a_timer() {
+    use support::webhook::Webhook;
+    let emu = Running::start();
+    let hook = Webhook::start(vec![]);
+    set_load_balancer(&emu, json!([{"ip": "203.0.113.10"}]));
+    let w = Workdir::new();
+    let text = config(false)
+        .replace(
+            "sites:\n",
+            &format!(
+                "dns: {{providers: {{hook: {{webhook: {{url: \"http://127.0.0.1:{}\"}}}}}}}}\nsites:\n",
+                hook.port
+            ),
+        )
+        .replace("issuer: internal, route", "issuer: internal, dns: hook, route");
+    w.write_config(&text);
+    let port = free_port();
+    let mut daemon = w
+        .command(&[
+            "run",
+            "--config",
+            "tlsward.yaml",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("KUBECONFIG", emu.kubeconfig.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let name = "frontend.foocorp.example";
+    let timeout = std::time::Duration::from_secs(20);
+    wait_for(timeout, "the first A record", || {
+        (hook.lookup(name, "A") == vec!["203.0.113.10"]).then_some(())
+    });
+    wait_for(timeout, "the address metric", || {
+        http_get(port, "/metrics")
+            .filter(|(_, m)| m.contains("tlsward_gateway_address_info{address=\"203.0.113.10\"} 1"))
+            .map(|_| ())
+    });
+
+    // The next renewal is weeks away: only the Service watch can bring these.
+    let t = std::time::Instant::now();
+    set_load_balancer(&emu, json!([{"ip": "203.0.113.20"}, {"ip": "203.0.113.21"}]));
+    wait_for(timeout, "the new A records", || {
+        (hook.lookup(name, "A") == vec!["203.0.113.20", "203.0.113.21"]).then_some(())
+    });
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+
+    set_load_balancer(&emu, json!([{"hostname": "lb-1.elb.example.net"}]));
+    wait_for(timeout, "the CNAME", || {
+        (hook.lookup(name, "CNAME") == vec!["lb-1.elb.example.net."]).then_some(())
+    });
+    assert!(
+        hook.lookup(name, "A").is_empty(),
+        "the A record stayed beside the CNAME"
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
