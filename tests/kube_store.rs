@@ -278,6 +278,74 @@ fn the_load_balancer_is_followed_by_its_watch_without_a_timer() {
         hook.lookup(name, "A").is_empty(),
         "the A record stayed beside the CNAME"
     );
+
+    // A dropped watch that cannot resume (410): the watcher relists and still follows.
+    emu.emulator.compact();
+    set_load_balancer(&emu, json!([{"ip": "203.0.113.30"}]));
+    wait_for(timeout, "the A record after a relist", || {
+        (hook.lookup(name, "A") == vec!["203.0.113.30"]).then_some(())
+    });
+    assert!(hook.lookup(name, "CNAME").is_empty());
     let _ = daemon.kill();
     let _ = daemon.wait();
+}
+
+#[test]
+fn a_stale_resource_version_conflict_is_retried_and_converges() {
+    let emu = Running::start();
+    let w = Workdir::new();
+    w.write_config(&config(false));
+    assert_success(&run(&w, &emu));
+    // New hosts: the Secret is replaced, and someone else changes it just before.
+    w.write_config(&config(false).replace(
+        "hosts: [frontend.foocorp.example]",
+        "hosts: [frontend.foocorp.example, www.foocorp.example]",
+    ));
+    emu.emulator.interfere_with_next_replace("frontend-credential");
+    let before = emu.emulator.writes().len();
+    assert_success(&run(&w, &emu));
+    let puts: Vec<bool> = emu.emulator.writes()[before..]
+        .iter()
+        .filter(|x| x.method == "PUT" && x.name == "frontend-credential")
+        .map(|x| x.changed)
+        .collect();
+    assert_eq!(puts, vec![false, true], "a 409, then a successful retry");
+    let facts = tlsward::pki::facts(&data(&secret(&emu, "frontend-credential").unwrap(), "tls.crt")).unwrap();
+    assert_eq!(facts.dns_names, vec!["frontend.foocorp.example", "www.foocorp.example"]);
+}
+
+#[test]
+fn a_gateway_field_owned_by_another_manager_is_a_conflict_never_forced() {
+    let emu = Running::start();
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "tlsward-gateway", "namespace": NS},
+        "spec": {"selector": {"istio": "their-gateway"}}});
+    let file = dir.path().join("gw.json");
+    std::fs::write(&file, theirs.to_string()).unwrap();
+    let (code, out) = sh(&mut emu.kubectl(&[
+        "apply",
+        "--server-side",
+        "--validate=false",
+        "-f",
+        file.to_str().unwrap(),
+    ]));
+    assert_eq!(code, 0, "{out}");
+    let w = Workdir::new();
+    w.write_config(&config(false));
+    let out = run(&w, &emu);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("conflict with \\\"kubectl\\\": .spec.selector.istio")
+            || stderr.contains("conflict with \"kubectl\": .spec.selector.istio"),
+        "{stderr}"
+    );
+    let gw = emu
+        .emulator
+        .get("networking.istio.io/v1", "gateways", NS, "tlsward-gateway")
+        .unwrap();
+    assert_eq!(
+        gw["spec"]["selector"]["istio"], "their-gateway",
+        "tlsward forced another manager's field"
+    );
 }

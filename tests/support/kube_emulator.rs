@@ -125,6 +125,8 @@ pub struct Write {
 
 #[derive(Default)]
 struct Db {
+    /// Objects whose next replace meets a concurrent writer first (a test's hook).
+    interfere: BTreeSet<String>,
     rv: u64,
     objects: BTreeMap<Key, Stored>,
     history: Vec<Event>,
@@ -311,9 +313,18 @@ impl Emulator {
     /// again from an older resourceVersion gets 410 and must relist.
     pub fn compact(&self) {
         let mut db = self.db.lock().unwrap();
+        // As in etcd, the revision moves on (other writes happen); everything before it
+        // is gone, so a client resuming from any resourceVersion it has seen gets 410.
+        db.rv += 1;
         db.compacted = db.rv;
         db.history.clear();
         self.closes.send_modify(|n| *n += 1);
+    }
+
+    /// Makes the next replace of `name` lose a race: someone else changes the object
+    /// just before it lands, so the writer's resourceVersion is stale (409).
+    pub fn interfere_with_next_replace(&self, name: &str) {
+        self.db.lock().unwrap().interfere.insert(name.to_string());
     }
 
     /// Every write received so far, in order.
@@ -634,6 +645,14 @@ fn create(emu: &Emulator, t: &Target, mut v: Value, manager: String) -> Response
 fn replace(emu: &Emulator, t: &Target, name: &str, mut v: Value, manager: String) -> Response {
     let mut db = emu.db.lock().unwrap();
     let k = key(t, name);
+    if db.interfere.remove(name) {
+        db.rv += 1;
+        let rv = db.rv.to_string();
+        if let Some(s) = db.objects.get_mut(&k) {
+            s.object["metadata"]["resourceVersion"] = json!(rv);
+            s.object["metadata"]["annotations"]["interfered"] = json!("true");
+        }
+    }
     let Some(current) = db.objects.get(&k).cloned() else {
         emu.record(&mut db, "PUT", t, name, false);
         return not_found(t, name);
