@@ -28,6 +28,7 @@ use crate::metrics::{CertificateState, Metrics};
 use crate::plan::{self, Action, CredentialPlan, Observed, Plan, renewal};
 use crate::store::files::FilesStore;
 use crate::store::kubernetes::KubeStore;
+use crate::store::lease::LeaderElection;
 use crate::store::{CredentialBundle, KeyPairPem, Store, StoreError, StoredCredentials};
 
 /// Default client-certificate lifetime when the site's issuer is not the internal CA.
@@ -517,6 +518,10 @@ impl Runtime {
             tracing::warn!(conflict = %c, "left untouched");
         }
 
+        // Once `cancel` fires (shutdown, or a lost lease) no new write stage starts.
+        if cancel.is_cancelled() {
+            return self.finish(report);
+        }
         // DNS first: it does not depend on credentials, and HTTP-01 validation needs the
         // hosts to resolve to the gateway already.
         for zone in &plan.zones {
@@ -610,6 +615,9 @@ impl Runtime {
             }
         }
 
+        if cancel.is_cancelled() {
+            return self.finish(report);
+        }
         // Objects after credentials: a Gateway server never names a missing credential.
         let objects = crate::render::objects(&self.config.file, &ready, &BTreeMap::new());
         for object in &objects {
@@ -639,6 +647,9 @@ impl Runtime {
                 subject: "manifests".into(),
                 message: e.to_string(),
             }),
+        }
+        if cancel.is_cancelled() {
+            return self.finish(report);
         }
         // Credentials of removed sites go only after the Gateway stopped naming them.
         for site in &plan.removed_credentials {
@@ -774,6 +785,14 @@ impl Health {
     }
 }
 
+/// How this replica takes part in leader election.
+#[derive(Clone, Debug)]
+pub struct LeaderSettings {
+    pub lease_name: String,
+    pub identity: String,
+    pub lease_duration: std::time::Duration,
+}
+
 /// Backoff after a failed pass: 10 s doubling to 5 min, with ±20 % jitter.
 pub fn backoff(consecutive_failures: u32) -> std::time::Duration {
     let base = 10.0 * 2f64.powi(consecutive_failures.saturating_sub(1).min(5) as i32);
@@ -789,16 +808,63 @@ pub async fn run(
     metrics: Arc<Metrics>,
     health: Health,
     http01: Arc<Http01Challenges>,
+    leader: Option<LeaderSettings>,
     mut config_changed: tokio::sync::mpsc::Receiver<()>,
     shutdown: CancellationToken,
 ) -> Result<(), SetupError> {
+    let mut leading = match leader {
+        Some(l) => {
+            if config.file.store.kubernetes.is_none() {
+                return Err(SetupError::Unsupported(
+                    "leader election needs store.kubernetes (it uses a Lease)".into(),
+                ));
+            }
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| SetupError::Unsupported(format!("leader election: cannot reach the cluster: {e}")))?;
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let election = LeaderElection::new(
+                client,
+                &config.file.gateway.namespace,
+                &l.lease_name,
+                &l.identity,
+                l.lease_duration,
+            );
+            tokio::spawn(election.run(tx, shutdown.clone()));
+            Some(rx)
+        }
+        None => None,
+    };
     let mut runtime = Runtime::new(config, metrics.clone(), http01.clone()).await?;
     let mut failures_in_row = 0u32;
     let mut config_text = std::fs::read_to_string(&runtime.config.path).unwrap_or_default();
     // Subscribed across passes, so a change during a pass still wakes the next one.
     let mut address_changed = runtime.address_changes.subscribe();
     loop {
-        let mut report = runtime.pass(&shutdown).await;
+        let is_leader = leading.as_ref().is_none_or(|l| *l.borrow());
+        let mut report = if is_leader {
+            // Writes stop at once when the lease is lost, as on shutdown.
+            let token = shutdown.child_token();
+            let watcher = leading.clone().map(|mut rx| {
+                let token = token.clone();
+                tokio::spawn(async move {
+                    while *rx.borrow_and_update() {
+                        if rx.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                    token.cancel();
+                })
+            });
+            let report = runtime.pass(&token).await;
+            if let Some(w) = watcher {
+                w.abort();
+            }
+            report
+        } else {
+            // A follower only observes: its view (and its metrics) stay current.
+            PassReport::default()
+        };
         runtime.record(&mut report).await;
         health.ready.store(true, Ordering::Relaxed);
         if shutdown.is_cancelled() {
@@ -847,6 +913,7 @@ pub async fn run(
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep_until(deadline) => break,
                 Ok(()) = address_changed.changed() => break,
+                Some(Ok(())) = async { match leading.as_mut() { Some(l) => Some(l.changed().await), None => std::future::pending().await } } => break,
                 Some(()) = config_changed.recv() => {
                     let text = std::fs::read_to_string(&runtime.config.path).unwrap_or_default();
                     if text == config_text {

@@ -60,6 +60,18 @@ enum Command {
         /// Address of the ACME HTTP-01 answers (started only when an issuer uses HTTP-01).
         #[arg(long, default_value = "0.0.0.0:8089")]
         solver_listen: SocketAddr,
+        /// Take part in leader election on a Lease in the gateway namespace: only the
+        /// leader writes (Kubernetes store).
+        #[arg(long)]
+        leader_elect: bool,
+        #[arg(long, default_value = "tlsward")]
+        lease_name: String,
+        /// Seconds a lease lasts without renewal.
+        #[arg(long, default_value_t = 15)]
+        lease_duration: u64,
+        /// This replica's identity in the Lease (default: $POD_NAME, else host name and PID).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
     },
     /// Validate the config without touching anything.
     Check {
@@ -134,7 +146,13 @@ fn shutdown_on_signals(token: CancellationToken) {
     });
 }
 
-async fn run(path: &Path, once: bool, listen: SocketAddr, solver_listen: SocketAddr) -> Result<ExitCode> {
+async fn run(
+    path: &Path,
+    once: bool,
+    listen: SocketAddr,
+    solver_listen: SocketAddr,
+    leader: Option<daemon::LeaderSettings>,
+) -> Result<ExitCode> {
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return Ok(code),
@@ -187,7 +205,7 @@ async fn run(path: &Path, once: bool, listen: SocketAddr, solver_listen: SocketA
     let (_watcher, changes) = watch_config(path).context("watching the config file")?;
     let (bound, server) = daemon_server(listen, metrics.clone(), health.clone(), shutdown.clone()).await?;
     tracing::info!(listen = %bound, config = %path.display(), "tlsward running");
-    let result = daemon::run(config, metrics, health, http01, changes, shutdown.clone()).await;
+    let result = daemon::run(config, metrics, health, http01, leader, changes, shutdown.clone()).await;
     shutdown.cancel();
     let _ = server.await;
     match result {
@@ -266,9 +284,18 @@ fn main() -> ExitCode {
             once,
             listen,
             solver_listen,
+            leader_elect,
+            lease_name,
+            lease_duration,
+            identity,
         } => {
             init_logging(&cli);
-            tokio_main(run(config, *once, *listen, *solver_listen))
+            let leader = leader_elect.then(|| daemon::LeaderSettings {
+                lease_name: lease_name.clone(),
+                identity: identity.clone().unwrap_or_else(default_identity),
+                lease_duration: std::time::Duration::from_secs(*lease_duration),
+            });
+            tokio_main(run(config, *once, *listen, *solver_listen, leader))
         }
         Command::Plan { config, format } => {
             init_logging(&cli);
@@ -279,6 +306,11 @@ fn main() -> ExitCode {
         eprintln!("error: {e:#}");
         ExitCode::from(1)
     })
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "tlsward".into());
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 fn tokio_main<F: std::future::Future<Output = Result<ExitCode>>>(f: F) -> Result<ExitCode> {

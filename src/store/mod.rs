@@ -5,6 +5,7 @@
 
 pub mod files;
 pub mod kubernetes;
+pub mod lease;
 
 use std::collections::BTreeMap;
 
