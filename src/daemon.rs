@@ -29,7 +29,7 @@ use crate::plan::{self, Action, CredentialPlan, Observed, Plan, renewal};
 use crate::store::files::FilesStore;
 use crate::store::kubernetes::KubeStore;
 use crate::store::lease::LeaderElection;
-use crate::store::{CredentialBundle, KeyPairPem, Store, StoreError, StoredCredentials};
+use crate::store::{CredentialBundle, KeyPairPem, Notice, Store, StoreError, StoredCredentials};
 
 /// Default client-certificate lifetime when the site's issuer is not the internal CA.
 const DEFAULT_CLIENT_VALIDITY: time::Duration = time::Duration::days(90);
@@ -517,6 +517,11 @@ impl Runtime {
         for c in &report.conflicts {
             tracing::warn!(conflict = %c, "left untouched");
         }
+        for c in plan.credentials.iter().filter(|c| c.blocked.is_some()) {
+            self.store
+                .notify(&c.site, Notice::Conflict, c.blocked.as_deref().unwrap_or_default())
+                .await;
+        }
 
         // Once `cancel` fires (shutdown, or a lost lease) no new write stage starts.
         if cancel.is_cancelled() {
@@ -603,12 +608,19 @@ impl Runtime {
                 None => {}
                 Some(Ok(())) => {
                     tracing::info!(site = %c.site, issuer = %c.issuer, reason = %describe(c), "credential written");
+                    let notice = if observed.credentials.contains_key(&c.site) {
+                        Notice::Renewed
+                    } else {
+                        Notice::Issued
+                    };
+                    self.store.notify(&c.site, notice, &describe(c)).await;
                     report.issued.push(c.site.clone());
                     ready.insert(c.site.clone());
                     self.retry_reset(&c.site);
                 }
                 Some(Err(f)) => {
                     tracing::error!(site = %c.site, stage = f.stage, error = %f.message, "credential not renewed");
+                    self.store.notify(&c.site, Notice::Failed, &f.message).await;
                     report.failures.push(f);
                     self.retry_later(&c.site, now);
                 }

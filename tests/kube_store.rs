@@ -88,6 +88,18 @@ fn credentials_become_sds_secrets_and_objects_are_applied_after_them() {
     let gateway_at = position("gateways", "tlsward-gateway");
     assert!(position("secrets", "frontend-credential") < gateway_at);
     assert!(position("secrets", "inventory-credential") < gateway_at);
+
+    // And each issuance was told as a Kubernetes Event on its Secret.
+    let events = emu.emulator.list("events.k8s.io/v1", "events", NS);
+    let issued: Vec<&str> = events
+        .iter()
+        .filter(|e| e["reason"] == "Issued" && e["type"] == "Normal")
+        .filter_map(|e| e["regarding"]["name"].as_str())
+        .collect();
+    assert!(
+        issued.contains(&"frontend-credential") && issued.contains(&"inventory-credential"),
+        "{events:?}"
+    );
 }
 
 #[test]
@@ -144,6 +156,13 @@ fn a_foreign_secret_with_the_same_name_is_left_alone_and_reported() {
         gw["spec"]["servers"],
         json!([]),
         "the Gateway names a credential tlsward does not own"
+    );
+    let events = emu.emulator.list("events.k8s.io/v1", "events", NS);
+    assert!(
+        events.iter().any(|e| e["reason"] == "Conflict"
+            && e["type"] == "Warning"
+            && e["regarding"]["name"] == "frontend-credential"),
+        "{events:?}"
     );
 }
 

@@ -19,7 +19,9 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::{ApiResource, GroupVersionKind, ObjectMeta};
 use serde_json::Value;
 
-use super::{CredentialBundle, KeyPairPem, StateFile, Store, StoreError, StoredCredentials, object_key, verify_bundle};
+use super::{
+    CredentialBundle, KeyPairPem, Notice, StateFile, Store, StoreError, StoredCredentials, object_key, verify_bundle,
+};
 use crate::config::SecretFormat;
 use crate::model::names;
 use crate::pki::PrivateKeyPem;
@@ -32,6 +34,7 @@ const CLIENTS_SUFFIX: &str = "-client-credentials";
 const WRITE_ATTEMPTS: u32 = 4;
 
 pub struct KubeStore {
+    recorder: kube::runtime::events::Recorder,
     client: kube::Client,
     namespace: String,
     owner: String,
@@ -73,7 +76,12 @@ fn contains(current: &Value, wanted: &Value) -> bool {
 
 impl KubeStore {
     pub fn new(client: kube::Client, namespace: &str, owner: &str) -> KubeStore {
+        let reporter = kube::runtime::events::Reporter {
+            controller: names::FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
         KubeStore {
+            recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
             client,
             namespace: namespace.to_string(),
             owner: owner.to_string(),
@@ -184,6 +192,34 @@ impl KubeStore {
 
 #[async_trait]
 impl Store for KubeStore {
+    async fn notify(&self, site: &str, notice: Notice, message: &str) {
+        use kube::runtime::events::{Event, EventType};
+        let (type_, reason, action) = match notice {
+            Notice::Issued => (EventType::Normal, "Issued", "Issue"),
+            Notice::Renewed => (EventType::Normal, "Renewed", "Issue"),
+            Notice::Failed => (EventType::Warning, "IssuanceFailed", "Issue"),
+            Notice::Conflict => (EventType::Warning, "Conflict", "Write"),
+        };
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Secret".into()),
+            name: Some(names::credential_secret(site)),
+            namespace: Some(self.namespace.clone()),
+            ..Default::default()
+        };
+        // Events are explanations, not state: failing to record one fails nothing.
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(message.chars().take(1000).collect()),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &reference).await {
+            tracing::debug!(site = %site, error = %e, "event not recorded");
+        }
+    }
+
     async fn credentials(&self) -> Result<StoredCredentials, StoreError> {
         let all = self
             .secrets()

@@ -87,8 +87,21 @@ pub enum StoreError {
     Kube { what: String, detail: String },
 }
 
+/// What happened to a site's credential, for the people watching the cluster's events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    Issued,
+    Renewed,
+    Failed,
+    Conflict,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
+    /// Tells what happened to a site's credential where the store's users look (the
+    /// Kubernetes store records an Event on the credential Secret; files have no such place).
+    async fn notify(&self, _site: &str, _notice: Notice, _message: &str) {}
+
     /// The stored credentials, read back whole.
     async fn credentials(&self) -> Result<StoredCredentials, StoreError>;
     /// Writes a site's credential whole, after checking every key against its certificate.

@@ -332,6 +332,16 @@ impl Emulator {
         self.db.lock().unwrap().writes.clone()
     }
 
+    /// Every stored object of a resource in a namespace.
+    pub fn list(&self, api_version: &str, resource: &str, namespace: &str) -> Vec<Value> {
+        let db = self.db.lock().unwrap();
+        db.objects
+            .iter()
+            .filter(|((av, r, ns, _), _)| av == api_version && r == resource && ns == namespace)
+            .map(|(_, s)| render(s))
+            .collect()
+    }
+
     /// The stored object, as a GET would return it.
     pub fn get(&self, api_version: &str, resource: &str, namespace: &str, name: &str) -> Option<Value> {
         let db = self.db.lock().unwrap();
