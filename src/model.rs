@@ -30,6 +30,10 @@ pub mod names {
     pub fn credential_secret(site: &str) -> String {
         format!("{site}-credential")
     }
+    /// Where the `split` format keeps a site's client CA (Istio's `<credentialName>-cacert`).
+    pub fn cacert_secret(site: &str) -> String {
+        format!("{}-cacert", credential_secret(site))
+    }
     pub fn https_server(site: &str) -> String {
         format!("https-{site}")
     }

@@ -368,3 +368,29 @@ fn a_gateway_field_owned_by_another_manager_is_a_conflict_never_forced() {
         "tlsward forced another manager's field"
     );
 }
+
+#[test]
+fn generic_and_split_formats_lay_keys_out_as_istio_reads_them() {
+    let emu = Running::start();
+    let w = Workdir::new();
+    let text = "owner_id: kube-test\nstore: {kubernetes: {}}\ngateway: {namespace: istio-system}\nissuers: {internal: {ca: {}}}\nsites:\n  - {name: gen, hosts: [gen.foocorp.example], issuer: internal, tls: {mode: MUTUAL, format: generic}, route: {to: gen, port: 80}}\n  - {name: spl, hosts: [spl.foocorp.example], issuer: internal, tls: {mode: MUTUAL, format: split}, route: {to: spl, port: 80}}\n";
+    w.write_config(text);
+    assert_success(&run(&w, &emu));
+    let generic = secret(&emu, "gen-credential").unwrap();
+    assert_eq!(generic["type"], "Opaque");
+    let mut keys: Vec<&String> = generic["data"].as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, vec!["cacert", "cert", "key"]);
+    let spl = secret(&emu, "spl-credential").unwrap();
+    assert_eq!(spl["type"], "kubernetes.io/tls");
+    assert!(
+        spl["data"].get("ca.crt").is_none(),
+        "split keeps the CA out of the credential"
+    );
+    let cacert = secret(&emu, "spl-credential-cacert").expect("the -cacert Secret");
+    assert!(data(&cacert, "ca.crt").contains("BEGIN CERTIFICATE"));
+    // Read back whole: a second pass changes nothing.
+    let before = emu.emulator.writes().len();
+    assert_success(&run(&w, &emu));
+    assert_eq!(emu.emulator.writes().len(), before);
+}

@@ -378,13 +378,15 @@ impl TlsMode {
     }
 }
 
-/// Secret layout: `tls` (kubernetes.io/tls keys) or `generic` (`cert`, `key`, `cacert`).
+/// Secret layout: `tls` (kubernetes.io/tls keys), `generic` (`cert`, `key`, `cacert`),
+/// or `split` (kubernetes.io/tls, with the client CA in `<name>-cacert`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SecretFormat {
     #[default]
     Tls,
     Generic,
+    Split,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

@@ -109,14 +109,15 @@ pub fn virtual_service(config: &ConfigFile, site: &SiteSpec) -> Value {
 pub fn secret_keys(site: &SiteSpec) -> Vec<&'static str> {
     let mutual = site.tls.mode == TlsMode::Mutual;
     let mut keys = match site.tls.format {
-        SecretFormat::Tls => vec![names::TLS_CRT, names::TLS_KEY],
+        SecretFormat::Tls | SecretFormat::Split => vec![names::TLS_CRT, names::TLS_KEY],
         SecretFormat::Generic => vec![names::GENERIC_CERT, names::GENERIC_KEY],
     };
-    if mutual {
-        keys.push(match site.tls.format {
-            SecretFormat::Tls => names::CA_CRT,
-            SecretFormat::Generic => names::GENERIC_CACERT,
-        });
+    match site.tls.format {
+        _ if !mutual => {}
+        SecretFormat::Tls => keys.push(names::CA_CRT),
+        SecretFormat::Generic => keys.push(names::GENERIC_CACERT),
+        // The client CA sits in `<name>-cacert`, key `ca.crt`.
+        SecretFormat::Split => {}
     }
     keys
 }
@@ -124,7 +125,7 @@ pub fn secret_keys(site: &SiteSpec) -> Vec<&'static str> {
 /// The credential Secret's metadata, without key material (for GitOps and `plan`).
 pub fn secret_metadata(config: &ConfigFile, site: &SiteSpec) -> Value {
     let kind = match site.tls.format {
-        SecretFormat::Tls => names::SECRET_TYPE_TLS,
+        SecretFormat::Tls | SecretFormat::Split => names::SECRET_TYPE_TLS,
         SecretFormat::Generic => names::SECRET_TYPE_OPAQUE,
     };
     json!({

@@ -335,7 +335,9 @@ impl Store for KubeStore {
         }
         // The keys Istio's SDS reads for `credentialName`, by format.
         let (crt, key, ca, kind) = match bundle.format {
-            SecretFormat::Tls => (names::TLS_CRT, names::TLS_KEY, names::CA_CRT, names::SECRET_TYPE_TLS),
+            SecretFormat::Tls | SecretFormat::Split => {
+                (names::TLS_CRT, names::TLS_KEY, names::CA_CRT, names::SECRET_TYPE_TLS)
+            }
             SecretFormat::Generic => (
                 names::GENERIC_CERT,
                 names::GENERIC_KEY,
@@ -347,8 +349,27 @@ impl Store for KubeStore {
             (crt.to_string(), bytes(&bundle.server.chain_pem)),
             (key.to_string(), bytes(bundle.server.key.expose())),
         ]);
-        if let Some(pem) = &bundle.client_ca_pem {
-            data.insert(ca.to_string(), bytes(pem));
+        let cacert = names::cacert_secret(site);
+        match (&bundle.client_ca_pem, bundle.format) {
+            (Some(pem), SecretFormat::Split) => {
+                // Written before the credential that relies on it.
+                let secret = Secret {
+                    metadata: ObjectMeta {
+                        name: Some(cacert.clone()),
+                        namespace: Some(self.namespace.clone()),
+                        labels: Some(self.labels(Some(site))),
+                        ..Default::default()
+                    },
+                    type_: Some(names::SECRET_TYPE_OPAQUE.into()),
+                    data: Some(BTreeMap::from([(names::CA_CRT.to_string(), bytes(pem))])),
+                    ..Default::default()
+                };
+                self.put_secret(secret).await?;
+            }
+            (Some(pem), _) => {
+                data.insert(ca.to_string(), bytes(pem));
+            }
+            (None, _) => {}
         }
         let secret = Secret {
             metadata: ObjectMeta {
@@ -366,11 +387,15 @@ impl Store for KubeStore {
         if bundle.clients.is_empty() {
             self.delete_owned_secret(&format!("{site}{CLIENTS_SUFFIX}")).await?;
         }
+        if bundle.client_ca_pem.is_none() || bundle.format != SecretFormat::Split {
+            self.delete_owned_secret(&cacert).await?;
+        }
         Ok(())
     }
 
     async fn delete_credential(&self, site: &str) -> Result<(), StoreError> {
         self.delete_owned_secret(&names::credential_secret(site)).await?;
+        self.delete_owned_secret(&names::cacert_secret(site)).await?;
         self.delete_owned_secret(&format!("{site}{CLIENTS_SUFFIX}")).await
     }
 
