@@ -65,6 +65,8 @@ pub struct PassReport {
     pub converged: bool,
     /// Conflicts that left something untouched (not failures, but reported).
     pub conflicts: Vec<String>,
+    /// The pass's own observation, when it wrote nothing: still the world as it is.
+    pub unchanged: Option<Observed>,
 }
 
 /// The adapters for one config.
@@ -509,6 +511,7 @@ impl Runtime {
             }
         };
         let plan = plan::plan(&self.config.file, &observed, now, self.seed);
+        let mut wrote = false;
         report.conflicts = plan
             .conflicts
             .iter()
@@ -631,34 +634,28 @@ impl Runtime {
             return self.finish(report);
         }
         // Objects after credentials: a Gateway server never names a missing credential.
-        let objects = crate::render::objects(&self.config.file, &ready, &BTreeMap::new());
-        for object in &objects {
-            if let Err(e) = self.store.apply_object(object).await {
+        let no_challenges = BTreeMap::new();
+        for object in crate::render::objects_iter(&self.config.file, &ready, &no_challenges) {
+            match self.store.apply_object(&object).await {
+                Ok(changed) => wrote |= changed,
+                Err(e) => report.failures.push(Failure {
+                    stage: "objects",
+                    subject: crate::store::object_key(&object),
+                    message: e.to_string(),
+                }),
+            }
+        }
+        // What tlsward owned when the pass began, and no longer wants.
+        let wanted = crate::render::object_keys(&self.config.file, &ready, &BTreeSet::new());
+        for key in crate::render::unwanted(&wanted, &observed.owned_objects) {
+            wrote = true;
+            if let Err(e) = self.store.delete_object(&key).await {
                 report.failures.push(Failure {
                     stage: "objects",
-                    subject: crate::store::object_key(object),
+                    subject: key,
                     message: e.to_string(),
                 });
             }
-        }
-        match self.store.owned_objects().await {
-            Ok(owned) => {
-                let wanted: Vec<String> = objects.iter().map(crate::store::object_key).collect();
-                for key in crate::render::unwanted(&wanted, &owned) {
-                    if let Err(e) = self.store.delete_object(&key).await {
-                        report.failures.push(Failure {
-                            stage: "objects",
-                            subject: key,
-                            message: e.to_string(),
-                        });
-                    }
-                }
-            }
-            Err(e) => report.failures.push(Failure {
-                stage: "objects",
-                subject: "manifests".into(),
-                message: e.to_string(),
-            }),
         }
         if cancel.is_cancelled() {
             return self.finish(report);
@@ -673,6 +670,10 @@ impl Runtime {
                     message: e.to_string(),
                 }),
             }
+        }
+        wrote |= report.dns_changes > 0 || !report.issued.is_empty() || !plan.removed_credentials.is_empty();
+        if !wrote {
+            report.unchanged = Some(observed);
         }
         self.finish(report)
     }
@@ -722,8 +723,12 @@ impl Runtime {
         let mut ignored = Vec::new();
         // After a failed pass the zones are not read again: it would only repeat the
         // failure (a refused key, a dead server) without changing the outcome.
-        let Ok((observed, _)) = self.observe(&mut ignored, report.failures.is_empty()).await else {
-            return;
+        let observed = match report.unchanged.take() {
+            Some(observed) => observed,
+            None => match self.observe(&mut ignored, report.failures.is_empty()).await {
+                Ok((observed, _)) => observed,
+                Err(_) => return,
+            },
         };
         let after = plan::plan(&self.config.file, &observed, now, self.seed);
         report.next_renewal = after.next_renewal;

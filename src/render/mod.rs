@@ -148,9 +148,18 @@ pub fn objects(
     ready: &BTreeSet<String>,
     challenged: &BTreeMap<String, (String, u16)>,
 ) -> Vec<Value> {
+    objects_iter(config, ready, challenged).collect()
+}
+
+/// `objects`, one at a time (a pass over 10,000 sites need not hold them all).
+pub fn objects_iter<'a>(
+    config: &'a ConfigFile,
+    ready: &'a BTreeSet<String>,
+    challenged: &'a BTreeMap<String, (String, u16)>,
+) -> impl Iterator<Item = Value> + 'a {
     let names: BTreeSet<String> = challenged.keys().cloned().collect();
-    let mut out = vec![gateway(config, ready, &names)];
-    for site in &config.sites {
+    std::iter::once(gateway(config, ready, &names)).chain(config.sites.iter().flat_map(move |site| {
+        let mut out = Vec::new();
         if ready.contains(&site.name) {
             out.push(virtual_service(config, site));
             out.push(secret_metadata(config, site));
@@ -158,8 +167,8 @@ pub fn objects(
         if let Some((host, port)) = challenged.get(&site.name) {
             out.push(challenge_virtual_service(config, site, (host, *port)));
         }
-    }
-    out
+        out
+    }))
 }
 
 /// The `kind/name` of every object `objects` renders, without rendering them (the

@@ -448,7 +448,14 @@ impl Store for KubeStore {
                 .await
                 .map_err(api_error(format!("{kind}s in {}", self.namespace)))?;
             for o in list.items {
-                let v = serde_json::to_value(&o).unwrap_or_default();
+                let mut v = serde_json::to_value(&o).unwrap_or_default();
+                // Only what tlsward applies is compared: keep no bookkeeping or status.
+                if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.remove("managedFields");
+                }
+                if let Some(m) = v.as_object_mut() {
+                    m.remove("status");
+                }
                 seen.insert(
                     format!("{}/{}", kind.to_ascii_lowercase(), o.metadata.name.unwrap_or_default()),
                     v,
