@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 use support::bind::Bind;
 use support::*;
 use tlsward::dns::DnsProvider;
-use tlsward::dns::registry::{DesiredName, diff};
-use tlsward::model::{RecordSet, RecordType};
+use tlsward::dns::registry::diff;
 
 const ZONE: &str = "bench.example";
 const CHANGES: usize = 1000;
@@ -63,21 +62,7 @@ fn main() {
     // 1. Throughput.
     let provider = bind.provider();
     // Each host is two record changes: its A record and its ownership TXT.
-    let desired: Vec<DesiredName> = (0..CHANGES / 2)
-        .map(|i| {
-            let host = format!("t{i}.{ZONE}");
-            DesiredName {
-                records: vec![RecordSet::new(
-                    host.clone(),
-                    RecordType::A,
-                    60,
-                    vec!["203.0.113.10".into()],
-                )],
-                host,
-                site: format!("s{i}"),
-            }
-        })
-        .collect();
+    let desired = support::bind::a_records(CHANGES / 2, "t", ZONE);
     let t = Instant::now();
     rt.block_on(async {
         let current = provider.records().await.unwrap();

@@ -149,27 +149,12 @@ async fn a_change_made_after_tlsward_read_the_zone_fails_the_update_and_survives
 #[tokio::test]
 async fn a_thousand_changes_larger_than_one_message_all_land() {
     use tlsward::dns::DnsProvider;
-    use tlsward::dns::registry::{DesiredName, diff};
-    use tlsward::model::{RecordSet, RecordType};
+    use tlsward::dns::registry::diff;
 
     let w = Workdir::new();
     let bind = Bind::start(&w.path().join("bind"), "foocorp.example", FOREIGN);
     let provider = bind.provider();
-    let desired: Vec<DesiredName> = (0..500)
-        .map(|i| {
-            let host = format!("h{i}.foocorp.example");
-            DesiredName {
-                records: vec![RecordSet::new(
-                    host.clone(),
-                    RecordType::A,
-                    60,
-                    vec!["203.0.113.10".into()],
-                )],
-                host,
-                site: format!("s{i}"),
-            }
-        })
-        .collect();
+    let desired = support::bind::a_records(500, "h", "foocorp.example");
     let d = diff("me", 60, &desired, &provider.records().await.unwrap());
     assert_eq!(d.changes.len(), 1000);
     assert!(

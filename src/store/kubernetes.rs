@@ -114,6 +114,10 @@ impl KubeStore {
         let api = self.secrets();
         let name = secret.metadata.name.clone().unwrap_or_default();
         let what = || format!("Secret {}/{name}", self.namespace);
+        let params = PostParams {
+            field_manager: Some(names::FIELD_MANAGER.into()),
+            ..Default::default()
+        };
         for attempt in 1..=WRITE_ATTEMPTS {
             let current = api.get_opt(&name).await.map_err(api_error(what()))?;
             let result = match current {
@@ -133,28 +137,11 @@ impl KubeStore {
                 }
                 Some(c) => {
                     secret.metadata.resource_version = c.metadata.resource_version;
-                    api.replace(
-                        &name,
-                        &PostParams {
-                            field_manager: Some(names::FIELD_MANAGER.into()),
-                            ..Default::default()
-                        },
-                        &secret,
-                    )
-                    .await
-                    .map(|_| ())
+                    api.replace(&name, &params, &secret).await.map(|_| ())
                 }
                 None => {
                     secret.metadata.resource_version = None;
-                    api.create(
-                        &PostParams {
-                            field_manager: Some(names::FIELD_MANAGER.into()),
-                            ..Default::default()
-                        },
-                        &secret,
-                    )
-                    .await
-                    .map(|_| ())
+                    api.create(&params, &secret).await.map(|_| ())
                 }
             };
             match result {

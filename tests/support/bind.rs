@@ -124,3 +124,23 @@ pub fn dig(port: u16, name: &str, kind: &str) -> Vec<String> {
     v.sort();
     v
 }
+
+/// `count` hosts `<prefix><i>.<zone>`, each wanting one A record (203.0.113.10).
+pub fn a_records(count: usize, prefix: &str, zone: &str) -> Vec<tlsward::dns::registry::DesiredName> {
+    use tlsward::model::{RecordSet, RecordType};
+    (0..count)
+        .map(|i| {
+            let host = format!("{prefix}{i}.{zone}");
+            tlsward::dns::registry::DesiredName {
+                records: vec![RecordSet::new(
+                    host.clone(),
+                    RecordType::A,
+                    60,
+                    vec!["203.0.113.10".into()],
+                )],
+                host,
+                site: format!("s{i}"),
+            }
+        })
+        .collect()
+}
