@@ -560,6 +560,35 @@ impl Runtime {
             }
         }
 
+        // In a cluster, HTTP-01 challenges are answered through the Gateway: route them
+        // before the orders start (the final objects below take the routes away again).
+        let mut owned_now: Vec<String> = observed.owned_objects.clone();
+        if !plan.challenge_routes.is_empty() {
+            let serving: BTreeSet<String> = plan
+                .credentials
+                .iter()
+                .filter(|c| {
+                    c.blocked.is_none()
+                        && observed
+                            .credentials
+                            .get(&c.site)
+                            .is_some_and(|o| o.key_matches && now < o.server.not_after)
+                })
+                .map(|c| c.site.clone())
+                .collect();
+            for object in crate::render::objects_iter(&self.config.file, &serving, &plan.challenge_routes) {
+                match self.store.apply_object(&object).await {
+                    Ok(changed) => wrote |= changed,
+                    Err(e) => report.failures.push(Failure {
+                        stage: "objects",
+                        subject: crate::store::object_key(&object),
+                        message: e.to_string(),
+                    }),
+                }
+                owned_now.push(crate::store::object_key(&object));
+            }
+        }
+
         let writes: Vec<&CredentialPlan> = plan.credentials.iter().filter(|c| c.needs_write()).collect();
         let acme_needed: BTreeSet<String> = writes.iter().map(|c| c.issuer.clone()).collect();
         let issuers = self.open_issuers(now, &acme_needed, &mut report.failures).await;
@@ -645,9 +674,12 @@ impl Runtime {
                 }),
             }
         }
-        // What tlsward owned when the pass began, and no longer wants.
+        // What tlsward owned when the pass began (or routed for a challenge since), and no
+        // longer wants.
+        owned_now.sort();
+        owned_now.dedup();
         let wanted = crate::render::object_keys(&self.config.file, &ready, &BTreeSet::new());
-        for key in crate::render::unwanted(&wanted, &observed.owned_objects) {
+        for key in crate::render::unwanted(&wanted, &owned_now) {
             wrote = true;
             if let Err(e) = self.store.delete_object(&key).await {
                 report.failures.push(Failure {

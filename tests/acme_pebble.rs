@@ -213,3 +213,51 @@ fn pebble_dying_mid_order_leaves_the_previous_certificate_and_the_next_pass_resu
     assert_success(&out);
     s.verify_chain(&["shop.foocorp.example", "www.foocorp.example"]);
 }
+
+#[test]
+fn in_a_cluster_the_http01_challenge_is_routed_through_the_gateway_while_pending() {
+    use support::kube_emulator::Running;
+    let s = setup(&[("PEBBLE_VA_NOSLEEP", "1")]);
+    let emu = Running::start();
+    let text = s
+        .config(
+            "{http01: {service: \"tlsward-acme-solver.tlsward.svc.cluster.local:8089\"}}",
+            "shop.foocorp.example",
+        )
+        .replace("store: {files: {dir: out}}", "store: {kubernetes: {}}");
+    s.w.write_config(&text);
+    let out = s.command().env("KUBECONFIG", emu.kubeconfig.path()).output().unwrap();
+    assert_success(&out);
+    let writes = emu.emulator.writes();
+    let at = |method: &str, resource: &str, name: &str| {
+        writes
+            .iter()
+            .position(|w| w.method == method && w.resource == resource && w.name == name && w.changed)
+    };
+    let routed = at("PATCH", "virtualservices", "acme-shop").expect("the challenge route was applied");
+    let issued = writes
+        .iter()
+        .position(|w| w.resource == "secrets" && w.name == "shop-credential" && w.changed)
+        .expect("the credential was written");
+    let unrouted = at("DELETE", "virtualservices", "acme-shop").expect("the challenge route was removed");
+    assert!(routed < issued && issued < unrouted, "{writes:?}");
+    assert!(
+        emu.emulator
+            .get("networking.istio.io/v1", "virtualservices", "istio-system", "acme-shop")
+            .is_none()
+    );
+    let gw = emu
+        .emulator
+        .get("networking.istio.io/v1", "gateways", "istio-system", "tlsward-gateway")
+        .unwrap();
+    let http = gw["spec"]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["port"]["number"] == 80)
+        .unwrap();
+    assert_eq!(
+        http["tls"]["httpsRedirect"], true,
+        "the redirect is back once the challenge is done"
+    );
+}
