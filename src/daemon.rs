@@ -891,6 +891,7 @@ pub async fn run(
     let mut address_changed = runtime.address_changes.subscribe();
     loop {
         let is_leader = leading.as_ref().is_none_or(|l| *l.borrow());
+        metrics.set_leader(is_leader);
         let mut report = if is_leader {
             // Writes stop at once when the lease is lost, as on shutdown.
             let token = shutdown.child_token();

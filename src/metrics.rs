@@ -21,6 +21,7 @@ pub const ISSUANCE_DURATION: &str = "tlsward_issuance_duration_seconds";
 pub const DNS_CHANGES: &str = "tlsward_dns_record_changes";
 pub const GATEWAY_ADDRESS: &str = "tlsward_gateway_address_info";
 pub const RECONCILE_ERRORS: &str = "tlsward_reconcile_errors";
+pub const LEADER: &str = "tlsward_leader";
 
 /// The stages of a pass, as `tlsward_reconcile_errors_total{stage}` names them.
 pub const STAGES: [&str; 6] = ["observe", "address", "issue", "store", "objects", "dns"];
@@ -53,6 +54,7 @@ pub struct Metrics {
     dns_changes: Family<Labels, Counter>,
     address: Family<Labels, Gauge>,
     reconcile_errors: Family<Labels, Counter>,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -73,6 +75,7 @@ impl Metrics {
             dns_changes: Family::default(),
             address: Family::default(),
             reconcile_errors: Family::default(),
+            leader: Gauge::default(),
             registry: Registry::default(),
             lock: Mutex::new(()),
         };
@@ -116,6 +119,11 @@ impl Metrics {
             "Reconcile failures by stage",
             m.reconcile_errors.clone(),
         );
+        registry.register(
+            LEADER,
+            "1 while this replica writes (it leads, or runs without election)",
+            m.leader.clone(),
+        );
         // Every stage starts at zero so that rate() and increase() see the series at once.
         for stage in STAGES {
             let _ = m.reconcile_errors.get_or_create(&labels(&[("stage", stage)]));
@@ -137,6 +145,10 @@ impl Metrics {
         self.dns_changes
             .get_or_create(&labels(&[("provider", provider), ("result", result)]))
             .inc_by(count);
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     pub fn reconcile_error(&self, stage: &str) {

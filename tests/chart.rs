@@ -1,0 +1,209 @@
+//! The Helm chart and the alert rules, checked by the real tools: helm lint and
+//! template, Kubernetes schemas (kubernetes-validate), `tlsward check` on the rendered
+//! config, promtool on the rules, and the rules' metric names against a running tlsward.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn helm(args: &[&str]) -> (i32, String) {
+    sh(Command::new(root().join(".tools/layer/helm/helm"))
+        .args(args)
+        .current_dir(root()))
+}
+
+/// Renders the chart; returns every object as JSON.
+fn template(values: Option<&str>) -> Vec<serde_json::Value> {
+    let mut args = vec!["template", "demo", "charts/tlsward", "--namespace", "tlsward"];
+    if let Some(v) = values {
+        args.extend(["-f", v]);
+    }
+    let out = Command::new(root().join(".tools/layer/helm/helm"))
+        .args(&args)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split("\n---")
+        .filter_map(|doc| tlsward::config::yaml::parse(doc).ok().map(|(v, _)| v))
+        .filter(|v| v.is_object())
+        .collect()
+}
+
+#[test]
+fn helm_lints_and_renders_valid_objects_with_defaults_and_with_everything_on() {
+    for values in [None, Some("tests/chart/values-all.yaml")] {
+        let mut args = vec!["lint", "charts/tlsward"];
+        if let Some(v) = values {
+            args.extend(["-f", v]);
+        }
+        let (code, out) = helm(&args);
+        assert_eq!(code, 0, "{out}");
+        let objects = template(values);
+        let kinds: BTreeSet<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+        for k in [
+            "Deployment",
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "ConfigMap",
+            "Service",
+            "PrometheusRule",
+        ] {
+            assert!(kinds.contains(k), "{k} missing from {kinds:?}");
+        }
+        assert!(
+            !kinds.contains("ClusterRole") && !kinds.contains("ClusterRoleBinding"),
+            "no cluster-wide grants"
+        );
+        if values.is_some() {
+            assert!(kinds.contains("ServiceMonitor"));
+        }
+        // Core kinds against the Kubernetes 1.31 schemas (the monitoring CRDs have none there).
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        for (i, o) in objects.iter().enumerate() {
+            if o["apiVersion"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("monitoring.coreos.com"))
+            {
+                continue;
+            }
+            let f = dir.path().join(format!("{i}.json"));
+            std::fs::write(&f, o.to_string()).unwrap();
+            files.push(f);
+        }
+        let (code, out) = sh(Command::new("kubernetes-validate")
+            .args(["--strict", "-k", "1.31.0"])
+            .args(&files));
+        assert_eq!(code, 0, "{out}");
+    }
+}
+
+#[test]
+fn the_rendered_config_passes_tlsward_check() {
+    for values in [None, Some("tests/chart/values-all.yaml")] {
+        let objects = template(values);
+        let cm = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("config.yaml");
+        std::fs::write(&f, cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+        let (code, out) = sh(Command::new(BIN).arg("check").arg("--config").arg(&f));
+        assert_eq!(code, 0, "{out}");
+    }
+}
+
+#[test]
+fn the_pod_runs_locked_down_with_least_privilege() {
+    let objects = template(Some("tests/chart/values-all.yaml"));
+    let deploy = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(args.contains(&"--leader-elect"), "{args:?}");
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["mountPath"].as_str())
+        .collect();
+    assert!(
+        mounts.contains(&"/etc/tlsward/tsig") && mounts.contains(&"/etc/tlsward/pdns"),
+        "{mounts:?}"
+    );
+    let role = objects.iter().find(|o| o["kind"] == "Role").unwrap();
+    assert_eq!(role["metadata"]["namespace"], "istio-system");
+    let secrets = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resources"] == serde_json::json!(["secrets"]))
+        .unwrap();
+    assert!(!secrets["verbs"].as_array().unwrap().contains(&serde_json::json!("*")));
+}
+
+#[test]
+fn promtool_checks_and_unit_tests_every_alert() {
+    let (code, out) = sh(Command::new("promtool")
+        .args(["check", "rules", "charts/tlsward/files/alerts.yaml"])
+        .current_dir(root()));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
+    let (code, out) = sh(Command::new("promtool")
+        .args(["test", "rules", "tests/alerts/alerts_test.yaml"])
+        .current_dir(root()));
+    assert_eq!(code, 0, "{out}");
+    // Every alert has a unit test.
+    let rules = std::fs::read_to_string(root().join("charts/tlsward/files/alerts.yaml")).unwrap();
+    let tests = std::fs::read_to_string(root().join("tests/alerts/alerts_test.yaml")).unwrap();
+    for line in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
+        assert!(tests.contains(&format!("alertname: {line}")), "{line} has no test");
+    }
+}
+
+#[test]
+fn the_metrics_the_rules_use_are_the_ones_tlsward_exports() {
+    let rules = std::fs::read_to_string(root().join("charts/tlsward/files/alerts.yaml")).unwrap();
+    let used: BTreeSet<String> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("tlsward_"))
+        .map(str::to_string)
+        .collect();
+    assert!(used.len() >= 5, "{used:?}");
+
+    let w = Workdir::new();
+    w.write_config(&local_config());
+    let port = free_port();
+    let mut child = w
+        .command(&[
+            "run",
+            "--config",
+            "tlsward.yaml",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = wait_for(Duration::from_secs(30), "metrics", || {
+        http_get(port, "/metrics")
+            .filter(|(_, m)| m.contains("tlsward_certificate_ready"))
+            .map(|(_, m)| m)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let exported: BTreeSet<String> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect();
+    for name in &used {
+        assert!(
+            exported.contains(name),
+            "the rules use {name}, which tlsward does not export: {exported:?}"
+        );
+    }
+}
