@@ -562,36 +562,6 @@ impl Runtime {
 
         // In a cluster, HTTP-01 challenges are answered through the Gateway: route them
         // before the orders start (the final objects below take the routes away again).
-        let mut owned_now: Vec<String> = observed.owned_objects.clone();
-        if !plan.challenge_routes.is_empty() {
-            let serving: BTreeSet<String> = plan
-                .credentials
-                .iter()
-                .filter(|c| {
-                    c.blocked.is_none()
-                        && observed
-                            .credentials
-                            .get(&c.site)
-                            .is_some_and(|o| o.key_matches && now < o.server.not_after)
-                })
-                .map(|c| c.site.clone())
-                .collect();
-            for object in crate::render::objects_iter(&self.config.file, &serving, &plan.challenge_routes) {
-                match self.store.apply_object(&object).await {
-                    Ok(changed) => wrote |= changed,
-                    Err(e) => report.failures.push(Failure {
-                        stage: "objects",
-                        subject: crate::store::object_key(&object),
-                        message: e.to_string(),
-                    }),
-                }
-                owned_now.push(crate::store::object_key(&object));
-            }
-        }
-
-        let writes: Vec<&CredentialPlan> = plan.credentials.iter().filter(|c| c.needs_write()).collect();
-        let acme_needed: BTreeSet<String> = writes.iter().map(|c| c.issuer.clone()).collect();
-        let issuers = self.open_issuers(now, &acme_needed, &mut report.failures).await;
         let usable_now = |site: &str| {
             observed
                 .credentials
@@ -605,6 +575,15 @@ impl Runtime {
             .filter(|c| c.blocked.is_none() && usable_now(&c.site))
             .map(|c| c.site.clone())
             .collect();
+        let mut owned_now: Vec<String> = observed.owned_objects.clone();
+        if !plan.challenge_routes.is_empty() {
+            let routed = crate::render::objects_iter(&self.config.file, &ready, &plan.challenge_routes);
+            wrote |= self.apply_objects(routed, &mut report, &mut owned_now).await;
+        }
+
+        let writes: Vec<&CredentialPlan> = plan.credentials.iter().filter(|c| c.needs_write()).collect();
+        let acme_needed: BTreeSet<String> = writes.iter().map(|c| c.issuer.clone()).collect();
+        let issuers = self.open_issuers(now, &acme_needed, &mut report.failures).await;
         let mut due = Vec::new();
         for c in writes {
             match self.retry_not_before(&c.site).filter(|t| *t > now) {
@@ -664,16 +643,8 @@ impl Runtime {
         }
         // Objects after credentials: a Gateway server never names a missing credential.
         let no_challenges = BTreeMap::new();
-        for object in crate::render::objects_iter(&self.config.file, &ready, &no_challenges) {
-            match self.store.apply_object(&object).await {
-                Ok(changed) => wrote |= changed,
-                Err(e) => report.failures.push(Failure {
-                    stage: "objects",
-                    subject: crate::store::object_key(&object),
-                    message: e.to_string(),
-                }),
-            }
-        }
+        let last = crate::render::objects_iter(&self.config.file, &ready, &no_challenges);
+        wrote |= self.apply_objects(last, &mut report, &mut owned_now).await;
         // What tlsward owned when the pass began (or routed for a challenge since), and no
         // longer wants.
         owned_now.sort();
@@ -738,6 +709,29 @@ impl Runtime {
             .values()
             .map(|(_, t)| *t)
             .min()
+    }
+
+    /// Applies objects one at a time, noting each as owned; returns whether any changed.
+    async fn apply_objects(
+        &self,
+        objects: impl Iterator<Item = serde_json::Value>,
+        report: &mut PassReport,
+        owned: &mut Vec<String>,
+    ) -> bool {
+        let mut wrote = false;
+        for object in objects {
+            let key = crate::store::object_key(&object);
+            match self.store.apply_object(&object).await {
+                Ok(changed) => wrote |= changed,
+                Err(e) => report.failures.push(Failure {
+                    stage: "objects",
+                    subject: key.clone(),
+                    message: e.to_string(),
+                }),
+            }
+            owned.push(key);
+        }
+        wrote
     }
 
     /// Counts a pass's failures by stage.
