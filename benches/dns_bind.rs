@@ -100,13 +100,7 @@ fn main() {
     };
     w.write_config(&config("198.51.100.1"));
     let mut daemon = w
-        .command(&[
-            "run",
-            "--config",
-            "tlsward.yaml",
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-        ])
+        .daemon(free_port(), &[])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -176,17 +176,7 @@ fn the_metrics_the_rules_use_are_the_ones_tlsward_exports() {
     let w = Workdir::new();
     w.write_config(&local_config());
     let port = free_port();
-    let mut child = w
-        .command(&[
-            "run",
-            "--config",
-            "tlsward.yaml",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = w.daemon(port, &[]).stderr(std::process::Stdio::null()).spawn().unwrap();
     let metrics = wait_for(Duration::from_secs(30), "metrics", || {
         http_get(port, "/metrics")
             .filter(|(_, m)| m.contains("tlsward_certificate_ready"))

@@ -19,13 +19,7 @@ impl Daemon {
     fn start(w: &Workdir) -> Daemon {
         let port = free_port();
         let child = w
-            .command(&[
-                "run",
-                "--config",
-                "tlsward.yaml",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
+            .daemon(port, &[])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

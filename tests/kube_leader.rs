@@ -24,18 +24,10 @@ fn config(sites: &[&str]) -> String {
 }
 
 fn replica(w: &Workdir, emu: &Running, identity: &str) -> Child {
-    w.command(&[
-        "run",
-        "--config",
-        "tlsward.yaml",
-        "--listen",
-        &format!("127.0.0.1:{}", free_port()),
-        "--leader-elect",
-        "--lease-duration",
-        "3",
-        "--identity",
-        identity,
-    ])
+    w.daemon(
+        free_port(),
+        &["--leader-elect", "--lease-duration", "3", "--identity", identity],
+    )
     .env("KUBECONFIG", emu.kubeconfig.path())
     .stdout(Stdio::null())
     .stderr(Stdio::null())

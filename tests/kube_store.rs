@@ -132,11 +132,8 @@ fn a_restart_reissues_nothing_and_a_no_op_pass_makes_zero_writes() {
 #[test]
 fn a_foreign_secret_with_the_same_name_is_left_alone_and_reported() {
     let emu = Running::start();
-    let dir = tempfile::tempdir().unwrap();
     let foreign = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "frontend-credential", "namespace": NS}, "type": "Opaque", "data": {"x": "eA=="}});
-    let file = dir.path().join("s.json");
-    std::fs::write(&file, foreign.to_string()).unwrap();
-    let (code, out) = sh(&mut emu.kubectl(&["create", "--validate=false", "-f", file.to_str().unwrap()]));
+    let (code, out) = emu.kubectl_on(&["create"], &foreign);
     assert_eq!(code, 0, "{out}");
     let w = Workdir::new();
     w.write_config(&config(false));
@@ -172,11 +169,8 @@ fn removing_a_site_deletes_only_what_tlsward_owns() {
     let w = Workdir::new();
     w.write_config(&config(true));
     assert_success(&run(&w, &emu));
-    let dir = tempfile::tempdir().unwrap();
     let other = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "someone-elses", "namespace": NS}, "spec": {"hosts": ["x.example"]}});
-    let file = dir.path().join("vs.json");
-    std::fs::write(&file, other.to_string()).unwrap();
-    let (code, out) = sh(&mut emu.kubectl(&["create", "--validate=false", "-f", file.to_str().unwrap()]));
+    let (code, out) = emu.kubectl_on(&["create"], &other);
     assert_eq!(code, 0, "{out}");
 
     w.write_config(&config(false));
@@ -254,13 +248,7 @@ fn the_load_balancer_is_followed_by_its_watch_without_a_timer() {
     w.write_config(&text);
     let port = free_port();
     let mut daemon = w
-        .command(&[
-            "run",
-            "--config",
-            "tlsward.yaml",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
+        .daemon(port, &[])
         .env("KUBECONFIG", emu.kubeconfig.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -336,18 +324,9 @@ fn a_stale_resource_version_conflict_is_retried_and_converges() {
 #[test]
 fn a_gateway_field_owned_by_another_manager_is_a_conflict_never_forced() {
     let emu = Running::start();
-    let dir = tempfile::tempdir().unwrap();
     let theirs = json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "tlsward-gateway", "namespace": NS},
         "spec": {"selector": {"istio": "their-gateway"}}});
-    let file = dir.path().join("gw.json");
-    std::fs::write(&file, theirs.to_string()).unwrap();
-    let (code, out) = sh(&mut emu.kubectl(&[
-        "apply",
-        "--server-side",
-        "--validate=false",
-        "-f",
-        file.to_str().unwrap(),
-    ]));
+    let (code, out) = emu.kubectl_on(&["apply", "--server-side"], &theirs);
     assert_eq!(code, 0, "{out}");
     let w = Workdir::new();
     w.write_config(&config(false));

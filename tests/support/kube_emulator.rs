@@ -967,6 +967,21 @@ impl Running {
         c
     }
 
+    /// kubectl `args` on `object`, handed over as a file (`-f`); (exit code, output).
+    pub fn kubectl_on(&self, args: &[&str], object: &Value) -> (i32, String) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), object.to_string()).unwrap();
+        let mut cmd = self.kubectl(args);
+        cmd.args(["--validate=false", "-f"]).arg(file.path());
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    }
+
     /// A `kube` client for this emulator, from its kubeconfig.
     pub async fn client(&self) -> kube::Client {
         let kc = kube::config::Kubeconfig::read_from(self.kubeconfig.path()).unwrap();

@@ -45,6 +45,14 @@ impl Workdir {
         c.current_dir(self.path()).args(args).env("NO_COLOR", "1");
         c
     }
+    /// `tlsward run` (the daemon) on the config, its endpoints on 127.0.0.1:`port`.
+    pub fn daemon(&self, port: u16, extra: &[&str]) -> Command {
+        let listen = format!("127.0.0.1:{port}");
+        let mut c = self.command(&["run", "--config", "tlsward.yaml", "--listen", &listen]);
+        c.args(extra);
+        c
+    }
+
     /// `tlsward run --once` on the config.
     pub fn run_once(&self) -> Output {
         self.command(&["run", "--once", "--config", "tlsward.yaml", "--log-format", "json"])
