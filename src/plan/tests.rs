@@ -90,6 +90,19 @@ fn rendered(cfg: &ConfigFile, p: &Plan) -> Vec<serde_json::Value> {
     crate::render::objects(cfg, &ready, &p.challenge_routes)
 }
 
+/// The zone as a converged pass leaves it: shop's A record and its ownership record.
+fn published_shop() -> Vec<RecordSet> {
+    vec![
+        RecordSet::new("shop.z.example", RecordType::A, 60, vec!["203.0.113.10".into()]),
+        RecordSet::new(
+            ownership_name("shop.z.example"),
+            RecordType::TXT,
+            60,
+            vec![ownership_value("test-owner", "shop")],
+        ),
+    ]
+}
+
 fn server_of<'a>(p: &'a Plan, site: &str) -> &'a Action {
     &p.credentials.iter().find(|c| c.site == site).unwrap().server
 }
@@ -401,18 +414,7 @@ fn dns_follows_ipv4_and_ipv6_with_a_and_aaaa() {
 #[test]
 fn lb_switch_from_ip_to_hostname_replaces_a_with_cname() {
     let mut o = observed_with(vec![]);
-    o.zones.insert(
-        "local".into(),
-        Ok(vec![
-            RecordSet::new("shop.z.example", RecordType::A, 60, vec!["203.0.113.10".into()]),
-            RecordSet::new(
-                ownership_name("shop.z.example"),
-                RecordType::TXT,
-                60,
-                vec![ownership_value("test-owner", "shop")],
-            ),
-        ]),
-    );
+    o.zones.insert("local".into(), Ok(published_shop()));
     o.address = Some(GatewayAddress::new(vec![Address::Hostname(
         crate::model::Hostname::parse("lb-1.elb.example.net", false).unwrap(),
     )]));
@@ -438,18 +440,7 @@ fn lb_switch_from_ip_to_hostname_replaces_a_with_cname() {
 #[test]
 fn no_address_yet_means_no_dns_changes_at_all() {
     let mut o = observed_with(vec![]);
-    o.zones.insert(
-        "local".into(),
-        Ok(vec![
-            RecordSet::new("shop.z.example", RecordType::A, 60, vec!["203.0.113.10".into()]),
-            RecordSet::new(
-                ownership_name("shop.z.example"),
-                RecordType::TXT,
-                60,
-                vec![ownership_value("test-owner", "shop")],
-            ),
-        ]),
-    );
+    o.zones.insert("local".into(), Ok(published_shop()));
     o.address = Some(GatewayAddress::default());
     let p = plan(&config(""), &o, NOW, SEED);
     assert!(records(&p).is_empty());
@@ -490,18 +481,7 @@ fn the_next_renewal_is_the_earliest_of_all_kept_certificates() {
 #[test]
 fn a_converged_world_plans_nothing_and_the_same_inputs_plan_the_same() {
     let mut o = observed_with(vec![stored("shop", &["shop.z.example"], NOW - Duration::days(2))]);
-    o.zones.insert(
-        "local".into(),
-        Ok(vec![
-            RecordSet::new("shop.z.example", RecordType::A, 60, vec!["203.0.113.10".into()]),
-            RecordSet::new(
-                ownership_name("shop.z.example"),
-                RecordType::TXT,
-                60,
-                vec![ownership_value("test-owner", "shop")],
-            ),
-        ]),
-    );
+    o.zones.insert("local".into(), Ok(published_shop()));
     let a = plan(&config(""), &o, NOW, SEED);
     assert!(a.is_noop(), "{}", text::to_text(&a));
     assert_eq!(a, plan(&config(""), &o, NOW, SEED));
