@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::address::{self, AddressSource};
 use crate::config::ProviderSpec;
 use crate::config::{Config, IssuerKind, KeyAlgorithm, TlsMode};
+use crate::deadline::KubeUse;
 use crate::dns::powerdns::PowerDnsProvider;
 use crate::dns::rfc2136::{Rfc2136Provider, parse_tsig_secret};
 use crate::dns::webhook::WebhookProvider;
@@ -90,6 +91,8 @@ pub struct Runtime {
     ari_unsupported: std::sync::Mutex<BTreeSet<String>>,
     /// Sites whose last issuance failed: how often, and when to try again.
     retry: std::sync::Mutex<BTreeMap<String, (u32, OffsetDateTime)>>,
+    /// Told of every step a pass completes (the stuck-pass watchdog).
+    health: Health,
 }
 
 /// Sites issued at once (each mostly waits on an ACME server).
@@ -123,6 +126,7 @@ fn dns_provider(
     spec: &ProviderSpec,
     ttl: u32,
     files_root: &std::path::Path,
+    deadline: std::time::Duration,
 ) -> Result<Arc<dyn DnsProvider>, SetupError> {
     let field = |f: &str| format!("dns.providers.{name}.{f}");
     if let Some(z) = &spec.zonefile {
@@ -132,14 +136,14 @@ fn dns_provider(
         let text = read_secret(&field("rfc2136.tsig.secret"), &r.tsig.secret_file, &r.tsig.secret_env)?;
         let secret =
             parse_tsig_secret(&text).map_err(|e| SetupError::Secret(format!("{}: {e}", field("rfc2136.tsig"))))?;
-        return Ok(Arc::new(Rfc2136Provider::new(name, r, &secret)?));
+        return Ok(Arc::new(Rfc2136Provider::new(name, r, &secret, deadline)?));
     }
     if let Some(p) = &spec.powerdns {
         let key = read_secret(&field("powerdns.api_key"), &p.api_key_file, &p.api_key_env)?;
-        return Ok(Arc::new(PowerDnsProvider::new(name, p, &key)?));
+        return Ok(Arc::new(PowerDnsProvider::new(name, p, &key, deadline)?));
     }
     match &spec.webhook {
-        Some(w) => Ok(Arc::new(WebhookProvider::new(name, w)?)),
+        Some(w) => Ok(Arc::new(WebhookProvider::new(name, w, deadline)?)),
         None => unreachable!("validation guarantees one provider kind"),
     }
 }
@@ -163,20 +167,26 @@ impl Runtime {
             Some(files) => Arc::new(FilesStore::new(PathBuf::from(&files.dir), &file.owner_id)),
             None => {
                 // In-cluster config, or $KUBECONFIG, like every kube-rs controller.
-                let client = kube::Client::try_default()
+                let deadline = file.deadlines.request.to_std();
+                let cluster =
+                    |e: String| SetupError::Unsupported(format!("store.kubernetes: cannot reach the cluster: {e}"));
+                let (client, server) = crate::deadline::kube_client(deadline, KubeUse::Requests)
                     .await
-                    .map_err(|e| SetupError::Unsupported(format!("store.kubernetes: cannot reach the cluster: {e}")))?;
+                    .map_err(cluster)?;
                 if file.gateway.address.is_none() {
                     let (ns, svc) = (file.gateway.namespace.clone(), file.gateway.service.clone());
                     service_source = Some(Box::new(address::ServiceAddress::new(client.clone(), &ns, &svc)));
+                    let (watches, _) = crate::deadline::kube_client(deadline, KubeUse::Watches)
+                        .await
+                        .map_err(cluster)?;
                     watch_task = Some(tokio::spawn(address::watch_service(
-                        client.clone(),
+                        watches,
                         ns,
                         svc,
                         address_changes.clone(),
                     )));
                 }
-                Arc::new(KubeStore::new(client, &file.gateway.namespace, &file.owner_id))
+                Arc::new(KubeStore::new(client, &server, &file.gateway.namespace, &file.owner_id))
             }
         };
         let files_root = file
@@ -187,7 +197,10 @@ impl Runtime {
             .unwrap_or_default();
         let mut providers: BTreeMap<String, Arc<dyn DnsProvider>> = BTreeMap::new();
         for (name, spec) in &file.dns.providers {
-            providers.insert(name.clone(), dns_provider(name, spec, file.dns.ttl, &files_root)?);
+            providers.insert(
+                name.clone(),
+                dns_provider(name, spec, file.dns.ttl, &files_root, file.deadlines.request.to_std())?,
+            );
         }
         let address = match file.gateway.address.as_ref().map(address::from_spec).transpose()? {
             Some(a) => Some(a),
@@ -207,9 +220,16 @@ impl Runtime {
             address_changes,
             watch_task,
             retry: std::sync::Mutex::new(BTreeMap::new()),
+            health: Health::default(),
             ari: std::sync::Mutex::new(BTreeMap::new()),
             ari_unsupported: std::sync::Mutex::new(BTreeSet::new()),
         })
+    }
+
+    /// Reports this runtime's progress to `health` (the daemon's `/healthz`).
+    pub fn watched_by(mut self, health: Health) -> Runtime {
+        self.health = health;
+        self
     }
 
     /// Reads the world: stored credentials, CA state, the address, every zone.
@@ -311,17 +331,22 @@ impl Runtime {
                     continue;
                 }
                 if issuer.is_none() {
-                    issuer =
-                        match AcmeIssuer::restore(name, acme, self.store.clone(), Solver::Http01(self.http01.clone()))
-                            .await
-                        {
-                            Ok(Some(i)) => Some(i),
-                            Ok(None) => break,
-                            Err(e) => {
-                                tracing::warn!(issuer = %name, error = %e, "renewal information unavailable");
-                                break;
-                            }
-                        };
+                    issuer = match AcmeIssuer::restore(
+                        name,
+                        acme,
+                        self.config.file.deadlines,
+                        self.store.clone(),
+                        Solver::Http01(self.http01.clone()),
+                    )
+                    .await
+                    {
+                        Ok(Some(i)) => Some(i),
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(issuer = %name, error = %e, "renewal information unavailable");
+                            break;
+                        }
+                    };
                 }
                 let Some(acme_issuer) = &issuer else { break };
                 match acme_issuer.renewal_window(&bundle.server.chain_pem).await {
@@ -397,7 +422,7 @@ impl Runtime {
                         },
                         None => Solver::Http01(self.http01.clone()),
                     };
-                    match AcmeIssuer::open(name, acme, self.store.clone(), solver).await {
+                    match AcmeIssuer::open(name, acme, self.config.file.deadlines, self.store.clone(), solver).await {
                         Ok(issuer) => {
                             issuers.insert(name.clone(), Arc::new(issuer));
                         }
@@ -510,6 +535,7 @@ impl Runtime {
                 return self.finish(report);
             }
         };
+        self.health.progressed();
         let plan = plan::plan(&self.config.file, &observed, now, self.seed);
         let mut wrote = false;
         report.conflicts = plan
@@ -544,6 +570,7 @@ impl Runtime {
                 continue;
             };
             let result: Result<(), DnsError> = provider.apply(&zone.diff).await;
+            self.health.progressed();
             let outcome = if result.is_ok() { "success" } else { "failure" };
             self.metrics
                 .dns_changes(&zone.provider, outcome, zone.diff.changes.len() as u64);
@@ -606,10 +633,9 @@ impl Runtime {
                 if cancel.is_cancelled() {
                     return (c, None);
                 }
-                (
-                    c,
-                    Some(self.renew_site(c, stored.owned.get(&c.site), issuers, now).await),
-                )
+                let result = self.renew_site(c, stored.owned.get(&c.site), issuers, now).await;
+                self.health.progressed();
+                (c, Some(result))
             })
             .buffer_unordered(CONCURRENT_ISSUANCES)
             .collect()
@@ -721,7 +747,9 @@ impl Runtime {
         let mut wrote = false;
         for object in objects {
             let key = crate::store::object_key(&object);
-            match self.store.apply_object(&object).await {
+            let applied = self.store.apply_object(&object).await;
+            self.health.progressed();
+            match applied {
                 Ok(changed) => wrote |= changed,
                 Err(e) => report.failures.push(Failure {
                     stage: "objects",
@@ -816,15 +844,65 @@ fn describe(c: &CredentialPlan) -> String {
     parts.join("; ")
 }
 
-/// Shared with the HTTP server: whether the first pass has completed.
+/// Shared with the HTTP server: whether the first pass has completed (`/readyz`), and
+/// whether the pass in progress still makes progress (`/healthz`): a pass with no
+/// progress for longer than `deadlines.pass` is stuck, and Kubernetes should restart
+/// the replica.
 #[derive(Clone, Default)]
 pub struct Health {
     pub ready: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+}
+
+#[derive(Default)]
+struct Progress {
+    /// Milliseconds since `epoch` of the last progress; 0 while no pass runs.
+    last_ms: std::sync::atomic::AtomicU64,
+    deadline_ms: std::sync::atomic::AtomicU64,
+    epoch: std::sync::OnceLock<Instant>,
+}
+
+impl Progress {
+    fn now_ms(&self) -> u64 {
+        // Never 0, which means "no pass running".
+        self.epoch.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    }
 }
 
 impl Health {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// A pass begins; it is stuck once it goes `deadline` without progress.
+    pub fn pass_started(&self, deadline: std::time::Duration) {
+        let p = &self.progress;
+        p.deadline_ms.store(deadline.as_millis() as u64, Ordering::Relaxed);
+        p.last_ms.store(p.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Something in the pass finished (an observation, a zone, a credential, an object).
+    pub fn progressed(&self) {
+        let p = &self.progress;
+        if p.last_ms.load(Ordering::Relaxed) != 0 {
+            p.last_ms.store(p.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    pub fn pass_finished(&self) {
+        self.progress.last_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the running pass has gone without progress, when that is past its
+    /// deadline; `None` while healthy or idle.
+    pub fn stuck_for(&self) -> Option<std::time::Duration> {
+        let p = &self.progress;
+        let last = p.last_ms.load(Ordering::Relaxed);
+        if last == 0 {
+            return None;
+        }
+        let idle = p.now_ms().saturating_sub(last);
+        (idle > p.deadline_ms.load(Ordering::Relaxed)).then(|| std::time::Duration::from_millis(idle))
     }
 }
 
@@ -862,7 +940,7 @@ pub async fn run(
                     "leader election needs store.kubernetes (it uses a Lease)".into(),
                 ));
             }
-            let client = kube::Client::try_default()
+            let (client, _) = crate::deadline::kube_client(config.file.deadlines.request.to_std(), KubeUse::Requests)
                 .await
                 .map_err(|e| SetupError::Unsupported(format!("leader election: cannot reach the cluster: {e}")))?;
             let (tx, rx) = tokio::sync::watch::channel(false);
@@ -878,7 +956,9 @@ pub async fn run(
         }
         None => None,
     };
-    let mut runtime = Runtime::new(config, metrics.clone(), http01.clone()).await?;
+    let mut runtime = Runtime::new(config, metrics.clone(), http01.clone())
+        .await?
+        .watched_by(health.clone());
     let mut failures_in_row = 0u32;
     let mut config_text = std::fs::read_to_string(&runtime.config.path).unwrap_or_default();
     // Subscribed across passes, so a change during a pass still wakes the next one.
@@ -886,6 +966,7 @@ pub async fn run(
     loop {
         let is_leader = leading.as_ref().is_none_or(|l| *l.borrow());
         metrics.set_leader(is_leader);
+        health.pass_started(runtime.config.file.deadlines.pass.to_std());
         let mut report = if is_leader {
             // Writes stop at once when the lease is lost, as on shutdown.
             let token = shutdown.child_token();
@@ -910,6 +991,7 @@ pub async fn run(
             PassReport::default()
         };
         runtime.record(&mut report).await;
+        health.pass_finished();
         health.ready.store(true, Ordering::Relaxed);
         if shutdown.is_cancelled() {
             return Ok(());
@@ -961,6 +1043,7 @@ pub async fn run(
                 Some(()) = config_changed.recv() => {
                     let text = std::fs::read_to_string(&runtime.config.path).unwrap_or_default();
                     if text == config_text {
+                        metrics.config_reload("unchanged");
                         continue;
                     }
                     config_text = text;
@@ -968,13 +1051,18 @@ pub async fn run(
                         Ok(new) => match Runtime::new(new, metrics.clone(), http01.clone()).await {
                             Ok(r) => {
                                 tracing::info!(config = %runtime.config.path.display(), "config changed: reloaded");
-                                runtime = r;
+                                metrics.config_reload("applied");
+                                runtime = r.watched_by(health.clone());
                                 address_changed = runtime.address_changes.subscribe();
                                 break;
                             }
-                            Err(e) => tracing::error!(error = %e, "new config cannot run; keeping the previous one"),
+                            Err(e) => {
+                                metrics.config_reload("unusable");
+                                tracing::error!(error = %e, "new config cannot run; keeping the previous one")
+                            }
                         },
                         Err(errors) => {
+                            metrics.config_reload("invalid");
                             for e in &errors.0 {
                                 tracing::error!(error = %e, "new config is invalid; keeping the previous one");
                             }

@@ -4,6 +4,7 @@
 pub mod address;
 pub mod config;
 pub mod daemon;
+pub mod deadline;
 pub mod dns;
 pub mod issuer;
 pub mod metrics;

@@ -72,6 +72,10 @@ enum Command {
         /// This replica's identity in the Lease (default: $POD_NAME, else host name and PID).
         #[arg(long, env = "POD_NAME")]
         identity: Option<String>,
+        /// After SIGTERM/SIGINT, how long work in flight may take before tlsward exits
+        /// anyway (keep it under the pod's terminationGracePeriodSeconds).
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        shutdown_grace: std::time::Duration,
     },
     /// Validate the config without touching anything.
     Check {
@@ -114,22 +118,35 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
-/// Sends a message whenever something changes in the config file's directory (a
-/// ConfigMap mount swaps a symlink there rather than writing the file).
-fn watch_config(path: &Path) -> Result<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>)> {
-    use notify::Watcher;
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = tx.try_send(());
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    config::Duration::parse(text)
+        .map(|d| d.to_std())
+        .ok_or_else(|| config::duration_message(text))
+}
+
+/// Runs `work` to its end, unless shutdown is asked for and it is still running
+/// `grace` later: then it is dropped (every write is atomic, so nothing is torn) and
+/// `None` says so.
+async fn within_grace<T>(
+    work: impl std::future::Future<Output = T>,
+    shutdown: &CancellationToken,
+    grace: std::time::Duration,
+) -> Option<T> {
+    tokio::pin!(work);
+    tokio::select! {
+        done = &mut work => return Some(done),
+        _ = shutdown.cancelled() => {}
+    }
+    match tokio::time::timeout(grace, work).await {
+        Ok(done) => Some(done),
+        Err(_) => {
+            tracing::warn!(
+                grace_s = grace.as_secs(),
+                "shutdown grace period over: abandoning the work in flight (no credential is half-written)"
+            );
+            None
         }
-    })?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
-    Ok((watcher, rx))
+    }
 }
 
 fn shutdown_on_signals(token: CancellationToken) {
@@ -152,6 +169,7 @@ async fn run(
     listen: SocketAddr,
     solver_listen: SocketAddr,
     leader: Option<daemon::LeaderSettings>,
+    grace: std::time::Duration,
 ) -> Result<ExitCode> {
     let config = match load(path) {
         Ok(c) => c,
@@ -177,8 +195,15 @@ async fn run(
                 return Ok(ExitCode::from(1));
             }
         };
-        let mut report = runtime.pass(&shutdown).await;
-        runtime.record(&mut report).await;
+        let work = async {
+            let mut report = runtime.pass(&shutdown).await;
+            runtime.record(&mut report).await;
+            report
+        };
+        let Some(report) = within_grace(work, &shutdown, grace).await else {
+            eprintln!("interrupted: the pass did not finish within the shutdown grace period");
+            return Ok(ExitCode::from(1));
+        };
         for c in &report.conflicts {
             eprintln!("conflict: {c}");
         }
@@ -202,12 +227,13 @@ async fn run(
         return Ok(ExitCode::from(1));
     }
     let health = Health::default();
-    let (_watcher, changes) = watch_config(path).context("watching the config file")?;
+    let watch = tlsward::config::watch::ConfigWatch::start(path)?;
     let (bound, server) = daemon_server(listen, metrics.clone(), health.clone(), shutdown.clone()).await?;
     tracing::info!(listen = %bound, config = %path.display(), "tlsward running");
-    let result = daemon::run(config, metrics, health, http01, leader, changes, shutdown.clone()).await;
+    let daemon = daemon::run(config, metrics, health, http01, leader, watch.changes, shutdown.clone());
+    let result = within_grace(daemon, &shutdown, grace).await.unwrap_or(Ok(()));
     shutdown.cancel();
-    let _ = server.await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), server).await;
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
@@ -288,6 +314,7 @@ fn main() -> ExitCode {
             lease_name,
             lease_duration,
             identity,
+            shutdown_grace,
         } => {
             init_logging(&cli);
             let leader = leader_elect.then(|| daemon::LeaderSettings {
@@ -295,7 +322,7 @@ fn main() -> ExitCode {
                 identity: identity.clone().unwrap_or_else(default_identity),
                 lease_duration: std::time::Duration::from_secs(*lease_duration),
             });
-            tokio_main(run(config, *once, *listen, *solver_listen, leader))
+            tokio_main(run(config, *once, *listen, *solver_listen, leader, *shutdown_grace))
         }
         Command::Plan { config, format } => {
             init_logging(&cli);
@@ -314,10 +341,13 @@ fn default_identity() -> String {
 }
 
 fn tokio_main<F: std::future::Future<Output = Result<ExitCode>>>(f: F) -> Result<ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("starting the async runtime")?
-        .block_on(f)
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(f);
+    // Tasks still running (a watch, an abandoned request) end with the process.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }

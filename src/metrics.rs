@@ -22,6 +22,12 @@ pub const DNS_CHANGES: &str = "tlsward_dns_record_changes";
 pub const GATEWAY_ADDRESS: &str = "tlsward_gateway_address_info";
 pub const RECONCILE_ERRORS: &str = "tlsward_reconcile_errors";
 pub const LEADER: &str = "tlsward_leader";
+pub const CONFIG_RELOADS: &str = "tlsward_config_reloads";
+
+/// Outcomes of looking at the config file again, as `tlsward_config_reloads_total{result}`
+/// names them: `applied`, `invalid` (kept the running one), `unusable` (valid but its
+/// adapters cannot start; kept the running one), `unchanged` (woken, same content).
+pub const RELOAD_RESULTS: [&str; 4] = ["applied", "invalid", "unusable", "unchanged"];
 
 /// The stages of a pass, as `tlsward_reconcile_errors_total{stage}` names them.
 pub const STAGES: [&str; 6] = ["observe", "address", "issue", "store", "objects", "dns"];
@@ -55,6 +61,7 @@ pub struct Metrics {
     address: Family<Labels, Gauge>,
     reconcile_errors: Family<Labels, Counter>,
     leader: Gauge,
+    config_reloads: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -76,6 +83,7 @@ impl Metrics {
             address: Family::default(),
             reconcile_errors: Family::default(),
             leader: Gauge::default(),
+            config_reloads: Family::default(),
             registry: Registry::default(),
             lock: Mutex::new(()),
         };
@@ -124,6 +132,14 @@ impl Metrics {
             "1 while this replica writes (it leads, or runs without election)",
             m.leader.clone(),
         );
+        registry.register(
+            CONFIG_RELOADS,
+            "Times the config file was read again after a change event, by result",
+            m.config_reloads.clone(),
+        );
+        for result in RELOAD_RESULTS {
+            let _ = m.config_reloads.get_or_create(&labels(&[("result", result)]));
+        }
         // Every stage starts at zero so that rate() and increase() see the series at once.
         for stage in STAGES {
             let _ = m.reconcile_errors.get_or_create(&labels(&[("stage", stage)]));
@@ -149,6 +165,12 @@ impl Metrics {
 
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+    }
+
+    /// Counts one look at the config file; `result` is one of `RELOAD_RESULTS`.
+    pub fn config_reload(&self, result: &'static str) {
+        debug_assert!(RELOAD_RESULTS.contains(&result));
+        self.config_reloads.get_or_create(&labels(&[("result", result)])).inc();
     }
 
     pub fn reconcile_error(&self, stage: &str) {

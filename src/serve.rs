@@ -1,4 +1,5 @@
-//! The HTTP endpoints: `/metrics` (Prometheus), `/healthz` (the process answers) and
+//! The HTTP endpoints: `/metrics` (Prometheus), `/healthz` (the process answers and
+//! no pass is stuck past `deadlines.pass`) and
 //! `/readyz` (the first pass has completed); and, on its own port, the ACME HTTP-01
 //! answers. Read-only: serving never triggers work.
 
@@ -32,8 +33,17 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+async fn healthz(State(s): State<AppState>) -> (StatusCode, String) {
+    match s.health.stuck_for() {
+        None => (StatusCode::OK, "ok\n".into()),
+        Some(idle) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "stuck: the pass in progress has made no progress for {}s (deadlines.pass)\n",
+                idle.as_secs()
+            ),
+        ),
+    }
 }
 
 async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {

@@ -148,10 +148,16 @@ async fn the_renewal_window_comes_from_the_cas_renewal_info_endpoint() {
     let store: Arc<dyn Store> = Arc::new(FilesStore::new(dir.path(), "o"));
     let files = FilesStore::new(dir.path(), "o");
     store_account(&files, &stub).await;
-    let issuer = AcmeIssuer::restore("stub", &spec(&stub), store, Solver::Http01(Arc::default()))
-        .await
-        .unwrap()
-        .expect("a stored account");
+    let issuer = AcmeIssuer::restore(
+        "stub",
+        &spec(&stub),
+        Default::default(),
+        store,
+        Solver::Http01(Arc::default()),
+    )
+    .await
+    .unwrap()
+    .expect("a stored account");
     let (pem, aki, serial) = leaf();
     let (start, end, retry) = issuer.renewal_window(&pem).await.unwrap().expect("the stub offers ARI");
     assert_eq!(start, time::macros::datetime!(2026-12-01 0:00 UTC));
@@ -171,10 +177,16 @@ async fn restoring_creates_nothing_when_no_account_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(FilesStore::new(dir.path(), "o"));
     assert!(
-        AcmeIssuer::restore("stub", &spec(&stub), store, Solver::Http01(Arc::default()))
-            .await
-            .unwrap()
-            .is_none()
+        AcmeIssuer::restore(
+            "stub",
+            &spec(&stub),
+            Default::default(),
+            store,
+            Solver::Http01(Arc::default())
+        )
+        .await
+        .unwrap()
+        .is_none()
     );
     assert!(!dir.path().join("state").exists());
 }

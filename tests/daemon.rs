@@ -244,3 +244,66 @@ fn a_dns_conflict_is_counted_in_the_metrics() {
     let (code, _) = d.terminate();
     assert_eq!(code, 0);
 }
+
+/// The value of one sample in an exposition text (0 when absent).
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn config_reloads(m: &str) -> [f64; 4] {
+    tlsward::metrics::RELOAD_RESULTS.map(|r| sample(m, &format!("tlsward_config_reloads_total{{result=\"{r}\"}}")))
+}
+
+/// Lays out a directory the way kubelet mounts a ConfigMap: the file is a symlink
+/// through `..data` into a timestamped directory, and an update swaps `..data`.
+fn configmap_publish(dir: &std::path::Path, stamp: &str, text: &str) {
+    let data = dir.join(stamp);
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("tlsward.yaml"), text).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(stamp, &tmp).unwrap();
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    if let Some(old) = old {
+        std::fs::remove_dir_all(dir.join(old)).unwrap();
+    }
+    let link = dir.join("tlsward.yaml");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("..data/tlsward.yaml", &link).unwrap();
+    }
+}
+
+#[test]
+fn an_idle_daemon_reads_its_config_once_per_real_change_even_on_a_configmap_mount() {
+    let w = Workdir::new();
+    configmap_publish(w.path(), "..2026_11_28_16_00_00.1", &local_config());
+    let d = Daemon::start(&w);
+    d.wait_ready();
+    // Idle: reading the config makes access events; none of them may wake a reload.
+    std::thread::sleep(Duration::from_secs(3));
+    let m = d.metrics();
+    assert_eq!(config_reloads(&m), [0.0; 4], "woken while idle:\n{m}");
+
+    // Unrelated files in the directory wake nothing either.
+    std::fs::write(w.path().join("notes.txt"), "hello").unwrap();
+    std::fs::write(w.path().join("notes.txt"), "hello again").unwrap();
+
+    // kubelet's update: a new timestamped directory, `..data` swapped by rename.
+    let with_shop = local_config()
+        + "  - name: shop\n    hosts: [shop.foocorp.example]\n    issuer: internal\n    dns: local\n    route: {to: shop.default.svc.cluster.local, port: 80}\n";
+    configmap_publish(w.path(), "..2026_11_28_16_05_00.2", &with_shop);
+    wait_for(Duration::from_secs(20), "the new site's credential", || {
+        w.out().join("credentials/shop/tls.crt").exists().then_some(())
+    });
+    // Let any straggling event arrive: still exactly one reload.
+    std::thread::sleep(Duration::from_secs(2));
+    let m = d.metrics();
+    assert_eq!(config_reloads(&m), [1.0, 0.0, 0.0, 0.0], "{m}");
+    let (code, logs) = d.terminate();
+    assert_eq!(code, 0, "{logs}");
+    assert_eq!(logs.matches("config changed: reloaded").count(), 1, "{logs}");
+}

@@ -9,6 +9,7 @@ mod schema;
 mod types;
 mod validate;
 mod values;
+pub mod watch;
 pub mod yaml;
 
 use std::fmt;
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 pub use schema::json_schema;
 pub use types::*;
-pub use values::{Duration, RenewBefore};
+pub use values::{Duration, RenewBefore, duration_message};
 
 use crate::model::Hostname;
 use yaml::Pos;

@@ -30,6 +30,45 @@ pub struct ConfigFile {
     #[serde(default = "default_renew_before")]
     pub renew_before: RenewBefore,
     pub sites: Vec<SiteSpec>,
+    /// How long tlsward waits on the outside world before it gives up and moves on.
+    #[serde(default)]
+    pub deadlines: DeadlinesSpec,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeadlinesSpec {
+    /// One network exchange with a peer (ACME server, Kubernetes API, DNS server, DNS
+    /// API): connecting, sending, and the whole answer.
+    #[serde(default = "default_request_deadline")]
+    pub request: Duration,
+    /// One ACME order, from its creation to the downloaded certificate.
+    #[serde(default = "default_order_deadline")]
+    pub order: Duration,
+    /// A pass that makes no progress for this long is stuck: `/healthz` fails, so
+    /// Kubernetes restarts the replica. Keep it above `request` and `order`.
+    #[serde(default = "default_pass_deadline")]
+    pub pass: Duration,
+}
+
+impl Default for DeadlinesSpec {
+    fn default() -> Self {
+        DeadlinesSpec {
+            request: default_request_deadline(),
+            order: default_order_deadline(),
+            pass: default_pass_deadline(),
+        }
+    }
+}
+
+fn default_request_deadline() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_order_deadline() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+fn default_pass_deadline() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 fn default_renew_before() -> RenewBefore {

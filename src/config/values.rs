@@ -28,6 +28,9 @@ impl Duration {
     pub fn as_secs(self) -> i64 {
         self.secs
     }
+    pub fn to_std(self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.secs.max(0) as u64)
+    }
     pub fn to_time(self) -> time::Duration {
         time::Duration::seconds(self.secs)
     }

@@ -49,14 +49,11 @@ pub enum DnsError {
 }
 
 /// The HTTP client of the HTTP-based providers (PowerDNS, webhook).
-pub(crate) fn http_client(provider: &str) -> Result<reqwest::Client, DnsError> {
-    reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .build()
-        .map_err(|e| DnsError::Config {
-            provider: provider.to_string(),
-            detail: e.to_string(),
-        })
+pub(crate) fn http_client(provider: &str, deadline: std::time::Duration) -> Result<reqwest::Client, DnsError> {
+    crate::deadline::http_client(deadline, None).map_err(|e| DnsError::Config {
+        provider: provider.to_string(),
+        detail: crate::deadline::chain(&e),
+    })
 }
 
 /// A request to an HTTP-based provider that got no answer.
@@ -64,7 +61,11 @@ pub(crate) fn http_unreachable(provider: &str, server: &str, e: reqwest::Error) 
     DnsError::Server {
         provider: provider.to_string(),
         server: server.to_string(),
-        detail: e.without_url().to_string(),
+        detail: if e.is_timeout() {
+            "no complete answer within the request deadline (deadlines.request)".to_string()
+        } else {
+            crate::deadline::chain(&e.without_url())
+        },
     }
 }
 

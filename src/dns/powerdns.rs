@@ -60,10 +60,15 @@ fn value(kind: RecordType, content: &str) -> String {
 }
 
 impl PowerDnsProvider {
-    pub fn new(name: &str, spec: &PowerDnsSpec, api_key: &str) -> Result<Self, DnsError> {
+    pub fn new(
+        name: &str,
+        spec: &PowerDnsSpec,
+        api_key: &str,
+        deadline: std::time::Duration,
+    ) -> Result<Self, DnsError> {
         let zone = spec.zone.trim_end_matches('.').to_ascii_lowercase();
         let base = spec.url.trim_end_matches('/').to_string();
-        let http = super::http_client(name)?;
+        let http = super::http_client(name, deadline)?;
         Ok(PowerDnsProvider {
             name: name.to_string(),
             zone_url: format!("{base}/api/v1/servers/{}/zones/{zone}.", spec.server_id),

@@ -48,6 +48,8 @@ pub struct Rfc2136Provider {
     zone_text: String,
     key_name: String,
     signer: TSigner,
+    /// Bounds each whole exchange, however the server dribbles its answer.
+    deadline: Duration,
 }
 
 /// Reads a TSIG secret: either bare base64, or `tsig-keygen` output (`secret "…";`).
@@ -117,7 +119,8 @@ fn describe_rcode(code: ResponseCode) -> &'static str {
 }
 
 impl Rfc2136Provider {
-    pub fn new(name: &str, spec: &Rfc2136Spec, secret: &[u8]) -> Result<Self, DnsError> {
+    /// `deadline` bounds each whole exchange (an UPDATE with its retries, a zone transfer).
+    pub fn new(name: &str, spec: &Rfc2136Spec, secret: &[u8], deadline: Duration) -> Result<Self, DnsError> {
         let invalid = |detail: String| DnsError::Config {
             provider: name.to_string(),
             detail,
@@ -138,6 +141,17 @@ impl Rfc2136Provider {
             zone_text: spec.zone.trim_end_matches('.').to_ascii_lowercase(),
             key_name: spec.tsig.name.clone(),
             signer,
+            deadline,
+        })
+    }
+
+    /// Runs one exchange (`step` names it) within the request deadline.
+    async fn within<T>(&self, step: &str, exchange: impl Future<Output = Result<T, DnsError>>) -> Result<T, DnsError> {
+        tokio::time::timeout(self.deadline, exchange).await.unwrap_or_else(|_| {
+            Err(self.unreachable(format!(
+                "{step}: no complete answer within {}s (deadlines.request)",
+                self.deadline.as_secs()
+            )))
         })
     }
 
@@ -214,11 +228,11 @@ impl Rfc2136Provider {
         let id = message.metadata.id;
         let mut answer = None;
         if bytes.len() <= UDP_LIMIT {
-            answer = Some(self.udp(&bytes, id).await?);
+            answer = Some(self.within("UPDATE over UDP", self.udp(&bytes, id)).await?);
         }
         let raw = match answer {
             Some(raw) if !Message::from_vec(&raw).map(|m| m.metadata.truncation).unwrap_or(false) => raw,
-            _ => self.tcp(&bytes, 1).await?.remove(0),
+            _ => self.within("UPDATE over TCP", self.tcp(&bytes, 1)).await?.remove(0),
         };
         let response = Message::from_vec(&raw).map_err(|e| self.unreachable(format!("unreadable response: {e}")))?;
         self.check_signature(&raw, &response, &mut verifier)?;
@@ -446,12 +460,11 @@ impl DnsProvider for Rfc2136Provider {
             .ok_or_else(|| self.tsig_error("no verifier for the response".into()))?;
         let bytes = m.to_vec().map_err(|e| self.unreachable(e.to_string()))?;
         let mut soas = 0;
-        let raw = self
-            .tcp_with(&bytes, |msg| {
-                soas += msg.answers.iter().filter(|r| r.record_type() == WireType::SOA).count();
-                soas >= 2
-            })
-            .await?;
+        let transfer = self.tcp_with(&bytes, |msg| {
+            soas += msg.answers.iter().filter(|r| r.record_type() == WireType::SOA).count();
+            soas >= 2
+        });
+        let raw = self.within("zone transfer (AXFR)", transfer).await?;
         let mut records = Vec::new();
         for buf in raw {
             let msg = Message::from_vec(&buf).map_err(|e| self.unreachable(e.to_string()))?;

@@ -100,8 +100,8 @@ pub struct WebhookProvider {
 }
 
 impl WebhookProvider {
-    pub fn new(name: &str, spec: &WebhookSpec) -> Result<Self, DnsError> {
-        let http = super::http_client(name)?;
+    pub fn new(name: &str, spec: &WebhookSpec, deadline: std::time::Duration) -> Result<Self, DnsError> {
+        let http = super::http_client(name, deadline)?;
         Ok(WebhookProvider {
             name: name.to_string(),
             url: spec.url.trim_end_matches('/').to_string(),

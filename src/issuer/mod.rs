@@ -1,4 +1,4 @@
-//! Issuers behind one trait: the internal CA now, ACME next. An issuer makes the key
+//! Issuers behind one trait: the internal CA and ACME. An issuer makes the key
 //! for each certificate itself, so a key never travels; it decides nothing about
 //! *when* to issue (that is the plan's job).
 
@@ -42,6 +42,14 @@ pub enum IssueError {
     },
     #[error("issuer `{issuer}`: cannot {what}: {detail}")]
     Acme {
+        issuer: String,
+        what: &'static str,
+        detail: String,
+    },
+    /// A peer did not answer within its deadline (not retried inside the issuance:
+    /// the site backs off and the pass goes on).
+    #[error("issuer `{issuer}`: cannot {what}: {detail}")]
+    Deadline {
         issuer: String,
         what: &'static str,
         detail: String,

@@ -38,15 +38,10 @@ pub struct KubeStore {
     client: kube::Client,
     namespace: String,
     owner: String,
+    /// The API server's URL, for errors that never reached an answer.
+    server: String,
     /// The objects seen by the last `owned_objects`, to skip writes that change nothing.
     seen: Mutex<BTreeMap<String, Value>>,
-}
-
-fn api_error(what: String) -> impl FnOnce(kube::Error) -> StoreError {
-    move |e| StoreError::Kube {
-        what,
-        detail: e.to_string(),
-    }
 }
 
 fn is_conflict(e: &kube::Error) -> bool {
@@ -75,7 +70,25 @@ fn contains(current: &Value, wanted: &Value) -> bool {
 }
 
 impl KubeStore {
-    pub fn new(client: kube::Client, namespace: &str, owner: &str) -> KubeStore {
+    /// A kube error as a store error: the API's own Status, or the transport failure
+    /// with its whole cause chain and the server it was sent to.
+    fn api_error(&self, what: String) -> impl FnOnce(kube::Error) -> StoreError + use<> {
+        let server = self.server.clone();
+        move |e| StoreError::Kube {
+            what,
+            detail: match &e {
+                kube::Error::Api(_) => crate::deadline::chain(&e),
+                _ if crate::deadline::timed_out(&e) => format!(
+                    "API server {server}: no answer within the request deadline (deadlines.request): {}",
+                    crate::deadline::chain(&e)
+                ),
+                _ => format!("API server {server}: {}", crate::deadline::chain(&e)),
+            },
+        }
+    }
+
+    /// The store in `namespace` of the cluster at `server` (named in errors).
+    pub fn new(client: kube::Client, server: &str, namespace: &str, owner: &str) -> KubeStore {
         let reporter = kube::runtime::events::Reporter {
             controller: names::FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -83,6 +96,7 @@ impl KubeStore {
         KubeStore {
             recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
             client,
+            server: server.to_string(),
             namespace: namespace.to_string(),
             owner: owner.to_string(),
             seen: Mutex::new(BTreeMap::new()),
@@ -119,7 +133,7 @@ impl KubeStore {
             ..Default::default()
         };
         for attempt in 1..=WRITE_ATTEMPTS {
-            let current = api.get_opt(&name).await.map_err(api_error(what()))?;
+            let current = api.get_opt(&name).await.map_err(self.api_error(what()))?;
             let result = match current {
                 Some(c) if !self.owned(&c.metadata) => {
                     return Err(StoreError::Foreign {
@@ -149,7 +163,7 @@ impl KubeStore {
                 Err(e) if is_conflict(&e) && attempt < WRITE_ATTEMPTS => {
                     tracing::debug!(secret = %name, attempt, "changed meanwhile (409): reading it again");
                 }
-                Err(e) => return Err(api_error(what())(e)),
+                Err(e) => return Err(self.api_error(what())(e)),
             }
         }
         unreachable!("the last attempt returns")
@@ -158,7 +172,7 @@ impl KubeStore {
     async fn delete_owned_secret(&self, name: &str) -> Result<(), StoreError> {
         let api = self.secrets();
         let what = format!("Secret {}/{name}", self.namespace);
-        match api.get_opt(name).await.map_err(api_error(what.clone()))? {
+        match api.get_opt(name).await.map_err(self.api_error(what.clone()))? {
             None => Ok(()),
             Some(s) if !self.owned(&s.metadata) => Err(StoreError::Foreign {
                 what,
@@ -168,7 +182,7 @@ impl KubeStore {
                 .delete(name, &DeleteParams::default())
                 .await
                 .map(|_| ())
-                .map_err(api_error(what)),
+                .map_err(self.api_error(what)),
         }
     }
 
@@ -212,7 +226,7 @@ impl Store for KubeStore {
             .secrets()
             .list(&ListParams::default())
             .await
-            .map_err(api_error(format!("Secrets in {}", self.namespace)))?;
+            .map_err(self.api_error(format!("Secrets in {}", self.namespace)))?;
         let by_name: BTreeMap<String, &Secret> = all
             .items
             .iter()
@@ -392,7 +406,7 @@ impl Store for KubeStore {
             .secrets()
             .get_opt(&secret_name)
             .await
-            .map_err(api_error(format!("Secret {}/{secret_name}", self.namespace)))?;
+            .map_err(self.api_error(format!("Secret {}/{secret_name}", self.namespace)))?;
         Ok(found
             .filter(|s| self.owned(&s.metadata))
             .map(|s| s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect()))
@@ -433,7 +447,7 @@ impl Store for KubeStore {
             let list = api
                 .list(&ListParams::default().labels(&selector))
                 .await
-                .map_err(api_error(format!("{kind}s in {}", self.namespace)))?;
+                .map_err(self.api_error(format!("{kind}s in {}", self.namespace)))?;
             for o in list.items {
                 let mut v = serde_json::to_value(&o).unwrap_or_default();
                 // Only what tlsward applies is compared: keep no bookkeeping or status.
@@ -476,7 +490,7 @@ impl Store for KubeStore {
         let applied = api
             .patch(name, &PatchParams::apply(names::FIELD_MANAGER), &Patch::Apply(object))
             .await
-            .map_err(api_error(format!("{kind} {}/{name}", self.namespace)))?;
+            .map_err(self.api_error(format!("{kind} {}/{name}", self.namespace)))?;
         let v = serde_json::to_value(&applied).unwrap_or_default();
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(key, v);
         Ok(true)
@@ -493,11 +507,11 @@ impl Store for KubeStore {
         };
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.namespace, &istio(kind));
         let what = format!("{kind} {}/{name}", self.namespace);
-        match api.get_opt(name).await.map_err(api_error(what.clone()))? {
+        match api.get_opt(name).await.map_err(self.api_error(what.clone()))? {
             Some(o) if o.metadata.labels.as_ref().and_then(|l| l.get(names::OWNER)) == Some(&self.owner) => {
                 api.delete(name, &DeleteParams::default())
                     .await
-                    .map_err(api_error(what))?;
+                    .map_err(self.api_error(what))?;
                 self.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
                 Ok(())
             }

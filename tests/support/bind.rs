@@ -107,7 +107,7 @@ zone "{zone}" {{
         .unwrap();
         let secret =
             tlsward::dns::rfc2136::parse_tsig_secret(&std::fs::read_to_string(&self.key_file).unwrap()).unwrap();
-        tlsward::dns::rfc2136::Rfc2136Provider::new("corp", &spec, &secret).unwrap()
+        tlsward::dns::rfc2136::Rfc2136Provider::new("corp", &spec, &secret, std::time::Duration::from_secs(30)).unwrap()
     }
 }
 

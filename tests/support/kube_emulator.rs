@@ -132,6 +132,10 @@ struct Db {
     history: Vec<Event>,
     compacted: u64,
     writes: Vec<Write>,
+    /// A fault (a test's hook): writes are accepted and never answered.
+    stall_writes: bool,
+    /// Writes held that way so far.
+    stalled: usize,
 }
 
 #[derive(Clone)]
@@ -327,6 +331,17 @@ impl Emulator {
         self.db.lock().unwrap().interfere.insert(name.to_string());
     }
 
+    /// From now on every write (anything but GET) is read and never answered, like an
+    /// API server whose etcd stopped responding; reads go on.
+    pub fn stall_writes(&self) {
+        self.db.lock().unwrap().stall_writes = true;
+    }
+
+    /// How many writes are being held by `stall_writes`.
+    pub fn stalled(&self) -> usize {
+        self.db.lock().unwrap().stalled
+    }
+
     /// Every write received so far, in order.
     pub fn writes(&self) -> Vec<Write> {
         self.db.lock().unwrap().writes.clone()
@@ -424,6 +439,16 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
+    if method != Method::GET {
+        let stall = {
+            let mut db = emu.db.lock().unwrap();
+            db.stalled += usize::from(db.stall_writes);
+            db.stall_writes
+        };
+        if stall {
+            std::future::pending::<()>().await;
+        }
+    }
     if method == Method::GET
         && let Some(r) = discovery(&path)
     {

@@ -4,6 +4,7 @@
 
 pub mod bind;
 pub mod dns_scenario;
+pub mod fault;
 pub mod kube_emulator;
 pub mod pdns;
 pub mod pebble;

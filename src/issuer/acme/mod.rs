@@ -8,6 +8,8 @@
 //! that is restarting) are retried a few times with backoff inside one issuance; the
 //! daemon's per-site backoff covers the rest.
 
+mod http;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +25,7 @@ use time::OffsetDateTime;
 
 use super::ca::generate_key;
 use super::{IssueError, Issued, Issuer, ServerRequest};
-use crate::config::{AcmeSpec, KeyAlgorithm};
+use crate::config::{AcmeSpec, DeadlinesSpec, KeyAlgorithm};
 use crate::dns::DnsProvider;
 use crate::dns::registry::{CHALLENGE_LABEL, DesiredName, diff_within};
 use crate::model::{RecordSet, RecordType};
@@ -85,6 +87,7 @@ struct StoredAccount {
 pub struct AcmeIssuer {
     name: String,
     spec: AcmeSpec,
+    deadlines: DeadlinesSpec,
     store: Arc<dyn Store>,
     /// Replaced when the server no longer knows the stored account.
     account: tokio::sync::RwLock<Account>,
@@ -92,10 +95,14 @@ pub struct AcmeIssuer {
 }
 
 fn acme_error<'a>(issuer: &'a str, what: &'static str) -> impl Fn(instant_acme::Error) -> IssueError + 'a {
-    move |e| IssueError::Acme {
-        issuer: issuer.to_string(),
-        what,
-        detail: describe(&e),
+    move |e| {
+        let detail = describe(&e);
+        let issuer = issuer.to_string();
+        if http::is_deadline(&e) {
+            IssueError::Deadline { issuer, what, detail }
+        } else {
+            IssueError::Acme { issuer, what, detail }
+        }
     }
 }
 
@@ -114,7 +121,7 @@ fn describe(e: &instant_acme::Error) -> String {
             }
             text
         }
-        other => other.to_string(),
+        other => crate::deadline::chain(other),
     }
 }
 
@@ -137,31 +144,34 @@ impl AcmeIssuer {
     pub async fn open(
         name: &str,
         spec: &AcmeSpec,
+        deadlines: DeadlinesSpec,
         store: Arc<dyn Store>,
         solver: Solver,
     ) -> Result<AcmeIssuer, IssueError> {
-        let account = match stored_account(name, spec, store.as_ref()).await? {
+        let account = match stored_account(name, spec, deadlines, store.as_ref()).await? {
             Some(account) => account,
-            None => create_account(name, spec, store.as_ref()).await?,
+            None => create_account(name, spec, deadlines, store.as_ref()).await?,
         };
-        Ok(Self::with_account(name, spec, store, solver, account))
+        Ok(Self::with_account(name, spec, deadlines, store, solver, account))
     }
 
     /// Restores the stored account, creating nothing: `None` when there is none yet.
     pub async fn restore(
         name: &str,
         spec: &AcmeSpec,
+        deadlines: DeadlinesSpec,
         store: Arc<dyn Store>,
         solver: Solver,
     ) -> Result<Option<AcmeIssuer>, IssueError> {
-        Ok(stored_account(name, spec, store.as_ref())
+        Ok(stored_account(name, spec, deadlines, store.as_ref())
             .await?
-            .map(|account| Self::with_account(name, spec, store, solver, account)))
+            .map(|account| Self::with_account(name, spec, deadlines, store, solver, account)))
     }
 
     fn with_account(
         name: &str,
         spec: &AcmeSpec,
+        deadlines: DeadlinesSpec,
         store: Arc<dyn Store>,
         solver: Solver,
         account: Account,
@@ -169,6 +179,7 @@ impl AcmeIssuer {
         AcmeIssuer {
             name: name.to_string(),
             spec: spec.clone(),
+            deadlines,
             store,
             account: tokio::sync::RwLock::new(account),
             solver,
@@ -205,7 +216,42 @@ impl AcmeIssuer {
         self.account.read().await.id().to_string()
     }
 
+    /// One order within the order deadline; its challenge answers and records are
+    /// removed afterwards whatever happened, the deadline included.
     async fn attempt(&self, request: &ServerRequest) -> Result<Issued, IssueError> {
+        let mut http_tokens = Vec::new();
+        let mut dns_values: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let deadline = self.deadlines.order.to_std();
+        let result = tokio::time::timeout(deadline, self.order(request, &mut http_tokens, &mut dns_values))
+            .await
+            .unwrap_or_else(|_| {
+                Err(IssueError::Deadline {
+                    issuer: self.name.clone(),
+                    what: "complete the order",
+                    detail: format!(
+                        "hosts {}: not done within {}s (deadlines.order)",
+                        request.hosts.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", "),
+                        deadline.as_secs()
+                    ),
+                })
+            });
+        if let Solver::Http01(tokens) = &self.solver {
+            for t in &http_tokens {
+                tokens.remove(t);
+            }
+        }
+        if let Err(e) = self.release_dns(&dns_values).await {
+            tracing::warn!(issuer = %self.name, error = %e, "challenge records not removed; the next pass removes them");
+        }
+        result
+    }
+
+    async fn order(
+        &self,
+        request: &ServerRequest,
+        http_tokens: &mut Vec<String>,
+        dns_values: &mut BTreeMap<String, Vec<String>>,
+    ) -> Result<Issued, IssueError> {
         let err = |what| acme_error(&self.name, what);
         let ids: Vec<Identifier> = request
             .hosts
@@ -239,7 +285,7 @@ impl AcmeIssuer {
                 if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist") =>
             {
                 tracing::warn!(issuer = %self.name, "the ACME server does not know the stored account; creating a new one");
-                let fresh = create_account(&self.name, &self.spec, self.store.as_ref()).await?;
+                let fresh = create_account(&self.name, &self.spec, self.deadlines, self.store.as_ref()).await?;
                 *self.account.write().await = fresh.clone();
                 fresh
                     .new_order(&NewOrder::new(&ids))
@@ -250,8 +296,6 @@ impl AcmeIssuer {
         };
 
         // Publish every pending challenge first, then tell the server they are ready.
-        let mut http_tokens = Vec::new();
-        let mut dns_values: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let kind = match self.solver {
             Solver::Http01(_) => ChallengeType::Http01,
             Solver::Dns01 { .. } => ChallengeType::Dns01,
@@ -284,21 +328,8 @@ impl AcmeIssuer {
                 }
             }
         }
-        let published = self.publish_dns(&request.site, &dns_values).await;
-        let result = match published {
-            Ok(()) => self.complete(&mut order, request, kind).await,
-            Err(e) => Err(e),
-        };
-        // Always clean up, whatever happened.
-        if let Solver::Http01(tokens) = &self.solver {
-            for t in &http_tokens {
-                tokens.remove(t);
-            }
-        }
-        if let Err(e) = self.release_dns(&dns_values).await {
-            tracing::warn!(issuer = %self.name, error = %e, "challenge records not removed; the next pass removes them");
-        }
-        result
+        self.publish_dns(&request.site, dns_values).await?;
+        self.complete(&mut order, request, kind).await
     }
 
     async fn complete(
@@ -460,7 +491,12 @@ impl AcmeIssuer {
     }
 }
 
-async fn stored_account(name: &str, spec: &AcmeSpec, store: &dyn Store) -> Result<Option<Account>, IssueError> {
+async fn stored_account(
+    name: &str,
+    spec: &AcmeSpec,
+    deadlines: DeadlinesSpec,
+    store: &dyn Store,
+) -> Result<Option<Account>, IssueError> {
     let stored = store
         .read_state(&account_state(name))
         .await?
@@ -469,7 +505,7 @@ async fn stored_account(name: &str, spec: &AcmeSpec, store: &dyn Store) -> Resul
         .filter(|a| a.directory == spec.directory);
     match stored {
         Some(a) => Ok(Some(
-            http_client(name, spec)?
+            http_client(name, spec, deadlines)?
                 .from_credentials(a.credentials)
                 .await
                 .map_err(acme_error(name, "restore the account"))?,
@@ -478,16 +514,37 @@ async fn stored_account(name: &str, spec: &AcmeSpec, store: &dyn Store) -> Resul
     }
 }
 
-fn http_client(name: &str, spec: &AcmeSpec) -> Result<instant_acme::AccountBuilder, IssueError> {
-    match &spec.ca_bundle_file {
-        Some(path) => Account::builder_with_root(path),
-        None => Account::builder(),
-    }
-    .map_err(acme_error(name, "set up the HTTP client"))
+/// An account builder whose every request to the server ends within the request deadline.
+fn http_client(
+    name: &str,
+    spec: &AcmeSpec,
+    deadlines: DeadlinesSpec,
+) -> Result<instant_acme::AccountBuilder, IssueError> {
+    let fail = |detail: String| IssueError::Acme {
+        issuer: name.into(),
+        what: "set up the HTTP client",
+        detail,
+    };
+    let root = match &spec.ca_bundle_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| fail(format!("ca_bundle_file {path}: {e}")))?),
+        None => None,
+    };
+    let client = http::DeadlineClient::new(deadlines.request.to_std(), root.as_deref()).map_err(|e| {
+        fail(match &spec.ca_bundle_file {
+            Some(path) => format!("ca_bundle_file {path}: {}", crate::deadline::chain(&e)),
+            None => crate::deadline::chain(&e),
+        })
+    })?;
+    Ok(Account::builder_with_http(Box::new(client)))
 }
 
 /// Registers a new account (with EAB when configured) and saves it in the store.
-async fn create_account(name: &str, spec: &AcmeSpec, store: &dyn Store) -> Result<Account, IssueError> {
+async fn create_account(
+    name: &str,
+    spec: &AcmeSpec,
+    deadlines: DeadlinesSpec,
+    store: &dyn Store,
+) -> Result<Account, IssueError> {
     let contact: Vec<String> = spec.email.iter().map(|e| format!("mailto:{e}")).collect();
     let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
     let eab = match &spec.eab {
@@ -515,7 +572,7 @@ async fn create_account(name: &str, spec: &AcmeSpec, store: &dyn Store) -> Resul
         terms_of_service_agreed: true,
         only_return_existing: false,
     };
-    let (account, credentials) = http_client(name, spec)?
+    let (account, credentials) = http_client(name, spec, deadlines)?
         .create(&new, spec.directory.clone(), eab.as_ref())
         .await
         .map_err(acme_error(name, "create the account"))?;
