@@ -38,8 +38,8 @@ pub fn timed_out(e: &(dyn StdError + 'static)) -> bool {
 
 /// An HTTP client whose every request (connect, TLS, request, whole response body)
 /// ends within `deadline`; `root_pem` adds a CA to trust (a private ACME server).
-/// HTTP/1.1 only: one request per connection at a time, pooled (see the ACME notes in
-/// README on why not HTTP/2).
+/// HTTP/1.1, pooled: one exchange per connection at a time, so one that stalls
+/// shares nothing with the others.
 pub fn http_client(deadline: Duration, root_pem: Option<&[u8]>) -> Result<reqwest::Client, reqwest::Error> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(deadline)

@@ -123,6 +123,18 @@ fn the_pod_runs_locked_down_with_least_privilege() {
         .filter_map(|a| a.as_str())
         .collect();
     assert!(args.contains(&"--leader-elect"), "{args:?}");
+    // tlsward's shutdown grace ends before Kubernetes' SIGKILL.
+    let grace: u64 = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--shutdown-grace="))
+        .and_then(|g| g.strip_suffix('s'))
+        .and_then(|g| g.parse().ok())
+        .unwrap_or_else(|| panic!("no --shutdown-grace in {args:?}"));
+    let kill_after = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        grace < kill_after,
+        "grace {grace}s, terminationGracePeriodSeconds {kill_after}"
+    );
     let mounts: Vec<&str> = c["volumeMounts"]
         .as_array()
         .unwrap()

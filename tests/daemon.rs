@@ -258,25 +258,6 @@ fn config_reloads(m: &str) -> [f64; 4] {
     tlsward::metrics::RELOAD_RESULTS.map(|r| sample(m, &format!("tlsward_config_reloads_total{{result=\"{r}\"}}")))
 }
 
-/// Lays out a directory the way kubelet mounts a ConfigMap: the file is a symlink
-/// through `..data` into a timestamped directory, and an update swaps `..data`.
-fn configmap_publish(dir: &std::path::Path, stamp: &str, text: &str) {
-    let data = dir.join(stamp);
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("tlsward.yaml"), text).unwrap();
-    let tmp = dir.join("..data_tmp");
-    std::os::unix::fs::symlink(stamp, &tmp).unwrap();
-    let old = std::fs::read_link(dir.join("..data")).ok();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
-    if let Some(old) = old {
-        std::fs::remove_dir_all(dir.join(old)).unwrap();
-    }
-    let link = dir.join("tlsward.yaml");
-    if std::fs::symlink_metadata(&link).is_err() {
-        std::os::unix::fs::symlink("..data/tlsward.yaml", &link).unwrap();
-    }
-}
-
 #[test]
 fn an_idle_daemon_reads_its_config_once_per_real_change_even_on_a_configmap_mount() {
     let w = Workdir::new();

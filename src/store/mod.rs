@@ -1,5 +1,5 @@
 //! Where credentials, objects and tlsward's own state live, behind one trait: a
-//! directory (`files`) now, Kubernetes next. A store writes what it is given, whole,
+//! directory (`files`) or the Kubernetes API (`kubernetes`). A store writes what it is given, whole,
 //! and refuses a key that does not match its certificate; it never touches what
 //! carries no tlsward ownership mark. It decides nothing else.
 

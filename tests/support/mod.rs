@@ -141,3 +141,34 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .unwrap_or_default();
     Some((status, body))
 }
+
+/// Publishes `text` as `tlsward.yaml` in `dir` the way kubelet updates a ConfigMap
+/// volume: a new timestamped directory `stamp`, a `..data` symlink to it swapped in by
+/// rename, the old directory removed, and `tlsward.yaml -> ..data/tlsward.yaml`.
+pub fn configmap_publish(dir: &Path, stamp: &str, text: &str) {
+    let data = dir.join(stamp);
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("tlsward.yaml"), text).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(stamp, &tmp).unwrap();
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    if let Some(old) = old {
+        std::fs::remove_dir_all(dir.join(old)).unwrap();
+    }
+    let link = dir.join("tlsward.yaml");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("..data/tlsward.yaml", &link).unwrap();
+    }
+}
+
+/// CPU seconds (user + system) a running process has used so far, from /proc.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at `state`; utime
+    // and stime are the 14th and 15th fields of the whole line.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let (_, hz) = sh(Command::new("getconf").arg("CLK_TCK"));
+    ticks / hz.trim().parse::<f64>().unwrap_or(100.0)
+}
