@@ -71,10 +71,12 @@ fn main() {
                     not_after: now + Duration::days(89),
                     issuer_fingerprint: Some("signer".into()),
                     serial_hex: format!("{i:032x}"),
+                    key_algorithm: Some(tlsward::config::KeyAlgorithm::EcdsaP256),
                 },
                 key_matches: true,
                 client_ca_fingerprint: None,
                 clients: vec![],
+                format: Default::default(),
             },
         );
         records.push(RecordSet::new(

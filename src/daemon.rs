@@ -841,6 +841,9 @@ fn describe(c: &CredentialPlan) -> String {
     if !c.dropped.is_empty() {
         parts.push(format!("dropped {}", c.dropped.join(", ")));
     }
+    if let Some(r) = &c.reformat {
+        parts.push(format!("layout: {r}"));
+    }
     parts.join("; ")
 }
 

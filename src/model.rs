@@ -224,6 +224,8 @@ pub struct CertificateFacts {
     /// SHA-256 of the issuing certificate's DER, when known (detects an issuer change).
     pub issuer_fingerprint: Option<String>,
     pub serial_hex: String,
+    /// The algorithm of the certificate's key, when it is one tlsward makes.
+    pub key_algorithm: Option<crate::config::KeyAlgorithm>,
 }
 
 /// A stored credential as observed: facts, and whether its key matches.
@@ -238,6 +240,8 @@ pub struct ObservedCredential {
     pub client_ca_fingerprint: Option<String>,
     /// Client certificates by name.
     pub clients: Vec<(String, CertificateFacts)>,
+    /// The Secret layout it is stored in (meaningful for the Kubernetes store only).
+    pub format: crate::config::SecretFormat,
 }
 
 #[cfg(test)]

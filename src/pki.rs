@@ -92,7 +92,23 @@ pub fn facts(chain_pem: &str) -> Result<CertificateFacts, PkiError> {
         not_after: to_datetime(cert.validity().not_after.timestamp())?,
         issuer_fingerprint: ders.get(1).map(|d| fingerprint(d)),
         serial_hex: hex(cert.raw_serial()),
+        key_algorithm: key_algorithm(&cert),
     })
+}
+
+/// The algorithm of a certificate's public key, among those tlsward makes.
+fn key_algorithm(cert: &X509Certificate<'_>) -> Option<crate::config::KeyAlgorithm> {
+    use crate::config::KeyAlgorithm;
+    use x509_parser::public_key::PublicKey;
+    match cert.public_key().parsed().ok()? {
+        PublicKey::EC(point) => match point.key_size() {
+            256 => Some(KeyAlgorithm::EcdsaP256),
+            384 => Some(KeyAlgorithm::EcdsaP384),
+            _ => None,
+        },
+        PublicKey::RSA(rsa) if rsa.key_size() == 2048 => Some(KeyAlgorithm::Rsa2048),
+        _ => None,
+    }
 }
 
 fn to_datetime(ts: i64) -> Result<OffsetDateTime, PkiError> {

@@ -290,3 +290,221 @@ fn the_standalone_emulator_serves_kubectl_and_stops_on_sigterm() {
     child.stderr.take().unwrap().read_to_string(&mut said).unwrap();
     assert!(!said.contains("token"), "{said}");
 }
+
+/// kubectl `args` with a manifest on stdin; (exit code, output).
+fn kubectl_stdin(emu: &Running, args: &[&str], manifest: &str) -> (i32, String) {
+    use std::io::Write;
+    let mut child = emu
+        .kubectl(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(manifest.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn secrets_merge_string_data_keep_their_type_and_need_their_tls_keys() {
+    let emu = Running::start();
+    // stringData lands in data (base64) and is not stored itself.
+    let (code, out) = kubectl_stdin(
+        &emu,
+        &["create", "--validate=false", "-f", "-"],
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: plain, namespace: default}\nstringData: {greeting: hello}\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    let s = emu.emulator.get("v1", "secrets", "default", "plain").unwrap();
+    assert_eq!(s["data"]["greeting"], "aGVsbG8=");
+    assert!(s.get("stringData").is_none(), "{s}");
+    assert_eq!(s["type"], "Opaque");
+
+    // The type cannot change: 422, as kube-apiserver answers.
+    let (code, out) = kubectl_stdin(
+        &emu,
+        &["replace", "--validate=false", "-f", "-"],
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: plain, namespace: default}\ntype: kubernetes.io/tls\ndata: {tls.crt: YQ==, tls.key: Yg==}\n",
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("field is immutable"), "{out}");
+
+    // kubernetes.io/tls needs both keys.
+    let (code, out) = kubectl_stdin(
+        &emu,
+        &["create", "--validate=false", "-f", "-"],
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: half, namespace: default}\ntype: kubernetes.io/tls\ndata: {tls.crt: YQ==}\n",
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("data[tls.key]: Required value"), "{out}");
+    assert!(emu.emulator.get("v1", "secrets", "default", "half").is_none());
+}
+
+#[test]
+fn labels_are_validated() {
+    let emu = Running::start();
+    for (labels, bad) in [
+        ("{tlsward.io/owner: \"not a valid value\"}", "not a valid value"),
+        ("{\"-bad-key\": x}", "-bad-key"),
+        (&format!("{{long: {}}}", "a".repeat(64)), "at most 63"),
+    ] {
+        let manifest =
+            format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: l, namespace: default, labels: {labels}}}\n");
+        let (code, out) = kubectl_stdin(&emu, &["create", "--validate=false", "-f", "-"], &manifest);
+        assert_ne!(code, 0, "{labels}: {out}");
+        assert!(out.contains("is invalid") && out.contains(bad), "{labels}: {out}");
+    }
+    let (code, out) = kubectl_stdin(
+        &emu,
+        &["create", "--validate=false", "-f", "-"],
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: l, namespace: default, labels: {tlsward.io/owner: foocorp-prod, empty: \"\"}}\n",
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn merge_and_json_patches_work_on_objects_and_the_status_subresource() {
+    let emu = Running::start();
+    let (code, out) = kubectl_stdin(
+        &emu,
+        &["create", "--validate=false", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: gw, namespace: default}\nspec: {type: LoadBalancer, ports: [{port: 443}]}\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = sh(&mut emu.kubectl(&[
+        "patch",
+        "svc",
+        "gw",
+        "-n",
+        "default",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"metadata":{"labels":{"a":"1"}}}"#,
+    ]));
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = sh(&mut emu.kubectl(&[
+        "patch",
+        "svc",
+        "gw",
+        "-n",
+        "default",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"add","path":"/metadata/labels/b","value":"2"},{"op":"remove","path":"/metadata/labels/a"}]"#,
+    ]));
+    assert_eq!(code, 0, "{out}");
+    // The status subresource: a merge patch there changes only .status.
+    let (code, out) = sh(&mut emu.kubectl(&[
+        "patch",
+        "svc",
+        "gw",
+        "-n",
+        "default",
+        "--subresource",
+        "status",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.7"}]}},"metadata":{"labels":{"c":"3"}}}"#,
+    ]));
+    assert_eq!(code, 0, "{out}");
+    let s = emu.emulator.get("v1", "services", "default", "gw").unwrap();
+    assert_eq!(s["metadata"]["labels"], json!({"b": "2"}), "{s}");
+    assert_eq!(s["status"]["loadBalancer"]["ingress"][0]["ip"], "192.0.2.7");
+    // A JSON patch that cannot apply is refused whole.
+    let (code, out) = sh(&mut emu.kubectl(&[
+        "patch",
+        "svc",
+        "gw",
+        "-n",
+        "default",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"add","path":"/metadata/labels/d","value":"4"},{"op":"remove","path":"/spec/nothing"}]"#,
+    ]));
+    assert_ne!(code, 0, "{out}");
+    let s = emu.emulator.get("v1", "services", "default", "gw").unwrap();
+    assert!(s["metadata"]["labels"].get("d").is_none(), "{s}");
+}
+
+#[test]
+fn short_names_resolve_and_timestamps_are_whole_seconds() {
+    let emu = Running::start();
+    let (code, out) = kubectl_stdin(
+        &emu,
+        &["create", "--validate=false", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: gw, namespace: default}\nspec: {ports: [{port: 80}]}\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = sh(&mut emu.kubectl(&[
+        "get",
+        "svc",
+        "gw",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.metadata.creationTimestamp}",
+    ]));
+    assert_eq!(code, 0, "{out}");
+    let stamp = out.trim();
+    assert!(
+        stamp.len() == 20 && stamp.ends_with('Z') && !stamp.contains('.'),
+        "not whole seconds: {stamp}"
+    );
+    for short in ["gw", "vs", "ns"] {
+        let (code, out) = sh(&mut emu.kubectl(&["get", short, "-A"]));
+        assert_eq!(code, 0, "{short}: {out}");
+    }
+}
+
+#[test]
+fn two_managers_applying_the_same_value_share_the_field() {
+    let emu = Running::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let api: Api<Secret> = Api::namespaced(emu.client().await, "default");
+        let obj = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shared"}, "data": {"k": "djE="}});
+        for manager in ["alice", "bob"] {
+            api.patch("shared", &PatchParams::apply(manager), &Patch::Apply(&obj))
+                .await
+                .unwrap();
+        }
+        // Both own .data.k now: alice changing it conflicts with bob.
+        let changed =
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shared"}, "data": {"k": "djI="}});
+        let err = api
+            .patch("shared", &PatchParams::apply("alice"), &Patch::Apply(&changed))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("conflict with \"bob\": .data.k"), "{err}");
+    });
+}
+
+#[test]
+fn an_event_note_over_1024_bytes_is_refused() {
+    let emu = Running::start();
+    let event = |note: &str| {
+        format!(
+            "apiVersion: events.k8s.io/v1\nkind: Event\nmetadata: {{name: e, namespace: default}}\neventTime: \"2026-11-28T00:00:00.000000Z\"\nreportingController: tlsward\nreportingInstance: t\naction: Issue\nreason: Issued\ntype: Normal\nnote: \"{note}\"\n"
+        )
+    };
+    let (code, out) = kubectl_stdin(
+        &emu,
+        &["create", "--validate=false", "-f", "-"],
+        &event(&"é".repeat(513)),
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("note: Too long"), "{out}");
+    let (code, out) = kubectl_stdin(
+        &emu,
+        &["create", "--validate=false", "-f", "-"],
+        &event(&"é".repeat(512)),
+    );
+    assert_eq!(code, 0, "{out}");
+}

@@ -12,7 +12,7 @@ use std::fmt;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::config::{ConfigFile, IssuerKind, SiteSpec, TlsMode};
+use crate::config::{ConfigFile, IssuerKind, KeyAlgorithm, SecretFormat, SiteSpec, TlsMode};
 use crate::dns::registry::{self, DesiredName, ZoneDiff};
 use crate::model::{Address, CertificateFacts, GatewayAddress, Hostname, ObservedCredential, RecordSet, RecordType};
 use crate::render;
@@ -51,6 +51,7 @@ pub enum Reason {
     HostsChanged { stored: Vec<String>, wanted: Vec<String> },
     SignerChanged,
     ClientCaChanged,
+    KeyAlgorithmChanged { stored: String, wanted: String },
     Expired { not_after: String },
     RenewalDue { renew_at: String },
     RenewalWindow { start: String, end: String },
@@ -73,6 +74,9 @@ impl fmt::Display for Reason {
             }
             Reason::SignerChanged => write!(f, "signed by a CA certificate that is no longer the issuer's"),
             Reason::ClientCaChanged => write!(f, "the client CA changed"),
+            Reason::KeyAlgorithmChanged { stored, wanted } => {
+                write!(f, "key algorithm changed from {stored} to {wanted}")
+            }
             Reason::Expired { not_after } => write!(f, "expired at {not_after}"),
             Reason::RenewalDue { renew_at } => write!(f, "renewal was due at {renew_at}"),
             Reason::RenewalWindow { start, end } => {
@@ -113,6 +117,9 @@ pub struct CredentialPlan {
     /// Stored parts no longer configured (client certificates, a client CA).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dropped: Vec<String>,
+    /// The stored Secret layout differs from the configured one: rewritten as it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reformat: Option<String>,
     /// Set when the credential's place holds something foreign: nothing is done.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
@@ -125,7 +132,8 @@ impl CredentialPlan {
             && (self.server.is_issue()
                 || self.client_ca.as_ref().is_some_and(Action::is_issue)
                 || self.clients.iter().any(|(_, a)| a.is_issue())
-                || !self.dropped.is_empty())
+                || !self.dropped.is_empty()
+                || self.reformat.is_some())
     }
 }
 
@@ -211,6 +219,22 @@ fn lifecycle(
     }
 }
 
+/// A config value (a key algorithm, a Secret format) as the config spells it.
+fn config_word<T: Serialize + fmt::Debug>(v: T) -> String {
+    serde_json::to_value(&v)
+        .ok()
+        .and_then(|j| j.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{v:?}"))
+}
+
+/// The layout a Secret of this site really has: without a client CA, `split` is `tls`.
+fn effective_format(format: SecretFormat, mode: TlsMode) -> SecretFormat {
+    match (format, mode) {
+        (SecretFormat::Split, TlsMode::Simple) => SecretFormat::Tls,
+        (f, _) => f,
+    }
+}
+
 fn plan_credential(
     config: &ConfigFile,
     site: &SiteSpec,
@@ -235,6 +259,7 @@ fn plan_credential(
         client_ca: None,
         clients: Vec::new(),
         dropped: Vec::new(),
+        reformat: None,
         blocked: None,
     };
     if let Some(what) = observed.foreign_credentials.get(&site.name) {
@@ -247,6 +272,11 @@ fn plan_credential(
         .get(&site.issuer)
         .is_some_and(|i| matches!(i.kind(), IssuerKind::Ca(_)));
     let signer = observed.signers.get(&site.issuer);
+    // The key algorithm of the leaves this issuer makes (ACME keys are P-256).
+    let wanted_key = match config.issuers.get(&site.issuer).map(|i| i.kind()) {
+        Some(IssuerKind::Ca(ca)) => ca.key,
+        _ => KeyAlgorithm::EcdsaP256,
+    };
 
     plan.server = match (stored, observed.unreadable_credentials.get(&site.name)) {
         (_, Some(detail)) => Action::Issue(Reason::Unreadable { detail: detail.clone() }),
@@ -266,6 +296,11 @@ fn plan_credential(
                 })
             } else if is_ca && (signer.is_none() || c.server.issuer_fingerprint.as_ref() != signer) {
                 Action::Issue(Reason::SignerChanged)
+            } else if let Some(stored_key) = c.server.key_algorithm.filter(|k| *k != wanted_key) {
+                Action::Issue(Reason::KeyAlgorithmChanged {
+                    stored: config_word(stored_key),
+                    wanted: config_word(wanted_key),
+                })
             } else {
                 let jitter = renewal::jitter_for(seed, &site.name);
                 let (action, at) = match observed.renewal_windows.get(&site.name) {
@@ -294,6 +329,24 @@ fn plan_credential(
             }
         }
     };
+
+    // Only Secrets have a layout; a credential reissued anyway is written in the new one.
+    if config.store.kubernetes.is_some()
+        && let Some(c) = stored
+        && !plan.server.is_issue()
+    {
+        let (was, wanted) = (
+            effective_format(c.format, site.tls.mode),
+            effective_format(site.tls.format, site.tls.mode),
+        );
+        if was != wanted {
+            plan.reformat = Some(format!(
+                "stored as `{}`, configured `{}`",
+                config_word(was),
+                config_word(wanted)
+            ));
+        }
+    }
 
     if site.tls.mode == TlsMode::Mutual {
         let state_ca = observed.client_cas.get(&site.name);

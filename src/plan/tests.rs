@@ -52,6 +52,7 @@ fn facts(names: &[&str], not_before: OffsetDateTime, days: i64, signer: &str) ->
         not_after: not_before + Duration::days(days),
         issuer_fingerprint: Some(signer.to_string()),
         serial_hex: "01".into(),
+        key_algorithm: None,
     }
 }
 
@@ -63,6 +64,7 @@ fn stored(site: &str, hosts: &[&str], issued: OffsetDateTime) -> ObservedCredent
         key_matches: true,
         client_ca_fingerprint: None,
         clients: vec![],
+        format: Default::default(),
     }
 }
 
@@ -308,9 +310,27 @@ fn a_foreign_credential_blocks_the_site_and_is_reported() {
     assert!(!p.credentials[0].needs_write());
     assert_eq!(p.conflicts.len(), 1);
     assert!(p.conflicts[0].subject.contains("shop-credential"));
-    // and the Gateway does not name a credential it cannot vouch for
-    assert_eq!(p.objects, vec!["gateway/tlsward-gateway".to_string()]);
-    assert_eq!(rendered(&config(""), &p)[0]["spec"]["servers"], serde_json::json!([]));
+    // and the Gateway does not name a credential it cannot vouch for: with no other
+    // site there is no Gateway at all (Istio's webhook rejects one without servers).
+    assert!(p.objects.is_empty(), "{:?}", p.objects);
+    assert!(rendered(&config(""), &p).is_empty());
+}
+
+#[test]
+fn a_gateway_is_rendered_only_with_a_server_to_carry() {
+    let cfg = config(MUTUAL);
+    let shop_only = BTreeSet::from(["shop".to_string()]);
+    let none = BTreeSet::new();
+    assert!(crate::render::object_keys(&cfg, &none, &none).is_empty());
+    assert!(crate::render::objects(&cfg, &none, &BTreeMap::new()).is_empty());
+    let with_shop = crate::render::objects(&cfg, &shop_only, &BTreeMap::new());
+    let servers = with_shop[0]["spec"]["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 2, "{servers:?}");
+    // A pending HTTP-01 challenge alone is a server (port 80).
+    let challenged = BTreeMap::from([("inv".to_string(), ("solver.tlsward.svc".to_string(), 8089u16))]);
+    let objects = crate::render::objects(&cfg, &none, &challenged);
+    assert_eq!(objects[0]["kind"], "Gateway");
+    assert_eq!(objects[0]["spec"]["servers"].as_array().unwrap().len(), 1);
 }
 
 #[test]
@@ -570,4 +590,61 @@ fn the_files_store_answers_http01_on_the_solver_port_alone() {
     let mut cfg = cluster_acme("{}");
     cfg.store = serde_json::from_value(serde_json::json!({"files": {"dir": "out"}})).unwrap();
     assert!(plan(&cfg, &Observed::default(), NOW, SEED).challenge_routes.is_empty());
+}
+
+/// The shop site in a Kubernetes store, in the Secret layout `format`.
+fn kube_config(format: &str) -> ConfigFile {
+    let text = config("");
+    let mut v = serde_json::to_value(&text).unwrap();
+    v["store"] = serde_json::json!({"kubernetes": {}});
+    v["sites"][0]["tls"] = serde_json::json!({"mode": "SIMPLE", "format": format});
+    serde_json::from_value(v).unwrap()
+}
+
+fn shop_plan(cfg: &ConfigFile, stored: ObservedCredential) -> CredentialPlan {
+    let p = plan(cfg, &observed_with(vec![stored]), NOW, SEED);
+    p.credentials.into_iter().find(|c| c.site == "shop").unwrap()
+}
+
+#[test]
+fn a_secret_layout_change_rewrites_the_credential_without_reissuing_it() {
+    let stored = stored("shop", &["shop.z.example"], NOW - Duration::days(1));
+    let same = shop_plan(&kube_config("tls"), stored.clone());
+    assert!(!same.needs_write(), "{same:?}");
+    let changed = shop_plan(&kube_config("generic"), stored.clone());
+    assert!(!changed.server.is_issue(), "the certificate is kept: {changed:?}");
+    assert_eq!(
+        changed.reformat.as_deref(),
+        Some("stored as `tls`, configured `generic`")
+    );
+    assert!(changed.needs_write());
+    // Without a client CA, `split` lays a Secret out exactly as `tls` does.
+    assert!(!shop_plan(&kube_config("split"), stored).needs_write());
+}
+
+#[test]
+fn a_files_store_has_no_secret_layout_to_change() {
+    let mut cfg = config("");
+    cfg.sites[0].tls.format = crate::config::SecretFormat::Generic;
+    let c = shop_plan(&cfg, stored("shop", &["shop.z.example"], NOW - Duration::days(1)));
+    assert!(!c.needs_write(), "{c:?}");
+}
+
+#[test]
+fn a_key_algorithm_change_reissues() {
+    let mut c = stored("shop", &["shop.z.example"], NOW - Duration::days(1));
+    c.server.key_algorithm = Some(crate::config::KeyAlgorithm::EcdsaP256);
+    assert!(!shop_plan(&config(""), c.clone()).needs_write());
+    let mut cfg = config("");
+    if let Some(crate::config::IssuerSpec { ca: Some(ca), .. }) = cfg.issuers.get_mut("internal") {
+        ca.key = crate::config::KeyAlgorithm::Rsa2048;
+    }
+    let p = shop_plan(&cfg, c);
+    assert_eq!(
+        p.server,
+        Action::Issue(Reason::KeyAlgorithmChanged {
+            stored: "ecdsa-p256".into(),
+            wanted: "rsa-2048".into()
+        })
+    );
 }

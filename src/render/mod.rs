@@ -158,7 +158,9 @@ pub fn objects_iter<'a>(
     challenged: &'a BTreeMap<String, (String, u16)>,
 ) -> impl Iterator<Item = Value> + 'a {
     let names: BTreeSet<String> = challenged.keys().cloned().collect();
-    std::iter::once(gateway(config, ready, &names)).chain(config.sites.iter().flat_map(move |site| {
+    // Istio's webhook rejects a Gateway without servers: none is rendered then.
+    let gateway = has_servers(config, ready, &names).then(|| gateway(config, ready, &names));
+    gateway.into_iter().chain(config.sites.iter().flat_map(move |site| {
         let mut out = Vec::new();
         if ready.contains(&site.name) {
             out.push(virtual_service(config, site));
@@ -174,7 +176,10 @@ pub fn objects_iter<'a>(
 /// The `kind/name` of every object `objects` renders, without rendering them (the
 /// plan needs only the names; rendering 10,000 sites' objects is the apply step's cost).
 pub fn object_keys(config: &ConfigFile, ready: &BTreeSet<String>, challenged: &BTreeSet<String>) -> Vec<String> {
-    let mut out = vec![format!("gateway/{}", config.gateway.name)];
+    let mut out = Vec::new();
+    if has_servers(config, ready, challenged) {
+        out.push(format!("gateway/{}", config.gateway.name));
+    }
     for site in &config.sites {
         if ready.contains(&site.name) {
             out.push(format!("virtualservice/{}", site.name));
@@ -185,6 +190,15 @@ pub fn object_keys(config: &ConfigFile, ready: &BTreeSet<String>, challenged: &B
         }
     }
     out
+}
+
+/// Whether the Gateway has any server: a ready site (443 and its redirect) or a
+/// pending HTTP-01 challenge (80).
+fn has_servers(config: &ConfigFile, ready: &BTreeSet<String>, challenged: &BTreeSet<String>) -> bool {
+    config
+        .sites
+        .iter()
+        .any(|s| ready.contains(&s.name) || challenged.contains(&s.name))
 }
 
 /// Owned objects (`kind/name`) that `wanted` no longer names.

@@ -44,6 +44,20 @@ pub struct KubeStore {
     seen: Mutex<BTreeMap<String, Value>>,
 }
 
+/// The API server refuses an Event note over 1024 bytes: longer messages are cut on a
+/// character boundary and end in `…`.
+fn event_note(message: &str) -> String {
+    const LIMIT: usize = 1024;
+    if message.len() <= LIMIT {
+        return message.to_string();
+    }
+    let mut end = LIMIT - '…'.len_utf8();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
+
 fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
@@ -149,6 +163,25 @@ impl KubeStore {
                 {
                     return Ok(());
                 }
+                // A Secret's type is immutable: a new layout replaces the Secret, with
+                // preconditions so that nothing written meanwhile is deleted.
+                Some(c) if c.type_ != secret.type_ => {
+                    let delete = DeleteParams {
+                        preconditions: Some(kube::api::Preconditions {
+                            resource_version: c.metadata.resource_version.clone(),
+                            uid: c.metadata.uid.clone(),
+                        }),
+                        ..Default::default()
+                    };
+                    match api.delete(&name, &delete).await {
+                        Ok(_) => {
+                            tracing::info!(secret = %name, from = ?c.type_, to = ?secret.type_, "Secret type changed: replaced");
+                            secret.metadata.resource_version = None;
+                            api.create(&params, &secret).await.map(|_| ())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
                 Some(c) => {
                     secret.metadata.resource_version = c.metadata.resource_version;
                     api.replace(&name, &params, &secret).await.map(|_| ())
@@ -212,7 +245,7 @@ impl Store for KubeStore {
         let event = Event {
             type_,
             reason: reason.into(),
-            note: Some(message.chars().take(1000).collect()),
+            note: Some(event_note(message)),
             action: action.into(),
             secondary: None,
         };
@@ -255,13 +288,12 @@ impl Store for KubeStore {
                 );
                 continue;
             };
+            let split_ca = by_name
+                .get(&format!("{name}-cacert"))
+                .and_then(|s| text(s, names::CA_CRT));
             let client_ca_pem = text(secret, names::CA_CRT)
                 .or_else(|| text(secret, names::GENERIC_CACERT))
-                .or_else(|| {
-                    by_name
-                        .get(&format!("{name}-cacert"))
-                        .and_then(|s| text(s, names::CA_CRT))
-                });
+                .or_else(|| split_ca.clone());
             let mut clients = BTreeMap::new();
             if let Some(cs) = by_name
                 .get(&format!("{site}{CLIENTS_SUFFIX}"))
@@ -299,10 +331,10 @@ impl Store for KubeStore {
                     },
                     client_ca_pem,
                     clients,
-                    format: if secret.type_.as_deref() == Some(names::SECRET_TYPE_TLS) {
-                        SecretFormat::Tls
-                    } else {
-                        SecretFormat::Generic
+                    format: match secret.type_.as_deref() {
+                        Some(names::SECRET_TYPE_TLS) if split_ca.is_some() => SecretFormat::Split,
+                        Some(names::SECRET_TYPE_TLS) => SecretFormat::Tls,
+                        _ => SecretFormat::Generic,
                     },
                 },
             );
@@ -520,6 +552,24 @@ impl Store for KubeStore {
                 owner: self.owner.clone(),
             }),
             None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_note;
+
+    #[test]
+    fn event_notes_fit_1024_bytes_and_cut_on_a_character_boundary() {
+        assert_eq!(event_note("short"), "short");
+        let exact = "a".repeat(1024);
+        assert_eq!(event_note(&exact), exact);
+        for text in ["é".repeat(600), "€".repeat(400), format!("a{}", "😀".repeat(300))] {
+            let note = event_note(&text);
+            assert!(note.len() <= 1024, "{} bytes", note.len());
+            assert!(note.ends_with('…'));
+            assert!(text.starts_with(note.trim_end_matches('…')));
         }
     }
 }

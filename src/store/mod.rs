@@ -177,6 +177,7 @@ impl CredentialBundle {
             key_matches,
             client_ca_fingerprint,
             clients,
+            format: self.format,
         })
     }
 }

@@ -16,11 +16,20 @@
 //!   fields a manager stops applying are removed unless someone else owns them; an
 //!   apply that changes nothing does not bump the resourceVersion. Creates and replaces
 //!   take ownership of the fields they change, as `Update` operations do.
-//! - discovery (`/api`, `/apis`, `/api/v1`, `/apis/<group>/<version>`) for kubectl.
+//! - discovery (`/api`, `/apis`, `/api/v1`, `/apis/<group>/<version>`) for kubectl,
+//!   with shortNames (`ns`, `svc`, `ev`, `gw`, `vs`).
+//! - merge patch (RFC 7386) and JSON patch (RFC 6902) on every resource and on the
+//!   status subresource; applying another manager's field with the same value shares it.
+//! - admission where tlsward or a kubectl user meets it: Secret `stringData` merged into
+//!   `data` and dropped, `type` defaulted to `Opaque` and immutable (422),
+//!   `kubernetes.io/tls` without `tls.crt`/`tls.key` (422), label keys and values
+//!   validated (422), an events.k8s.io Event `note` over 1024 bytes (422).
+//! - timestamps in whole seconds.
 //!
 //! Where it is simpler than the real API server (the real behaviour in brackets):
 //! - one global resourceVersion counter as a decimal string [opaque, etcd revision].
-//! - lists are atomic in apply [list-map keys such as `port` merge per item].
+//! - lists are atomic in apply [list-map keys such as `port` merge per item]; a
+//!   strategic merge patch is served as a merge patch [built-in kinds merge lists by key].
 //! - no admission, defaulting, schema validation or `fieldValidation` [all of them];
 //!   no `/openapi`, so kubectl runs with `--validate=false` [it downloads the schemas].
 //! - no authentication or authorization [RBAC]; every request is allowed.
@@ -262,10 +271,108 @@ pub fn label_selector_matches(selector: &str, labels: &Map<String, Value>) -> bo
     })
 }
 
+/// Now, as the API server writes timestamps: RFC 3339 in whole seconds, UTC.
 fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap()
+    let t = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+    t.format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
+/// A 422 `Invalid` Status, as validation failures come back.
+fn invalid(t: &Target, name: &str, causes: &[String]) -> Box<Response> {
+    Box::new(status(
+        422,
+        "Invalid",
+        format!("{} \"{name}\" is invalid: {}", t.resource.kind, causes.join(", ")),
+    ))
+}
+
+/// A label key: an optional DNS-subdomain prefix and `/`, then a name of at most 63
+/// characters, alphanumeric at both ends, `-`, `_`, `.` inside.
+fn label_name_ok(name: &str) -> bool {
+    let (prefix, name) = match name.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, name),
+    };
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            })
+    });
+    prefix_ok && !name.is_empty() && label_value_ok(name)
+}
+
+/// A label value: empty, or at most 63 characters, alphanumeric at both ends.
+fn label_value_ok(v: &str) -> bool {
+    v.is_empty()
+        || (v.len() <= 63
+            && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && v.as_bytes()[0].is_ascii_alphanumeric()
+            && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric())
+}
+
+/// What the API server does to an object before it stores it, where tlsward or a kubectl
+/// user can meet it: Secret `stringData` merged into `data` and dropped, `type`
+/// defaulted and immutable, `kubernetes.io/tls` keys required, label keys and values
+/// validated, an Event's `note` at most 1024 bytes.
+fn admit(t: &Target, name: &str, old: Option<&Value>, new: &mut Value) -> Result<(), Box<Response>> {
+    let mut causes = Vec::new();
+    if let Some(labels) = new["metadata"]["labels"].as_object() {
+        for (k, v) in labels {
+            if !label_name_ok(k) {
+                causes.push(format!("metadata.labels: Invalid value: \"{k}\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+            }
+            match v.as_str() {
+                Some(v) if label_value_ok(v) => {}
+                _ => causes.push(format!("metadata.labels: Invalid value: {v}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (at most 63 characters)")),
+            }
+        }
+    }
+    if t.resource.kind == "Secret" && t.subresource.is_none() {
+        use base64::Engine;
+        if let Some(Value::Object(string_data)) = new.as_object_mut().and_then(|o| o.remove("stringData")) {
+            for (k, v) in string_data {
+                let text = v.as_str().unwrap_or_default();
+                new["data"][k.as_str()] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+            }
+        }
+        if new.get("type").is_none_or(Value::is_null) {
+            new["type"] = json!("Opaque");
+        }
+        let kind = new["type"].as_str().unwrap_or_default().to_string();
+        if let Some(old_kind) = old.and_then(|o| o["type"].as_str())
+            && old_kind != kind
+        {
+            causes.push(format!("type: Invalid value: \"{kind}\": field is immutable"));
+        }
+        if kind == "kubernetes.io/tls" {
+            for key in ["tls.crt", "tls.key"] {
+                if new["data"].get(key).is_none() {
+                    causes.push(format!("data[{key}]: Required value"));
+                }
+            }
+        }
+    }
+    if t.resource.group == "events.k8s.io"
+        && let Some(note) = new["note"].as_str()
+        && note.len() > 1024
+    {
+        causes.push(format!(
+            "note: Too long: may not be more than 1024 bytes (got {})",
+            note.len()
+        ));
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(t, name, &causes))
+    }
 }
 
 /// What a request addresses.
@@ -496,11 +603,8 @@ async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             if !content_type.starts_with("application/apply-patch") {
-                return status(
-                    415,
-                    "UnsupportedMediaType",
-                    format!("only server-side apply is served, not {content_type}"),
-                );
+                let manager = q.get("fieldManager").cloned().unwrap_or_else(|| "unknown".into());
+                return patch(&emu, &t, name, content_type, &body, manager);
             }
             let Some(manager) = q.get("fieldManager") else {
                 return status(
@@ -654,6 +758,10 @@ fn create(emu: &Emulator, t: &Target, mut v: Value, manager: String) -> Response
             format!("{} \"{name}\" already exists", t.resource.resource),
         );
     }
+    if let Err(r) = admit(t, &name, None, &mut v) {
+        emu.record(&mut db, "POST", t, &name, false);
+        return *r;
+    }
     db.rv += 1;
     v["apiVersion"] = json!(t.resource.api_version());
     v["kind"] = json!(t.resource.kind);
@@ -736,6 +844,27 @@ fn replace(emu: &Emulator, t: &Target, name: &str, mut v: Value, manager: String
         }
         next = v;
     }
+    commit_update(emu, &mut db, t, name, current, next, manager, "PUT")
+}
+
+/// Stores `next` in place of `current` as an update by `manager` (a replace or a
+/// patch): admission first, then ownership of the changed fields moves to `manager`.
+#[allow(clippy::too_many_arguments)]
+fn commit_update(
+    emu: &Emulator,
+    db: &mut Db,
+    t: &Target,
+    name: &str,
+    current: Stored,
+    mut next: Value,
+    manager: String,
+    method: &str,
+) -> Response {
+    let k = key(t, name);
+    if let Err(r) = admit(t, name, Some(&current.object), &mut next) {
+        emu.record(db, method, t, name, false);
+        return *r;
+    }
     let changed = next != current.object;
     let mut stored = current.clone();
     if changed {
@@ -762,11 +891,97 @@ fn replace(emu: &Emulator, t: &Target, name: &str, mut v: Value, manager: String
     }
     let rendered = render(&stored);
     db.objects.insert(k, stored);
-    emu.record(&mut db, "PUT", t, name, changed);
+    emu.record(db, method, t, name, changed);
     if changed {
-        emu.emit(&mut db, t, "MODIFIED", &rendered);
+        emu.emit(db, t, "MODIFIED", &rendered);
     }
     ok_json(StatusCode::OK, &rendered)
+}
+
+/// A merge patch (RFC 7386; a strategic merge patch is served as one for built-in
+/// kinds) or a JSON patch (RFC 6902), on the object or its status subresource.
+fn patch(emu: &Emulator, t: &Target, name: &str, content_type: &str, body: &Bytes, manager: String) -> Response {
+    let mut db = emu.db.lock().unwrap();
+    let Some(current) = db.objects.get(&key(t, name)).cloned() else {
+        emu.record(&mut db, "PATCH", t, name, false);
+        return not_found(t, name);
+    };
+    let built_in = !t.resource.group.contains('.') || t.resource.group.ends_with(".k8s.io");
+    let mut next = current.object.clone();
+    let applied = if content_type.starts_with("application/merge-patch+json")
+        || (content_type.starts_with("application/strategic-merge-patch+json") && built_in)
+    {
+        serde_json::from_slice::<Value>(body)
+            .map_err(|e| e.to_string())
+            .map(|p| json_patch::merge(&mut next, &p))
+    } else if content_type.starts_with("application/json-patch+json") {
+        serde_json::from_slice::<json_patch::Patch>(body)
+            .map_err(|e| e.to_string())
+            .and_then(|p| json_patch::patch(&mut next, &p).map_err(|e| e.to_string()))
+    } else {
+        emu.record(&mut db, "PATCH", t, name, false);
+        return status(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (not {content_type})"
+            ),
+        );
+    };
+    if let Err(e) = applied {
+        emu.record(&mut db, "PATCH", t, name, false);
+        return status(422, "Invalid", format!("the patch cannot be applied: {e}"));
+    }
+    if let Some(rv) = next["metadata"]["resourceVersion"].as_str()
+        && Some(rv) != current.object["metadata"]["resourceVersion"].as_str()
+    {
+        emu.record(&mut db, "PATCH", t, name, false);
+        return status(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                t.resource.resource
+            ),
+        );
+    }
+    // Identity and the other half (object vs status) are not the patch's to change.
+    for k in ["name", "namespace", "uid", "creationTimestamp", "resourceVersion"] {
+        match current.object["metadata"].get(k) {
+            Some(x) => next["metadata"][k] = x.clone(),
+            None => {
+                if let Some(m) = next["metadata"].as_object_mut() {
+                    m.remove(k);
+                }
+            }
+        }
+    }
+    if let Some(m) = next["metadata"].as_object_mut() {
+        m.remove("managedFields");
+    }
+    let to_status = t.subresource.as_deref() == Some("status");
+    if to_status {
+        let status_part = next.get("status").cloned();
+        next = current.object.clone();
+        match status_part {
+            Some(s) => next["status"] = s,
+            None => {
+                if let Some(m) = next.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+    } else if t.resource.status {
+        match current.object.get("status") {
+            Some(s) => next["status"] = s.clone(),
+            None => {
+                if let Some(m) = next.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+    }
+    commit_update(emu, &mut db, t, name, current, next, manager, "PATCH")
 }
 
 fn apply(emu: &Emulator, t: &Target, name: &str, patch: Value, manager: &str, force: bool) -> Response {
@@ -821,9 +1036,16 @@ fn apply(emu: &Emulator, t: &Target, name: &str, patch: Value, manager: &str, fo
     }
     let before = stored.object.clone();
     let previously: BTreeSet<Path> = stored.managers.get(manager).map(|(_, p)| p.clone()).unwrap_or_default();
+    // Applying another manager's field with the same value shares it (both own it, and
+    // a later change by either is a conflict); only a forced change takes it over.
+    let current_object = stored.object.clone();
     for (other, (_, paths)) in stored.managers.iter_mut() {
         if other != manager {
-            paths.retain(|o| !applied.iter().any(|p| overlaps(o, p)));
+            paths.retain(|o| {
+                !applied
+                    .iter()
+                    .any(|p| overlaps(o, p) && get_path(&current_object, p) != get_path(&patch, p))
+            });
         }
     }
     let owned_by_others: BTreeSet<Path> = stored
@@ -844,6 +1066,10 @@ fn apply(emu: &Emulator, t: &Target, name: &str, patch: Value, manager: &str, fo
     }
     stored.managers.insert(manager.to_string(), ("Apply".into(), applied));
     stored.managers.retain(|_, (_, p)| !p.is_empty());
+    if let Err(r) = admit(t, name, existing.as_ref().map(|e| &e.object), &mut stored.object) {
+        emu.record(&mut db, "PATCH", t, name, false);
+        return *r;
+    }
     let changed = existing.is_none() || stored.object != before;
     if changed {
         db.rv += 1;
@@ -899,8 +1125,16 @@ fn discovery(path: &str) -> Option<Value> {
             .iter()
             .filter(|r| r.0 == group && r.1 == version)
             .flat_map(|r| {
+                let short: &[&str] = match r.2 {
+                    "services" => &["svc"],
+                    "namespaces" => &["ns"],
+                    "events" => &["ev"],
+                    "gateways" => &["gw"],
+                    "virtualservices" => &["vs"],
+                    _ => &[],
+                };
                 let main = json!({"name": r.2, "singularName": r.3.to_ascii_lowercase(), "namespaced": r.4, "kind": r.3,
-                    "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]});
+                    "shortNames": short, "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]});
                 let status = json!({"name": format!("{}/status", r.2), "singularName": "", "namespaced": r.4, "kind": r.3, "verbs": ["get", "patch", "update"]});
                 if r.5 { vec![main, status] } else { vec![main] }
             })
