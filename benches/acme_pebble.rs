@@ -59,7 +59,7 @@ fn tlsward_run() -> Outcome {
     );
     for i in 0..CERTS {
         config.push_str(&format!(
-            "  - {{name: s{i}, hosts: [s{i}.bench.example], issuer: pebble, route: {{to: s{i}, port: 80}}}}\n"
+            "  - {{name: s{i}, hosts: [s{i}.bench.example], issuer: pebble, route: {{to: s{i}.default, port: 80}}}}\n"
         ));
     }
     w.write_config(&config);

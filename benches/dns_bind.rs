@@ -94,7 +94,7 @@ fn main() {
     let key = bind.key_file.display().to_string();
     let config = |ip: &str| {
         format!(
-            "owner_id: bench\nstore: {{files: {{dir: out}}}}\ngateway: {{address: {{static: [{ip}]}}}}\nissuers: {{internal: {{ca: {{}}}}}}\ndns:\n  providers:\n    corp: {{rfc2136: {{server: \"127.0.0.1:{}\", zone: {ZONE}., tsig: {{name: tlsward, secret_file: {key}}}}}}}\nsites:\n  - {{name: web, hosts: [web.{ZONE}], issuer: internal, dns: corp, route: {{to: web, port: 80}}}}\n",
+            "owner_id: bench\nstore: {{files: {{dir: out}}}}\ngateway: {{address: {{static: [{ip}]}}}}\nissuers: {{internal: {{ca: {{}}}}}}\ndns:\n  providers:\n    corp: {{rfc2136: {{server: \"127.0.0.1:{}\", zone: {ZONE}., tsig: {{name: tlsward, secret_file: {key}}}}}}}\nsites:\n  - {{name: web, hosts: [web.{ZONE}], issuer: internal, dns: corp, route: {{to: web.default, port: 80}}}}\n",
             bind.port
         )
     };

@@ -53,7 +53,7 @@ fn main() {
     );
     for i in 0..SITES {
         config.push_str(&format!(
-            "  - {{name: s{i}, hosts: [s{i}.bench.example], issuer: internal, route: {{to: s{i}, port: 80}}}}\n"
+            "  - {{name: s{i}, hosts: [s{i}.bench.example], issuer: internal, route: {{to: s{i}.default, port: 80}}}}\n"
         ));
     }
     w.write_config(&config);

@@ -36,7 +36,7 @@ dns:
   providers:
     corp: {{rfc2136: {{server: "127.0.0.1:{port}", zone: foocorp.example., tsig: {{name: tlsward, secret_file: {key}}}}}}}
 sites:
-  - {{name: shop, hosts: [{hosts}], issuer: pebble, dns: corp, route: {{to: shop, port: 80}}}}
+  - {{name: shop, hosts: [{hosts}], issuer: pebble, dns: corp, route: {{to: shop.default, port: 80}}}}
 "#,
             dir = self.pebble.directory(),
             ca = self.pebble.tls_ca.display(),

@@ -23,9 +23,17 @@ fn helm(args: &[&str]) -> (i32, String) {
 
 /// Renders the chart; returns every object as JSON.
 fn template(values: Option<&str>) -> Vec<serde_json::Value> {
-    let mut args = vec!["template", "demo", "charts/tlsward", "--namespace", "tlsward"];
+    template_release("demo", "tlsward", values, &[])
+}
+
+/// `helm template` of release `name` in `namespace` with a values file and `--set`s.
+fn template_release(name: &str, namespace: &str, values: Option<&str>, sets: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["template", name, "charts/tlsward", "--namespace", namespace];
     if let Some(v) = values {
         args.extend(["-f", v]);
+    }
+    for s in sets {
+        args.extend(["--set", s]);
     }
     let out = Command::new(root().join(".tools/layer/helm/helm"))
         .args(&args)
@@ -208,4 +216,68 @@ fn the_metrics_the_rules_use_are_the_ones_tlsward_exports() {
             "the rules use {name}, which tlsward does not export: {exported:?}"
         );
     }
+}
+
+fn ids(objects: &[serde_json::Value]) -> BTreeSet<(String, String, String)> {
+    objects
+        .iter()
+        .map(|o| {
+            (
+                o["kind"].as_str().unwrap_or_default().to_string(),
+                o["metadata"]["namespace"].as_str().unwrap_or_default().to_string(),
+                o["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_gateway_namespace_is_set_once_and_two_releases_share_a_namespace() {
+    // The Role follows config.gateway.namespace: there is no second value to disagree.
+    let objects = template_release("demo", "tlsward", None, &["config.gateway.namespace=edge"]);
+    let role = objects.iter().find(|o| o["kind"] == "Role").unwrap();
+    assert_eq!(role["metadata"]["namespace"], "edge");
+    let binding = objects.iter().find(|o| o["kind"] == "RoleBinding").unwrap();
+    assert_eq!(binding["metadata"]["namespace"], "edge");
+
+    // Two releases in one namespace: no object of one is an object of the other.
+    let a = ids(&template_release(
+        "a",
+        "tlsward",
+        Some("tests/chart/values-all.yaml"),
+        &[],
+    ));
+    let b = ids(&template_release(
+        "b",
+        "tlsward",
+        Some("tests/chart/values-all.yaml"),
+        &[],
+    ));
+    let shared: Vec<_> = a.intersection(&b).collect();
+    assert!(shared.is_empty(), "both releases render {shared:?}");
+}
+
+#[test]
+fn http01_issuers_are_pointed_at_this_releases_solver_service() {
+    let objects = template_release("edge", "certs", Some("tests/chart/values-http01.yaml"), &[]);
+    let cm = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
+    let text = cm["data"]["config.yaml"].as_str().unwrap();
+    let (config, _) = tlsward::config::yaml::parse(text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, text).unwrap();
+    let (code, out) = sh(Command::new(BIN).arg("check").arg("--config").arg(&file));
+    assert_eq!(code, 0, "{out}");
+    let service = config["issuers"]["le"]["acme"]["solver"]["http01"]["service"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(service, "edge-tlsward-acme-solver.certs.svc.cluster.local:8089");
+    let svc_name = service.split('.').next().unwrap();
+    assert!(
+        objects.iter().any(|o| o["kind"] == "Service"
+            && o["metadata"]["name"] == svc_name
+            && o["metadata"]["namespace"] == "certs"),
+        "no Service {svc_name} in certs"
+    );
 }

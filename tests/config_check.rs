@@ -123,7 +123,7 @@ sites:
     issuer: missing
     dns: local
     tls: {mode: SIMPLE, clients: [a]}
-    route: {to: x, port: "eighty"}
+    route: {to: x.default, port: "eighty"}
 "#;
     let (code, stdout, stderr) = check(text);
     assert_eq!(code, 1);
@@ -143,7 +143,7 @@ sites:
         "F:20:39: sites[1].hosts[1]: `other.example.org` is not in zone `foocorp.example.` of DNS provider `local`",
         "F:21:13: sites[1].issuer: no issuer named `missing` under issuers",
         "F:23:34: sites[1].tls.clients: client certificates need `mode: MUTUAL`",
-        "F:24:26: sites[1].route.port: expected integer, found a string",
+        "F:24:34: sites[1].route.port: expected integer, found a string",
     ];
     for (i, want) in expected.iter().enumerate() {
         assert!(
@@ -192,4 +192,40 @@ fn a_hostname_load_balancer_at_the_zone_apex_is_a_config_error() {
         stderr.contains("is the zone apex, where a CNAME is impossible"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_route_target_without_its_namespace_is_an_error_with_the_fix() {
+    let text = "owner_id: o\nstore: {files: {dir: out}}\nissuers: {ca1: {ca: {}}}\nsites:\n  - name: gen\n    hosts: [gen.example.com]\n    issuer: ca1\n    route: {to: gen, port: 80}\n  - {name: b, hosts: [b.example.com], issuer: ca1, route: {to: b.blog.svc.cluster.local, port: 80}}\n  - {name: c, hosts: [c.example.com], issuer: ca1, route: {to: c.blog, port: 80}}\n  - {name: d, hosts: [d.example.com], issuer: ca1, route: {to: d.blog.example, port: 80}}\n";
+    let (code, _, stderr) = check(text);
+    assert_eq!(code, 1, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert_eq!(
+        lines[0],
+        "F:8:17: sites[0].route.to: `gen` does not say the service's namespace: Istio would look for it in the gateway's namespace; write `gen.<namespace>` or `gen.<namespace>.svc.cluster.local`"
+    );
+    assert!(
+        lines[1].starts_with("F:11:") && lines[1].contains("sites[3].route.to: `d.blog.example`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_namespaced_route_target_is_rendered_fully_qualified() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "owner_id: o\nstore: {files: {dir: out}}\ngateway: {address: {static: [203.0.113.10]}}\nissuers: {ca1: {ca: {}}}\nsites:\n  - {name: c, hosts: [c.example.com], issuer: ca1, route: {to: c.blog, port: 80}}\n",
+    );
+    let out = tlsward(&["plan", "--config", path.to_str().unwrap(), "--format", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = Command::new(env!("CARGO_BIN_EXE_tlsward"))
+        .current_dir(dir.path())
+        .args(["run", "--once", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let vs = std::fs::read_to_string(dir.path().join("out/manifests/virtualservice-c.yaml")).unwrap();
+    assert!(vs.contains("host: c.blog.svc.cluster.local"), "{vs}");
 }

@@ -17,7 +17,7 @@ fn config(sites: &[&str]) -> String {
     );
     for s in sites {
         t.push_str(&format!(
-            "  - {{name: {s}, hosts: [{s}.foocorp.example], issuer: internal, route: {{to: {s}, port: 80}}}}\n"
+            "  - {{name: {s}, hosts: [{s}.foocorp.example], issuer: internal, route: {{to: {s}.default, port: 80}}}}\n"
         ));
     }
     t

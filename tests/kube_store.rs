@@ -350,7 +350,7 @@ fn a_gateway_field_owned_by_another_manager_is_a_conflict_never_forced() {
 fn generic_and_split_formats_lay_keys_out_as_istio_reads_them() {
     let emu = Running::start();
     let w = Workdir::new();
-    let text = "owner_id: kube-test\nstore: {kubernetes: {}}\ngateway: {namespace: istio-system}\nissuers: {internal: {ca: {}}}\nsites:\n  - {name: gen, hosts: [gen.foocorp.example], issuer: internal, tls: {mode: MUTUAL, format: generic}, route: {to: gen, port: 80}}\n  - {name: spl, hosts: [spl.foocorp.example], issuer: internal, tls: {mode: MUTUAL, format: split}, route: {to: spl, port: 80}}\n";
+    let text = "owner_id: kube-test\nstore: {kubernetes: {}}\ngateway: {namespace: istio-system}\nissuers: {internal: {ca: {}}}\nsites:\n  - {name: gen, hosts: [gen.foocorp.example], issuer: internal, tls: {mode: MUTUAL, format: generic}, route: {to: gen.default, port: 80}}\n  - {name: spl, hosts: [spl.foocorp.example], issuer: internal, tls: {mode: MUTUAL, format: split}, route: {to: spl.default, port: 80}}\n";
     w.write_config(text);
     assert_success(&run(&w, &emu));
     let generic = secret(&emu, "gen-credential").unwrap();
@@ -378,7 +378,7 @@ fn switching_the_secret_layout_replaces_the_secret_and_converges() {
     let w = Workdir::new();
     let site = |format: &str| {
         format!(
-            "owner_id: kube-test\nstore: {{kubernetes: {{}}}}\ngateway: {{namespace: istio-system}}\nissuers: {{internal: {{ca: {{}}}}}}\nsites:\n  - {{name: inv, hosts: [inv.foocorp.example], issuer: internal, tls: {{mode: MUTUAL, format: {format}}}, route: {{to: inv, port: 80}}}}\n"
+            "owner_id: kube-test\nstore: {{kubernetes: {{}}}}\ngateway: {{namespace: istio-system}}\nissuers: {{internal: {{ca: {{}}}}}}\nsites:\n  - {{name: inv, hosts: [inv.foocorp.example], issuer: internal, tls: {{mode: MUTUAL, format: {format}}}, route: {{to: inv.default, port: 80}}}}\n"
         )
     };
     w.write_config(&site("tls"));

@@ -71,6 +71,19 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// The fully qualified name of a route target: `<svc>.<ns>` becomes
+/// `<svc>.<ns>.svc.cluster.local`; `<svc>.<ns>.svc.<domain>` stays; anything else (a
+/// short name, whose namespace Istio would guess) is `None`.
+pub fn service_host(to: &str) -> Option<String> {
+    let to = to.strip_suffix('.').unwrap_or(to);
+    let labels: Vec<&str> = to.split('.').collect();
+    match labels.as_slice() {
+        [svc, ns] if !svc.is_empty() && !ns.is_empty() => Some(format!("{svc}.{ns}.svc.cluster.local")),
+        [_, _, "svc", domain @ ..] if !domain.is_empty() => Some(to.to_string()),
+        _ => None,
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {

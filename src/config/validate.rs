@@ -360,6 +360,16 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
                     format!("{pointer}/route/to"),
                     format!("`{to}` is not a service host name: {e}"),
                 );
+            } else if super::service_host(to_name).is_none() {
+                // Istio resolves a short name in the VirtualService's namespace (the
+                // gateway's), not the service's: a silent 503.
+                let svc = to_name.split('.').next().unwrap_or(to_name);
+                c.at(
+                    format!("{pointer}/route/to"),
+                    format!(
+                        "`{to}` does not say the service's namespace: Istio would look for it in the gateway's namespace; write `{svc}.<namespace>` or `{svc}.<namespace>.svc.cluster.local`"
+                    ),
+                );
             }
         }
     }

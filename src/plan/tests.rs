@@ -546,8 +546,8 @@ issuers:
   le: {{acme: {{directory: "https://acme.example/dir", solver: {{http01: {solver}}}}}}}
   internal: {{ca: {{}}}}
 sites:
-  - {{name: shop, hosts: [shop.z.example], issuer: le, route: {{to: shop, port: 80}}}}
-  - {{name: inv, hosts: [inv.z.example], issuer: internal, route: {{to: inv, port: 80}}}}
+  - {{name: shop, hosts: [shop.z.example], issuer: le, route: {{to: shop.default, port: 80}}}}
+  - {{name: inv, hosts: [inv.z.example], issuer: internal, route: {{to: inv.default, port: 80}}}}
 "#
     );
     Config::parse("c.yaml", &text).unwrap_or_else(|e| panic!("{e}"))

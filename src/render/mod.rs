@@ -100,7 +100,7 @@ pub fn virtual_service(config: &ConfigFile, site: &SiteSpec) -> Value {
         "spec": {
             "hosts": hosts(site),
             "gateways": [config.gateway.name],
-            "http": [{"route": [{"destination": {"host": site.route.to, "port": {"number": site.route.port}}}]}],
+            "http": [{"route": [{"destination": {"host": crate::config::service_host(&site.route.to).unwrap_or_else(|| site.route.to.clone()), "port": {"number": site.route.port}}}]}],
         },
     })
 }
@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn object_keys_name_exactly_the_rendered_objects() {
-        let text = "owner_id: o\nstore: {files: {dir: out}}\nissuers: {ca1: {ca: {}}}\nsites:\n  - {name: a, hosts: [a.example.com], issuer: ca1, route: {to: a, port: 80}}\n  - {name: b, hosts: [b.example.com], issuer: ca1, route: {to: b, port: 80}}\n";
+        let text = "owner_id: o\nstore: {files: {dir: out}}\nissuers: {ca1: {ca: {}}}\nsites:\n  - {name: a, hosts: [a.example.com], issuer: ca1, route: {to: a.default, port: 80}}\n  - {name: b, hosts: [b.example.com], issuer: ca1, route: {to: b.default, port: 80}}\n";
         let config = crate::config::Config::parse("t.yaml", text).unwrap();
         let ready: BTreeSet<String> = ["b".to_string()].into();
         let challenged: BTreeMap<String, (String, u16)> = [("a".to_string(), ("solver".to_string(), 8089))].into();

@@ -22,7 +22,7 @@ pub fn config(provider: &str, address: &str, sites: &[&str]) -> String {
     );
     for site in sites {
         text.push_str(&format!(
-            "  - {{name: {site}, hosts: [{site}.foocorp.example], issuer: internal, dns: corp, route: {{to: {site}, port: 80}}}}\n"
+            "  - {{name: {site}, hosts: [{site}.foocorp.example], issuer: internal, dns: corp, route: {{to: {site}.default, port: 80}}}}\n"
         ));
     }
     text
