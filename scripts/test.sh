@@ -55,4 +55,7 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
+# The Kubernetes scenarios again against an API server with Istio before 1.22, which
+# serves networking.istio.io/v1beta1 only.
+TLSWARD_EMULATOR_ISTIO=v1beta1 cargo test --locked --test kube_store --test kube_leader --test acme_pebble
 cargo bench --locked --no-run

@@ -379,7 +379,9 @@ impl Runtime {
     pub async fn plan(&self, now: OffsetDateTime) -> Result<(Plan, Vec<Failure>), StoreError> {
         let mut failures = Vec::new();
         let (observed, _) = self.observe(&mut failures, true).await?;
-        Ok((plan::plan(&self.config.file, &observed, now, self.seed), failures))
+        let mut plan = plan::plan(&self.config.file, &observed, now, self.seed);
+        plan.istio_api = self.store.istio_api().await?;
+        Ok((plan, failures))
     }
 
     /// Opens every internal CA (publishing its root) and the ACME issuers in `acme_needed`.

@@ -243,12 +243,22 @@ fn in_a_cluster_the_http01_challenge_is_routed_through_the_gateway_while_pending
     assert!(routed < issued && issued < unrouted, "{writes:?}");
     assert!(
         emu.emulator
-            .get("networking.istio.io/v1", "virtualservices", "istio-system", "acme-shop")
+            .get(
+                &support::kube_emulator::istio_api(),
+                "virtualservices",
+                "istio-system",
+                "acme-shop"
+            )
             .is_none()
     );
     let gw = emu
         .emulator
-        .get("networking.istio.io/v1", "gateways", "istio-system", "tlsward-gateway")
+        .get(
+            &support::kube_emulator::istio_api(),
+            "gateways",
+            "istio-system",
+            "tlsward-gateway",
+        )
         .unwrap();
     let http = gw["spec"]["servers"]
         .as_array()

@@ -60,7 +60,7 @@ fn credentials_become_sds_secrets_and_objects_are_applied_after_them() {
 
     let gw = emu
         .emulator
-        .get("networking.istio.io/v1", "gateways", NS, "tlsward-gateway")
+        .get(&support::kube_emulator::istio_api(), "gateways", NS, "tlsward-gateway")
         .expect("the Gateway");
     let servers = gw["spec"]["servers"].as_array().unwrap();
     assert_eq!(servers.len(), 4);
@@ -73,7 +73,7 @@ fn credentials_become_sds_secrets_and_objects_are_applied_after_them() {
     assert_eq!(managers, vec!["tlsward"]);
     assert!(
         emu.emulator
-            .get("networking.istio.io/v1", "virtualservices", NS, "inventory")
+            .get(&support::kube_emulator::istio_api(), "virtualservices", NS, "inventory")
             .is_some()
     );
 
@@ -149,7 +149,7 @@ fn a_foreign_secret_with_the_same_name_is_left_alone_and_reported() {
     // no Gateway at all (Istio's webhook rejects one without servers).
     assert!(
         emu.emulator
-            .get("networking.istio.io/v1", "gateways", NS, "tlsward-gateway")
+            .get(&support::kube_emulator::istio_api(), "gateways", NS, "tlsward-gateway")
             .is_none()
     );
     let events = emu.emulator.list("events.k8s.io/v1", "events", NS);
@@ -167,7 +167,7 @@ fn removing_a_site_deletes_only_what_tlsward_owns() {
     let w = Workdir::new();
     w.write_config(&config(true));
     assert_success(&run(&w, &emu));
-    let other = json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "someone-elses", "namespace": NS}, "spec": {"hosts": ["x.example"]}});
+    let other = json!({"apiVersion": support::kube_emulator::istio_api(), "kind": "VirtualService", "metadata": {"name": "someone-elses", "namespace": NS}, "spec": {"hosts": ["x.example"]}});
     let (code, out) = emu.kubectl_on(&["create"], &other);
     assert_eq!(code, 0, "{out}");
 
@@ -177,17 +177,22 @@ fn removing_a_site_deletes_only_what_tlsward_owns() {
     assert!(secret(&emu, "inventory-client-credentials").is_none());
     assert!(
         emu.emulator
-            .get("networking.istio.io/v1", "virtualservices", NS, "inventory")
+            .get(&support::kube_emulator::istio_api(), "virtualservices", NS, "inventory")
             .is_none()
     );
     assert!(
         emu.emulator
-            .get("networking.istio.io/v1", "virtualservices", NS, "someone-elses")
+            .get(
+                &support::kube_emulator::istio_api(),
+                "virtualservices",
+                NS,
+                "someone-elses"
+            )
             .is_some()
     );
     let gw = emu
         .emulator
-        .get("networking.istio.io/v1", "gateways", NS, "tlsward-gateway")
+        .get(&support::kube_emulator::istio_api(), "gateways", NS, "tlsward-gateway")
         .unwrap();
     assert_eq!(gw["spec"]["servers"].as_array().unwrap().len(), 2);
     // The Gateway stopped naming the credential before the credential went away.
@@ -322,7 +327,7 @@ fn a_stale_resource_version_conflict_is_retried_and_converges() {
 #[test]
 fn a_gateway_field_owned_by_another_manager_is_a_conflict_never_forced() {
     let emu = Running::start();
-    let theirs = json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "tlsward-gateway", "namespace": NS},
+    let theirs = json!({"apiVersion": support::kube_emulator::istio_api(), "kind": "Gateway", "metadata": {"name": "tlsward-gateway", "namespace": NS},
         "spec": {"selector": {"istio": "their-gateway"}}});
     let (code, out) = emu.kubectl_on(&["apply", "--server-side"], &theirs);
     assert_eq!(code, 0, "{out}");
@@ -338,7 +343,7 @@ fn a_gateway_field_owned_by_another_manager_is_a_conflict_never_forced() {
     );
     let gw = emu
         .emulator
-        .get("networking.istio.io/v1", "gateways", NS, "tlsward-gateway")
+        .get(&support::kube_emulator::istio_api(), "gateways", NS, "tlsward-gateway")
         .unwrap();
     assert_eq!(
         gw["spec"]["selector"]["istio"], "their-gateway",
@@ -434,7 +439,7 @@ fn removing_the_last_site_removes_the_gateway_before_its_secrets() {
     assert_success(&run(&w, &emu));
     assert!(
         emu.emulator
-            .get("networking.istio.io/v1", "gateways", NS, "tlsward-gateway")
+            .get(&support::kube_emulator::istio_api(), "gateways", NS, "tlsward-gateway")
             .is_some()
     );
     let before = emu.emulator.writes().len();
@@ -465,7 +470,7 @@ fn removing_the_last_site_removes_the_gateway_before_its_secrets() {
     assert!(gateway < secret, "{writes:?}");
     assert!(
         emu.emulator
-            .get("networking.istio.io/v1", "gateways", NS, "tlsward-gateway")
+            .get(&support::kube_emulator::istio_api(), "gateways", NS, "tlsward-gateway")
             .is_none()
     );
 }
@@ -512,4 +517,37 @@ fn a_repeated_event_is_patched_into_a_series() {
     });
     assert!(series >= 2);
     assert_eq!(conflicts().len(), 1, "a repeat made a new Event instead of a series");
+}
+
+#[test]
+fn the_served_istio_api_version_is_used_and_named_in_plan() {
+    let emu = Running::start();
+    let w = Workdir::new();
+    w.write_config(&config(false));
+    let api = support::kube_emulator::istio_api();
+    let out = w
+        .command(&["plan", "--config", "tlsward.yaml"])
+        .env("KUBECONFIG", emu.kubeconfig.path())
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("Objects ({api}):")), "{text}");
+    let out = run(&w, &emu);
+    assert_success(&out);
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains(&format!("\"api\":\"{api}\"")), "{logs}");
+    let gw = emu
+        .emulator
+        .get(&api, "gateways", NS, "tlsward-gateway")
+        .expect("the Gateway");
+    assert_eq!(gw["apiVersion"], api.as_str());
+    // The emulator's other version holds nothing tlsward wrote.
+    if api.ends_with("/v1") {
+        assert!(
+            emu.emulator
+                .list("networking.istio.io/v1beta1", "gateways", NS)
+                .is_empty()
+        );
+    }
 }

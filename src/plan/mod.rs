@@ -173,6 +173,10 @@ pub struct Plan {
     /// The earliest moment a kept certificate falls due.
     #[serde(with = "time::serde::rfc3339::option")]
     pub next_renewal: Option<OffsetDateTime>,
+    /// The apiVersion the Istio objects are written with, when a cluster decides it
+    /// (filled in from the store's discovery, not by `plan()`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub istio_api: Option<String>,
 }
 
 impl Plan {
@@ -541,6 +545,7 @@ pub fn plan(config: &ConfigFile, observed: &Observed, now: OffsetDateTime, seed:
         zones,
         conflicts,
         next_renewal: next,
+        istio_api: None,
     }
 }
 

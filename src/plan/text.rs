@@ -49,7 +49,14 @@ pub fn to_text(plan: &Plan) -> String {
     for site in &plan.removed_credentials {
         let _ = writeln!(out, "  {site}: DELETE (site no longer configured)");
     }
-    let _ = writeln!(out, "Objects:");
+    match &plan.istio_api {
+        Some(api) => {
+            let _ = writeln!(out, "Objects ({api}):");
+        }
+        None => {
+            let _ = writeln!(out, "Objects:");
+        }
+    }
     for o in &plan.objects {
         let _ = writeln!(out, "  apply {o}");
     }

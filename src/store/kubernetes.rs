@@ -42,6 +42,8 @@ pub struct KubeStore {
     server: String,
     /// The objects seen by the last `owned_objects`, to skip writes that change nothing.
     seen: Mutex<BTreeMap<String, Value>>,
+    /// The served version of networking.istio.io, discovered once.
+    istio_version: tokio::sync::OnceCell<&'static str>,
 }
 
 /// The API server refuses an Event note over 1024 bytes: longer messages are cut on a
@@ -70,10 +72,12 @@ fn text(secret: &Secret, key: &str) -> Option<String> {
         .map(|b| String::from_utf8_lossy(&b.0).into_owned())
 }
 
-fn istio(kind: &str) -> ApiResource {
+fn istio(version: &str, kind: &str) -> ApiResource {
     let plural = format!("{}s", kind.to_ascii_lowercase());
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("networking.istio.io", "v1", kind), &plural)
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(ISTIO_GROUP, version, kind), &plural)
 }
+
+const ISTIO_GROUP: &str = "networking.istio.io";
 
 /// Whether every field of `wanted` already holds the same value in `current`.
 fn contains(current: &Value, wanted: &Value) -> bool {
@@ -101,6 +105,44 @@ impl KubeStore {
         }
     }
 
+    /// The served Istio networking version: `v1` (Istio ≥ 1.22), else `v1beta1`, whose
+    /// Gateway and VirtualService have the same schema. Discovered once, and logged.
+    async fn istio_version(&self) -> Result<&'static str, StoreError> {
+        self.istio_version
+            .get_or_try_init(|| async {
+                let what = || format!("the Istio API ({ISTIO_GROUP})");
+                let groups = self.client.list_api_groups().await.map_err(self.api_error(what()))?;
+                let served: Vec<String> = groups
+                    .groups
+                    .iter()
+                    .filter(|g| g.name == ISTIO_GROUP)
+                    .flat_map(|g| g.versions.iter().map(|v| v.version.clone()))
+                    .collect();
+                let version = if served.iter().any(|v| v == "v1") {
+                    "v1"
+                } else if served.iter().any(|v| v == "v1beta1") {
+                    "v1beta1"
+                } else {
+                    return Err(StoreError::Kube {
+                        what: what(),
+                        detail: format!(
+                            "API server {} serves neither v1 nor v1beta1 (served: [{}]): is Istio installed?",
+                            self.server,
+                            served.join(", ")
+                        ),
+                    });
+                };
+                if version == "v1" {
+                    tracing::info!(api = %format!("{ISTIO_GROUP}/v1"), "Istio API");
+                } else {
+                    tracing::info!(api = %format!("{ISTIO_GROUP}/v1beta1"), "Istio API (v1 is not served: Istio before 1.22)");
+                }
+                Ok(version)
+            })
+            .await
+            .copied()
+    }
+
     /// The store in `namespace` of the cluster at `server` (named in errors).
     pub fn new(client: kube::Client, server: &str, namespace: &str, owner: &str) -> KubeStore {
         let reporter = kube::runtime::events::Reporter {
@@ -114,6 +156,7 @@ impl KubeStore {
             namespace: namespace.to_string(),
             owner: owner.to_string(),
             seen: Mutex::new(BTreeMap::new()),
+            istio_version: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -474,8 +517,10 @@ impl Store for KubeStore {
     async fn owned_objects(&self) -> Result<Vec<String>, StoreError> {
         let selector = format!("{}={}", names::OWNER, self.owner);
         let mut seen = BTreeMap::new();
+        let version = self.istio_version().await?;
         for kind in ["Gateway", "VirtualService"] {
-            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.namespace, &istio(kind));
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), &self.namespace, &istio(version, kind));
             let list = api
                 .list(&ListParams::default().labels(&selector))
                 .await
@@ -507,6 +552,11 @@ impl Store for KubeStore {
             return Ok(false);
         }
         let key = object_key(object);
+        let version = self.istio_version().await?;
+        // Rendered as v1; the same schema is served as v1beta1 by older Istio.
+        let mut object = object.clone();
+        object["apiVersion"] = Value::String(format!("{ISTIO_GROUP}/{version}"));
+        let object = &object;
         let unchanged = self
             .seen
             .lock()
@@ -517,7 +567,7 @@ impl Store for KubeStore {
             return Ok(false);
         }
         let name = object["metadata"]["name"].as_str().unwrap_or_default();
-        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.namespace, &istio(kind));
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.namespace, &istio(version, kind));
         // Never forced: a field another manager owns is a conflict to report, not to take.
         let applied = api
             .patch(name, &PatchParams::apply(names::FIELD_MANAGER), &Patch::Apply(object))
@@ -526,6 +576,10 @@ impl Store for KubeStore {
         let v = serde_json::to_value(&applied).unwrap_or_default();
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(key, v);
         Ok(true)
+    }
+
+    async fn istio_api(&self) -> Result<Option<String>, StoreError> {
+        Ok(Some(format!("{ISTIO_GROUP}/{}", self.istio_version().await?)))
     }
 
     async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
@@ -537,7 +591,8 @@ impl Store for KubeStore {
             "virtualservice" => "VirtualService",
             _ => return Ok(()),
         };
-        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.namespace, &istio(kind));
+        let version = self.istio_version().await?;
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.namespace, &istio(version, kind));
         let what = format!("{kind} {}/{name}", self.namespace);
         match api.get_opt(name).await.map_err(self.api_error(what.clone()))? {
             Some(o) if o.metadata.labels.as_ref().and_then(|l| l.get(names::OWNER)) == Some(&self.owner) => {

@@ -6,6 +6,11 @@
 //! A leader that cannot renew within the renewal deadline steps down before the lease
 //! could expire elsewhere; on shutdown it releases the lease so a successor need not
 //! wait for it to expire.
+//!
+//! Expiry is judged as client-go does, never by comparing another replica's timestamp
+//! with this one's clock: a lease is expired once this replica has seen its record
+//! unchanged for the lease duration, measured on its own monotonic clock. Clocks that
+//! disagree by minutes then neither steal a live lease nor wait on a dead one.
 
 use std::time::Duration;
 
@@ -21,6 +26,9 @@ pub struct LeaderElection {
     name: String,
     identity: String,
     duration: Duration,
+    /// The holder's record as last seen (holder, acquire and renew times), and when
+    /// this replica saw it change.
+    observed: std::sync::Mutex<Option<(String, std::time::Instant)>>,
 }
 
 fn micro(t: OffsetDateTime) -> String {
@@ -39,6 +47,19 @@ impl LeaderElection {
             name: name.into(),
             identity: identity.into(),
             duration,
+            observed: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Notes the lease record as seen now; returns how long it has been unchanged.
+    fn unchanged_for(&self, record: String) -> Duration {
+        let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+        match observed.as_ref() {
+            Some((seen, since)) if *seen == record => since.elapsed(),
+            _ => {
+                *observed = Some((record, std::time::Instant::now()));
+                Duration::ZERO
+            }
         }
     }
 
@@ -90,8 +111,13 @@ impl LeaderElection {
         let duration = spec["leaseDurationSeconds"]
             .as_i64()
             .unwrap_or(self.duration.as_secs() as i64);
-        let renewed = parse_time(&spec["renewTime"]).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        let expired = renewed + time::Duration::seconds(duration) < now;
+        let record = format!(
+            "{}|{}|{}",
+            holder.unwrap_or_default(),
+            spec["acquireTime"].as_str().unwrap_or_default(),
+            spec["renewTime"].as_str().unwrap_or_default()
+        );
+        let expired = self.unchanged_for(record) > Duration::from_secs(duration.max(0) as u64);
         let transitions = spec["leaseTransitions"].as_i64().unwrap_or(0);
         let rv = current.metadata.resource_version.clone();
         let next = match holder {

@@ -121,6 +121,11 @@ pub trait Store: Send + Sync {
     async fn apply_object(&self, object: &Value) -> Result<bool, StoreError>;
     /// Deletes an object tlsward owns (`kind/name`).
     async fn delete_object(&self, key: &str) -> Result<(), StoreError>;
+    /// The apiVersion Istio objects are written with, where a server decides it
+    /// (`networking.istio.io/v1`, or `v1beta1` before Istio 1.22); `None` for files.
+    async fn istio_api(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// `kind/name` of an object, as `owned_objects` lists them.

@@ -67,7 +67,36 @@ const RESOURCES: &[(&str, &str, &str, &str, bool, bool)] = &[
         true,
         true,
     ),
+    ("networking.istio.io", "v1beta1", "gateways", "Gateway", true, true),
+    (
+        "networking.istio.io",
+        "v1beta1",
+        "virtualservices",
+        "VirtualService",
+        true,
+        true,
+    ),
 ];
+
+/// The Istio API the emulator serves: both versions (Istio ≥ 1.22), or only v1beta1
+/// (older Istio), as `TLSWARD_EMULATOR_ISTIO=v1beta1` asks (scripts/test.sh runs the
+/// Kubernetes scenarios both ways). The two versions are stored apart [the real server
+/// serves one object under both].
+pub fn istio_versions() -> &'static [&'static str] {
+    match std::env::var("TLSWARD_EMULATOR_ISTIO").as_deref() {
+        Ok("v1beta1") => &["v1beta1"],
+        _ => &["v1", "v1beta1"],
+    }
+}
+
+/// The apiVersion tlsward should use against this emulator (the newest served).
+pub fn istio_api() -> String {
+    format!("networking.istio.io/{}", istio_versions()[0])
+}
+
+fn served(group: &str, version: &str) -> bool {
+    group != "networking.istio.io" || istio_versions().contains(&version)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Resource {
@@ -400,6 +429,9 @@ fn parse_target(path: &str) -> Option<Target> {
         [r, n, s] => (*r, Some(n.to_string()), Some(s.to_string())),
         _ => return None,
     };
+    if !served(group, version) {
+        return None;
+    }
     let resource = Resource::find(group, version, resource)?;
     Some(Target {
         resource,
@@ -1123,7 +1155,7 @@ fn discovery(path: &str) -> Option<Value> {
     let resources_of = |group: &str, version: &str| -> Value {
         let list: Vec<Value> = RESOURCES
             .iter()
-            .filter(|r| r.0 == group && r.1 == version)
+            .filter(|r| r.0 == group && r.1 == version && served(r.0, r.1))
             .flat_map(|r| {
                 let short: &[&str] = match r.2 {
                     "services" => &["svc"],
@@ -1156,9 +1188,17 @@ fn discovery(path: &str) -> Option<Value> {
             let groups: Vec<Value> = groups
                 .iter()
                 .map(|g| {
-                    let v = RESOURCES.iter().find(|r| r.0 == *g).unwrap().1;
-                    let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
-                    json!({"name": g, "versions": [gv], "preferredVersion": gv})
+                    let mut versions: Vec<&str> = RESOURCES
+                        .iter()
+                        .filter(|r| r.0 == *g && served(r.0, r.1))
+                        .map(|r| r.1)
+                        .collect();
+                    versions.dedup();
+                    let versions: Vec<Value> = versions
+                        .iter()
+                        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+                        .collect();
+                    json!({"name": g, "versions": versions, "preferredVersion": versions[0]})
                 })
                 .collect();
             Some(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
@@ -1168,7 +1208,26 @@ fn discovery(path: &str) -> Option<Value> {
         p => {
             let segs: Vec<&str> = p.trim_matches('/').split('/').collect();
             match segs.as_slice() {
-                ["apis", g, v] if RESOURCES.iter().any(|r| r.0 == *g && r.1 == *v) => Some(resources_of(g, v)),
+                ["apis", g, v] if served(g, v) && RESOURCES.iter().any(|r| r.0 == *g && r.1 == *v) => {
+                    Some(resources_of(g, v))
+                }
+                ["apis", g] if RESOURCES.iter().any(|r| r.0 == *g) => {
+                    let versions: Vec<Value> = RESOURCES
+                        .iter()
+                        .filter(|r| r.0 == *g && served(r.0, r.1))
+                        .map(|r| json!({"groupVersion": format!("{g}/{}", r.1), "version": r.1}))
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .fold(Vec::new(), |mut acc: Vec<Value>, v| {
+                            if !acc.contains(&v) {
+                                acc.push(v);
+                            }
+                            acc
+                        });
+                    Some(
+                        json!({"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": versions, "preferredVersion": versions[0]}),
+                    )
+                }
                 _ => None,
             }
         }
