@@ -691,8 +691,41 @@ impl Runtime {
         if cancel.is_cancelled() {
             return self.finish(report);
         }
-        // Credentials of removed sites go only after the Gateway stopped naming them.
+        // Credentials of removed sites go only after the Gateway stopped naming them, as
+        // read back: an apply that failed (another manager holds spec.servers) leaves
+        // the live Gateway naming them still.
+        let named = if plan.removed_credentials.is_empty() {
+            BTreeSet::new()
+        } else {
+            match self
+                .store
+                .credentials_named_by_gateway(&self.config.file.gateway.name)
+                .await
+            {
+                Ok(named) => named,
+                Err(e) => {
+                    report.failures.push(Failure {
+                        stage: "store",
+                        subject: format!("Gateway {}", self.config.file.gateway.name),
+                        message: format!("credentials of removed sites kept: cannot read the live Gateway: {e}"),
+                    });
+                    return self.finish(report);
+                }
+            }
+        };
         for site in &plan.removed_credentials {
+            let secret = crate::model::names::credential_secret(site);
+            if named.contains(&secret) {
+                report.failures.push(Failure {
+                    stage: "store",
+                    subject: format!("site {site}"),
+                    message: format!(
+                        "the credential of a removed site is kept: the live Gateway {} still names {secret}",
+                        self.config.file.gateway.name
+                    ),
+                });
+                continue;
+            }
             match self.store.delete_credential(site).await {
                 Ok(()) => tracing::info!(site = %site, "credential of a removed site deleted"),
                 Err(e) => report.failures.push(Failure {

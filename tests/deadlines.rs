@@ -343,3 +343,72 @@ fn a_powerdns_api_that_never_answers_ends_at_the_deadline() {
     );
     silent_dns_provider(&provider, &tarpit, "no complete answer within the request deadline");
 }
+
+/// An error keeps its whole cause chain: an ACME server that presents a CA certificate
+/// as its own is named with the TLS verdict, not a bare "client error (Connect)".
+#[test]
+fn a_tls_failure_reaching_the_acme_server_shows_the_verdict() {
+    let w = Workdir::new();
+    let (cert, key) = (w.path().join("ca-as-server.pem"), w.path().join("ca-as-server.key"));
+    let (code, out) = sh(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    assert_eq!(code, 0, "{out}");
+    let port = free_port();
+    let _server = spawn_logged(
+        {
+            let mut c = Command::new("openssl");
+            c.args([
+                "s_server",
+                "-quiet",
+                "-accept",
+                &format!("127.0.0.1:{port}"),
+                "-www",
+                "-cert",
+            ])
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key);
+            c
+        },
+        &w.path().join("s_server.log"),
+    );
+    wait_for(Duration::from_secs(10), "openssl s_server", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+    });
+    w.write_config(&format!(
+        "owner_id: t\nstore: {{files: {{dir: out}}}}\nissuers:\n  le: {{acme: {{directory: \"https://127.0.0.1:{port}/dir\", ca_bundle_file: {}, solver: {{http01: {{}}}}}}}}\nsites:\n  - {{name: shop, hosts: [shop.t.example], issuer: le, route: {{to: shop.default, port: 80}}}}\n",
+        cert.display()
+    ));
+    let solver = format!("127.0.0.1:{}", free_port());
+    let (out, _) = run_once_bounded(&w, &["--solver-listen", &solver], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("failed [issue] issuer le"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains(&format!("GET https://127.0.0.1:{port}/dir")), "{line}");
+    assert!(line.contains("CaUsedAsEndEntity"), "the TLS verdict is missing: {line}");
+}

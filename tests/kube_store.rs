@@ -551,3 +551,61 @@ fn the_served_istio_api_version_is_used_and_named_in_plan() {
         );
     }
 }
+
+#[test]
+fn a_secret_the_live_gateway_still_names_is_never_deleted() {
+    let emu = Running::start();
+    let w = Workdir::new();
+    w.write_config(&config(true));
+    assert_success(&run(&w, &emu));
+    // Someone edits the Gateway by hand (an update: kubectl now owns spec.servers).
+    let api = support::kube_emulator::istio_api();
+    let mut gw = emu.emulator.get(&api, "gateways", NS, "tlsward-gateway").unwrap();
+    let mut servers = gw["spec"]["servers"].as_array().unwrap().clone();
+    servers.push(json!({"port": {"number": 8443, "name": "https-theirs", "protocol": "HTTPS"}, "hosts": ["theirs.example"], "tls": {"mode": "SIMPLE", "credentialName": "theirs"}}));
+    let patch = json!({"spec": {"servers": servers}}).to_string();
+    let (code, out) = sh(&mut emu.kubectl(&[
+        "patch",
+        "gw",
+        "tlsward-gateway",
+        "-n",
+        NS,
+        "--type",
+        "merge",
+        "-p",
+        &patch,
+    ]));
+    assert_eq!(code, 0, "{out}");
+
+    // The inventory site goes; tlsward's apply of the Gateway now conflicts, so the live
+    // Gateway still names inventory-credential: that Secret must stay.
+    w.write_config(&config(false));
+    let out = run(&w, &emu);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("conflict with \"kubectl-patch\": .spec.servers"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the credential of a removed site is kept: the live Gateway tlsward-gateway still names inventory-credential"),
+        "{stderr}"
+    );
+    assert!(
+        secret(&emu, "inventory-credential").is_some(),
+        "a Secret the live Gateway names was deleted"
+    );
+    gw = emu.emulator.get(&api, "gateways", NS, "tlsward-gateway").unwrap();
+    let named: Vec<&str> = gw["spec"]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["tls"]["credentialName"].as_str())
+        .collect();
+    for name in named {
+        assert!(
+            name == "theirs" || secret(&emu, name).is_some(),
+            "the Gateway names a missing {name}"
+        );
+    }
+}

@@ -95,7 +95,8 @@ impl KubeStore {
         move |e| StoreError::Kube {
             what,
             detail: match &e {
-                kube::Error::Api(_) => crate::deadline::chain(&e),
+                // The API server's own words: its message, code and reason.
+                kube::Error::Api(s) => format!("{} ({} {})", s.message, s.code, s.reason),
                 _ if crate::deadline::timed_out(&e) => format!(
                     "API server {server}: no answer within the request deadline (deadlines.request): {}",
                     crate::deadline::chain(&e)
@@ -576,6 +577,23 @@ impl Store for KubeStore {
         let v = serde_json::to_value(&applied).unwrap_or_default();
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(key, v);
         Ok(true)
+    }
+
+    async fn credentials_named_by_gateway(&self, name: &str) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let version = self.istio_version().await?;
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &self.namespace, &istio(version, "Gateway"));
+        let live = api
+            .get_opt(name)
+            .await
+            .map_err(self.api_error(format!("Gateway {}/{name}", self.namespace)))?;
+        let servers = live
+            .map(|g| g.data["spec"]["servers"].as_array().cloned().unwrap_or_default())
+            .unwrap_or_default();
+        Ok(servers
+            .iter()
+            .filter_map(|s| s["tls"]["credentialName"].as_str().map(str::to_string))
+            .collect())
     }
 
     async fn istio_api(&self) -> Result<Option<String>, StoreError> {

@@ -7,7 +7,7 @@ pub mod files;
 pub mod kubernetes;
 pub mod lease;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -121,6 +121,11 @@ pub trait Store: Send + Sync {
     async fn apply_object(&self, object: &Value) -> Result<bool, StoreError>;
     /// Deletes an object tlsward owns (`kind/name`).
     async fn delete_object(&self, key: &str) -> Result<(), StoreError>;
+    /// The credential Secrets the live Gateway `name` names (`credentialName`), as read
+    /// back from the store; a credential named there is never deleted.
+    async fn credentials_named_by_gateway(&self, _name: &str) -> Result<BTreeSet<String>, StoreError> {
+        Ok(BTreeSet::new())
+    }
     /// The apiVersion Istio objects are written with, where a server decides it
     /// (`networking.istio.io/v1`, or `v1beta1` before Istio 1.22); `None` for files.
     async fn istio_api(&self) -> Result<Option<String>, StoreError> {
