@@ -22,7 +22,7 @@ use crate::dns::rfc2136::{Rfc2136Provider, parse_tsig_secret};
 use crate::dns::webhook::WebhookProvider;
 use crate::dns::zonefile::ZoneFileProvider;
 use crate::dns::{DnsError, DnsProvider};
-use crate::issuer::acme::{AcmeIssuer, Http01Challenges, Solver};
+use crate::issuer::acme::{AcmeIssuer, Http01Challenges, SelfCheck, Solver};
 use crate::issuer::ca::{self, CaIssuer};
 use crate::issuer::{Issuer, ServerRequest};
 use crate::metrics::{CertificateState, Metrics};
@@ -84,7 +84,8 @@ pub struct Runtime {
     dns_locks: BTreeMap<String, Arc<tokio::sync::Mutex<()>>>,
     /// Bumped by the gateway Service watch when the load balancer's address changes.
     address_changes: tokio::sync::watch::Sender<u64>,
-    watch_task: Option<tokio::task::JoinHandle<()>>,
+    /// Watches this runtime started (the gateway Service, the shared HTTP-01 answers).
+    watch_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// ARI windows by certificate serial: (start, end, ask again after).
     ari: std::sync::Mutex<BTreeMap<String, (OffsetDateTime, OffsetDateTime, OffsetDateTime)>>,
     /// ACME issuers whose directory offers no renewal information.
@@ -100,7 +101,7 @@ pub const CONCURRENT_ISSUANCES: usize = 16;
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        if let Some(t) = &self.watch_task {
+        for t in &self.watch_tasks {
             t.abort();
         }
     }
@@ -148,6 +149,18 @@ fn dns_provider(
     }
 }
 
+/// Where the HTTP-01 self-check reaches the gateway: its first address, on `port`.
+fn self_check_target(address: Option<&crate::model::GatewayAddress>, port: u16) -> Option<SelfCheck> {
+    let first = address?.addresses().first()?.clone();
+    Some(SelfCheck {
+        address: match first {
+            crate::model::Address::Ip(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+            other => other.to_string(),
+        },
+        port,
+    })
+}
+
 /// The jitter seed: stable for an owner, so a restart does not move renewals.
 pub fn seed_for(owner: &str) -> u64 {
     (renewal::jitter_for(0x7415_3a4d, owner) * (1u64 << 53) as f64) as u64
@@ -161,7 +174,9 @@ impl Runtime {
     ) -> Result<Runtime, SetupError> {
         let file = &config.file;
         let (address_changes, _) = tokio::sync::watch::channel(0u64);
-        let mut watch_task = None;
+        let mut watch_tasks = Vec::new();
+        // Only the Kubernetes wiring below shares answers between replicas.
+        http01.set_board(None);
         let mut service_source: Option<Box<dyn AddressSource>> = None;
         let store: Arc<dyn Store> = match &file.store.files {
             Some(files) => Arc::new(FilesStore::new(PathBuf::from(&files.dir), &file.owner_id)),
@@ -179,14 +194,29 @@ impl Runtime {
                     let (watches, _) = crate::deadline::kube_client(deadline, KubeUse::Watches)
                         .await
                         .map_err(cluster)?;
-                    watch_task = Some(tokio::spawn(address::watch_service(
+                    watch_tasks.push(tokio::spawn(address::watch_service(
                         watches,
                         ns,
                         svc,
                         address_changes.clone(),
                     )));
                 }
-                Arc::new(KubeStore::new(client, &server, &file.gateway.namespace, &file.owner_id))
+                let store = Arc::new(KubeStore::new(client, &server, &file.gateway.namespace, &file.owner_id));
+                if file.uses_http01() {
+                    // The CA may ask any replica behind the solver Service: the leader
+                    // publishes its answers, every replica serves what it sees published.
+                    http01.set_board(Some(store.clone()));
+                    let (watches, _) = crate::deadline::kube_client(deadline, KubeUse::Watches)
+                        .await
+                        .map_err(cluster)?;
+                    watch_tasks.push(tokio::spawn(crate::store::kubernetes::watch_http01_answers(
+                        watches,
+                        file.gateway.namespace.clone(),
+                        file.owner_id.clone(),
+                        http01.clone(),
+                    )));
+                }
+                store
             }
         };
         let files_root = file
@@ -218,7 +248,7 @@ impl Runtime {
             http01,
             dns_locks,
             address_changes,
-            watch_task,
+            watch_tasks,
             retry: std::sync::Mutex::new(BTreeMap::new()),
             health: Health::default(),
             ari: std::sync::Mutex::new(BTreeMap::new()),
@@ -336,7 +366,7 @@ impl Runtime {
                         acme,
                         self.config.file.deadlines,
                         self.store.clone(),
-                        Solver::Http01(self.http01.clone()),
+                        Solver::Http01(self.http01.clone(), None),
                     )
                     .await
                     {
@@ -388,6 +418,7 @@ impl Runtime {
     async fn open_issuers(
         &self,
         now: OffsetDateTime,
+        address: Option<&crate::model::GatewayAddress>,
         acme_needed: &BTreeSet<String>,
         failures: &mut Vec<Failure>,
     ) -> BTreeMap<String, Arc<dyn Issuer>> {
@@ -422,7 +453,14 @@ impl Runtime {
                             ttl: self.config.file.dns.ttl,
                             lock: self.dns_locks[&d.provider].clone(),
                         },
-                        None => Solver::Http01(self.http01.clone()),
+                        None => Solver::Http01(
+                            self.http01.clone(),
+                            acme.solver
+                                .http01
+                                .as_ref()
+                                .filter(|h| h.self_check)
+                                .and_then(|h| self_check_target(address, h.self_check_port)),
+                        ),
                     };
                     match AcmeIssuer::open(name, acme, self.config.file.deadlines, self.store.clone(), solver).await {
                         Ok(issuer) => {
@@ -612,7 +650,9 @@ impl Runtime {
 
         let writes: Vec<&CredentialPlan> = plan.credentials.iter().filter(|c| c.needs_write()).collect();
         let acme_needed: BTreeSet<String> = writes.iter().map(|c| c.issuer.clone()).collect();
-        let issuers = self.open_issuers(now, &acme_needed, &mut report.failures).await;
+        let issuers = self
+            .open_issuers(now, observed.address.as_ref(), &acme_needed, &mut report.failures)
+            .await;
         let mut due = Vec::new();
         for c in writes {
             match self.retry_not_before(&c.site).filter(|t| *t > now) {

@@ -153,7 +153,7 @@ async fn the_renewal_window_comes_from_the_cas_renewal_info_endpoint() {
         &spec(&stub),
         Default::default(),
         store,
-        Solver::Http01(Arc::default()),
+        Solver::Http01(Arc::default(), None),
     )
     .await
     .unwrap()
@@ -182,7 +182,7 @@ async fn restoring_creates_nothing_when_no_account_is_stored() {
             &spec(&stub),
             Default::default(),
             store,
-            Solver::Http01(Arc::default())
+            Solver::Http01(Arc::default(), None)
         )
         .await
         .unwrap()

@@ -24,7 +24,14 @@ fn setup(env: &[(&str, &str)]) -> Setup {
 }
 
 impl Setup {
+    /// The config; an HTTP-01 solver self-checks through the "gateway" at 127.0.0.1 on
+    /// the port where tlsward's solver listens (as Pebble's VA reaches it).
     fn config(&self, solver: &str, hosts: &str) -> String {
+        let check = format!("self_check_port: {}", self.pebble.http_port);
+        let solver = match solver {
+            "{http01: {}}" => format!("{{http01: {{{check}}}}}"),
+            other => other.replacen("{http01: {", &format!("{{http01: {{{check}, "), 1),
+        };
         format!(
             r#"owner_id: acme-test
 store: {{files: {{dir: out}}}}
@@ -270,4 +277,114 @@ fn in_a_cluster_the_http01_challenge_is_routed_through_the_gateway_while_pending
         http["tls"]["httpsRedirect"], true,
         "the redirect is back once the challenge is done"
     );
+}
+
+#[test]
+fn with_two_replicas_the_follower_answers_the_challenges_the_leader_published() {
+    use support::kube_emulator::Running;
+    let s = setup(&[("PEBBLE_VA_NOSLEEP", "1")]);
+    let emu = Running::start();
+    // The "gateway" on Pebble's HTTP-01 port is the follower's solver: every validation
+    // request, and the leader's self-check, reach the follower and never the leader.
+    s.w.write_config(
+        &s.config("{http01: {}}", "shop.foocorp.example")
+            .replace("store: {files: {dir: out}}", "store: {kubernetes: {}}"),
+    );
+    let replica = |identity: &str, solver: u16| {
+        let log = std::fs::File::create(s.w.path().join(format!("{identity}.log"))).unwrap();
+        Proc(
+            s.w.daemon(
+                free_port(),
+                &[
+                    "--leader-elect",
+                    "--lease-duration",
+                    "5",
+                    "--identity",
+                    identity,
+                    "--solver-listen",
+                    &format!("127.0.0.1:{solver}"),
+                    "--log-format",
+                    "json",
+                ],
+            )
+            .env("KUBECONFIG", emu.kubeconfig.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+        )
+    };
+    let _leader = replica("leader", free_port());
+    wait_for(std::time::Duration::from_secs(20), "the leader", || {
+        emu.emulator
+            .get("coordination.k8s.io/v1", "leases", "istio-system", "tlsward")
+            .filter(|l| l["spec"]["holderIdentity"] == "leader")
+            .map(|_| ())
+    });
+    let _follower = replica("follower", s.pebble.http_port);
+    let secret = wait_for(std::time::Duration::from_secs(90), "the credential", || {
+        emu.emulator.get("v1", "secrets", "istio-system", "shop-credential")
+    });
+    assert!(secret["data"]["tls.crt"].is_string());
+    // The follower never led, and served the answers it saw published.
+    let follower_log = std::fs::read_to_string(s.w.path().join("follower.log")).unwrap();
+    assert!(!follower_log.contains("became the leader"), "{follower_log}");
+    let pebble_log = std::fs::read_to_string(s.pebble.dir.join("pebble.log")).unwrap();
+    assert!(
+        pebble_log.contains("authz") && !pebble_log.contains("status\": \"invalid\""),
+        "{pebble_log}"
+    );
+    // The answers are withdrawn once the order is done.
+    wait_for(
+        std::time::Duration::from_secs(10),
+        "the published answers withdrawn",
+        || {
+            emu.emulator
+                .get("v1", "configmaps", "istio-system", "tlsward-acme-http01")
+                .filter(|cm| cm["data"].as_object().is_none_or(|d| d.is_empty()))
+                .map(|_| ())
+        },
+    );
+}
+
+#[test]
+fn a_gateway_that_does_not_serve_the_answer_fails_the_self_check_before_the_ca_is_told() {
+    let s = setup(&[("PEBBLE_VA_NOSLEEP", "1")]);
+    // The "gateway" is a plain web server that knows nothing of the challenge.
+    let port = free_port();
+    let _web = spawn_logged(
+        {
+            let mut c = Command::new("python3");
+            c.args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(s.w.path());
+            c
+        },
+        &s.w.path().join("web.log"),
+    );
+    wait_for(std::time::Duration::from_secs(10), "the web server", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+    });
+    s.w.write_config(&s.config("{http01: {}}", "shop.foocorp.example").replace(
+        &format!("self_check_port: {}", s.pebble.http_port),
+        &format!("self_check_port: {port}"),
+    ));
+    let out = s.run_once();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr
+            .contains("cannot self-check the HTTP-01 answer: http://shop.foocorp.example/.well-known/acme-challenge/")
+            && stderr.contains(&format!("through the gateway at 127.0.0.1:{port} answered 404")),
+        "{stderr}"
+    );
+    // The CA was never told the challenge was ready.
+    let pebble_log = std::fs::read_to_string(s.pebble.dir.join("pebble.log")).unwrap();
+    assert!(!pebble_log.contains("POST /chalZ/"), "{pebble_log}");
 }

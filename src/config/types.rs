@@ -238,14 +238,32 @@ pub struct Http01Spec {
     /// challenge is pending the Gateway routes `/.well-known/acme-challenge/` there.
     #[serde(default = "default_solver_service")]
     pub service: String,
+    /// Before telling the CA a challenge is ready, fetch
+    /// `http://<host>/.well-known/acme-challenge/<token>` through the gateway's address
+    /// until it answers the key authorization, as the CA will.
+    #[serde(default = "default_true")]
+    pub self_check: bool,
+    /// The port the gateway serves plain HTTP on, for the self-check.
+    #[serde(default = "default_self_check_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub self_check_port: u16,
 }
 
 impl Default for Http01Spec {
     fn default() -> Self {
         Http01Spec {
             service: default_solver_service(),
+            self_check: true,
+            self_check_port: default_self_check_port(),
         }
     }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_self_check_port() -> u16 {
+    80
 }
 
 fn default_solver_service() -> String {

@@ -629,6 +629,78 @@ impl Store for KubeStore {
     }
 }
 
+/// The ConfigMap (in the gateway namespace) through which the leader hands its pending
+/// HTTP-01 answers to every replica behind the solver Service. Key authorizations are
+/// public by design (the CA fetches them over plain HTTP): no Secret needed.
+pub const HTTP01_CONFIGMAP: &str = "tlsward-acme-http01";
+
+/// Keeps `answers` equal to the published HTTP-01 answers (the ConfigMap, when tlsward
+/// owns it) for as long as it runs: every replica serves what the leader published.
+pub async fn watch_http01_answers(
+    client: kube::Client,
+    namespace: String,
+    owner: String,
+    answers: std::sync::Arc<crate::issuer::acme::Http01Challenges>,
+) {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::watcher;
+    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={HTTP01_CONFIGMAP}"));
+    let mut stream = watcher(api, config).boxed();
+    let ours = |cm: &ConfigMap| {
+        cm.metadata.name.as_deref() == Some(HTTP01_CONFIGMAP)
+            && cm.metadata.labels.as_ref().and_then(|l| l.get(names::OWNER)) == Some(&owner)
+    };
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Apply(cm)) | Ok(watcher::Event::InitApply(cm)) if ours(&cm) => {
+                answers.set_shared(cm.data.unwrap_or_default().into_iter().collect());
+            }
+            Ok(watcher::Event::Delete(cm)) if ours(&cm) => answers.set_shared(Default::default()),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(configmap = %HTTP01_CONFIGMAP, error = %e, "watching the HTTP-01 answers failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl crate::issuer::acme::ChallengeBoard for KubeStore {
+    async fn publish(&self, answers: &BTreeMap<String, String>) -> Result<(), StoreError> {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        let what = format!("ConfigMap {}/{HTTP01_CONFIGMAP}", self.namespace);
+        if let Some(current) = api
+            .get_opt(HTTP01_CONFIGMAP)
+            .await
+            .map_err(self.api_error(what.clone()))?
+            && !self.owned(&current.metadata)
+        {
+            return Err(StoreError::Foreign {
+                what,
+                owner: self.owner.clone(),
+            });
+        }
+        let object = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": HTTP01_CONFIGMAP, "namespace": self.namespace, "labels": self.labels(None)},
+            "data": answers,
+        });
+        api.patch(
+            HTTP01_CONFIGMAP,
+            &PatchParams::apply(names::FIELD_MANAGER),
+            &Patch::Apply(&object),
+        )
+        .await
+        .map(|_| ())
+        .map_err(self.api_error(what))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::event_note;

@@ -53,6 +53,7 @@ use tokio::sync::broadcast;
 /// (group, version, resource, kind, namespaced, has a status subresource)
 const RESOURCES: &[(&str, &str, &str, &str, bool, bool)] = &[
     ("", "v1", "secrets", "Secret", true, false),
+    ("", "v1", "configmaps", "ConfigMap", true, false),
     ("", "v1", "services", "Service", true, true),
     ("", "v1", "events", "Event", true, false),
     ("", "v1", "namespaces", "Namespace", false, false),

@@ -40,19 +40,38 @@ pub fn account_state(issuer: &str) -> String {
     format!("acme/{issuer}")
 }
 
-/// Tokens of pending HTTP-01 challenges, served at `/.well-known/acme-challenge/<token>`.
+/// Where the leader publishes its pending HTTP-01 answers so that every replica behind
+/// the solver Service can answer the CA (in a cluster: an owned ConfigMap all watch).
+#[async_trait]
+pub trait ChallengeBoard: Send + Sync {
+    /// Replaces the published answers (token → key authorization) with `answers`.
+    async fn publish(&self, answers: &BTreeMap<String, String>) -> Result<(), crate::store::StoreError>;
+}
+
+/// Answers of pending HTTP-01 challenges, served at `/.well-known/acme-challenge/<token>`:
+/// this replica's own, and those another replica (the leader) published.
 #[derive(Default)]
 pub struct Http01Challenges {
     tokens: Mutex<HashMap<String, String>>,
+    shared: Mutex<HashMap<String, String>>,
+    board: Mutex<Option<Arc<dyn ChallengeBoard>>>,
 }
 
 impl Http01Challenges {
     pub fn answer(&self, token: &str) -> Option<String> {
-        self.tokens
+        let own = self
+            .tokens
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(token)
-            .cloned()
+            .cloned();
+        own.or_else(|| {
+            self.shared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(token)
+                .cloned()
+        })
     }
     fn insert(&self, token: &str, key_authorization: &str) {
         self.tokens
@@ -63,11 +82,45 @@ impl Http01Challenges {
     fn remove(&self, token: &str) {
         self.tokens.lock().unwrap_or_else(|e| e.into_inner()).remove(token);
     }
+    /// The answers another replica published, as last seen.
+    pub fn set_shared(&self, answers: HashMap<String, String>) {
+        *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = answers;
+    }
+    /// Where this replica publishes its own answers (set by the Kubernetes wiring).
+    pub fn set_board(&self, board: Option<Arc<dyn ChallengeBoard>>) {
+        *self.board.lock().unwrap_or_else(|e| e.into_inner()) = board;
+    }
+    /// Publishes this replica's pending answers, when there is a board.
+    async fn publish(&self) -> Result<(), crate::store::StoreError> {
+        let board = self.board.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(board) = board else { return Ok(()) };
+        let answers: BTreeMap<String, String> = self
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        board.publish(&answers).await
+    }
 }
+
+/// Where the self-check reaches the gateway: its address (an IP or a hostname) and
+/// plain-HTTP port.
+#[derive(Clone, Debug)]
+pub struct SelfCheck {
+    pub address: String,
+    pub port: u16,
+}
+
+/// How long the self-check waits for the gateway to serve an answer.
+const SELF_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How an issuer proves control of a name.
 pub enum Solver {
-    Http01(Arc<Http01Challenges>),
+    /// The answers, and where to self-check them first (`None`: no address known, or
+    /// `self_check: false`).
+    Http01(Arc<Http01Challenges>, Option<SelfCheck>),
     Dns01 {
         provider_name: String,
         provider: Arc<dyn DnsProvider>,
@@ -235,9 +288,14 @@ impl AcmeIssuer {
                     ),
                 })
             });
-        if let Solver::Http01(tokens) = &self.solver {
-            for t in &http_tokens {
+        if let Solver::Http01(tokens, _) = &self.solver {
+            for t in http_tokens.iter() {
                 tokens.remove(t);
+            }
+            if !http_tokens.is_empty()
+                && let Err(e) = tokens.publish().await
+            {
+                tracing::warn!(issuer = %self.name, error = %e, "answered challenges not withdrawn from the board; the next order replaces them");
             }
         }
         if let Err(e) = self.release_dns(&dns_values).await {
@@ -296,8 +354,9 @@ impl AcmeIssuer {
         };
 
         // Publish every pending challenge first, then tell the server they are ready.
+        let mut http_checks: Vec<(String, String, String)> = Vec::new();
         let kind = match self.solver {
-            Solver::Http01(_) => ChallengeType::Http01,
+            Solver::Http01(..) => ChallengeType::Http01,
             Solver::Dns01 { .. } => ChallengeType::Dns01,
         };
         {
@@ -314,9 +373,14 @@ impl AcmeIssuer {
                 })?;
                 let host = challenge.identifier().to_string();
                 match &self.solver {
-                    Solver::Http01(tokens) => {
+                    Solver::Http01(tokens, _) => {
                         tokens.insert(&challenge.token, challenge.key_authorization().as_str());
                         http_tokens.push(challenge.token.clone());
+                        http_checks.push((
+                            host.clone(),
+                            challenge.token.clone(),
+                            challenge.key_authorization().as_str().to_string(),
+                        ));
                     }
                     Solver::Dns01 { .. } => {
                         let name = format!("{CHALLENGE_LABEL}.{}", host.trim_start_matches("*."));
@@ -329,6 +393,20 @@ impl AcmeIssuer {
             }
         }
         self.publish_dns(&request.site, dns_values).await?;
+        if let Solver::Http01(tokens, check) = &self.solver
+            && !http_checks.is_empty()
+        {
+            tokens.publish().await.map_err(|e| IssueError::Acme {
+                issuer: self.name.clone(),
+                what: "publish the HTTP-01 answers to every replica",
+                detail: e.to_string(),
+            })?;
+            if let Some(check) = check {
+                for (host, token, key_authorization) in &http_checks {
+                    self.self_check(check, host, token, key_authorization).await?;
+                }
+            }
+        }
         self.complete(&mut order, request, kind).await
     }
 
@@ -397,6 +475,58 @@ impl AcmeIssuer {
             chain_pem,
             key: PrivateKeyPem::new(key.serialize_pem()),
         })
+    }
+
+    /// Fetches the challenge answer through the gateway as the CA will, until it is the
+    /// key authorization: a route, redirect or replica that would fail validation is
+    /// found here, before the CA counts a failed attempt.
+    async fn self_check(
+        &self,
+        check: &SelfCheck,
+        host: &str,
+        token: &str,
+        key_authorization: &str,
+    ) -> Result<(), IssueError> {
+        let url = format!(
+            "http://{}:{}/.well-known/acme-challenge/{token}",
+            check.address, check.port
+        );
+        let client =
+            crate::deadline::http_client(self.deadlines.request.to_std(), None).map_err(|e| IssueError::Acme {
+                issuer: self.name.clone(),
+                what: "self-check the HTTP-01 answer",
+                detail: crate::deadline::chain(&e),
+            })?;
+        let started = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let got = match client.get(&url).header(reqwest::header::HOST, host).send().await {
+                Ok(r) => {
+                    let status = r.status();
+                    let body = r.text().await.unwrap_or_default();
+                    if status.is_success() && body.trim() == key_authorization {
+                        return Ok(());
+                    }
+                    let shown: String = body.trim().chars().take(80).collect();
+                    format!("answered {status} `{shown}`")
+                }
+                Err(e) => crate::deadline::chain(&e.without_url()),
+            };
+            if started.elapsed() > SELF_CHECK_TIMEOUT {
+                return Err(IssueError::Acme {
+                    issuer: self.name.clone(),
+                    what: "self-check the HTTP-01 answer",
+                    detail: format!(
+                        "http://{host}/.well-known/acme-challenge/{token} through the gateway at {}:{} {got} instead of the key authorization, for {}s",
+                        check.address,
+                        check.port,
+                        SELF_CHECK_TIMEOUT.as_secs()
+                    ),
+                });
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
     }
 
     async fn publish_dns(&self, site: &str, values: &BTreeMap<String, Vec<String>>) -> Result<(), IssueError> {
