@@ -201,7 +201,13 @@ impl Runtime {
                         address_changes.clone(),
                     )));
                 }
-                let store = Arc::new(KubeStore::new(client, &server, &file.gateway.namespace, &file.owner_id));
+                let store = Arc::new(KubeStore::new(
+                    client,
+                    &server,
+                    &file.gateway.namespace,
+                    file.state_namespace(),
+                    &file.owner_id,
+                ));
                 if file.uses_http01() {
                     // The CA may ask any replica behind the solver Service: the leader
                     // publishes its answers, every replica serves what it sees published.
@@ -211,7 +217,7 @@ impl Runtime {
                         .map_err(cluster)?;
                     watch_tasks.push(tokio::spawn(crate::store::kubernetes::watch_http01_answers(
                         watches,
-                        file.gateway.namespace.clone(),
+                        file.state_namespace().to_string(),
                         file.owner_id.clone(),
                         http01.clone(),
                     )));
@@ -270,7 +276,8 @@ impl Runtime {
         with_dns: bool,
     ) -> Result<(Observed, StoredCredentials), StoreError> {
         let file = &self.config.file;
-        let stored = self.store.credentials().await?;
+        let sites: Vec<String> = file.sites.iter().map(|s| s.name.clone()).collect();
+        let stored = self.store.credentials(&sites).await?;
         let mut observed = Observed {
             foreign_credentials: stored.foreign.clone(),
             unreadable_credentials: stored.unreadable.clone(),
@@ -1024,7 +1031,7 @@ pub async fn run(
             let (tx, rx) = tokio::sync::watch::channel(false);
             let election = LeaderElection::new(
                 client,
-                &config.file.gateway.namespace,
+                config.file.state_namespace(),
                 &l.lease_name,
                 &l.identity,
                 l.lease_duration,

@@ -89,7 +89,14 @@ pub struct StoreSpec {
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct KubernetesStoreSpec {}
+pub struct KubernetesStoreSpec {
+    /// Where tlsward keeps its own state (CA keys, the ACME account, the index of the
+    /// Secrets it wrote), its Lease and the shared HTTP-01 answers: tlsward's own
+    /// namespace, so that it needs no broad access to the gateway's. Default: the
+    /// gateway namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_namespace: Option<String>,
+}
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -473,6 +480,15 @@ impl IssuerSpec {
 
 impl ConfigFile {
     /// Whether any issuer answers HTTP-01 challenges (so the solver endpoint must run).
+    /// Where tlsward keeps its own state, Lease and shared HTTP-01 answers in a cluster.
+    pub fn state_namespace(&self) -> &str {
+        self.store
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.state_namespace.as_deref())
+            .unwrap_or(&self.gateway.namespace)
+    }
+
     pub fn uses_http01(&self) -> bool {
         self.issuers
             .values()

@@ -271,7 +271,7 @@ impl FilesStore {
 
 #[async_trait]
 impl Store for FilesStore {
-    async fn credentials(&self) -> Result<StoredCredentials, StoreError> {
+    async fn credentials(&self, _sites: &[String]) -> Result<StoredCredentials, StoreError> {
         let mut out = StoredCredentials::default();
         let dir = self.credentials_dir();
         let entries = match fs::read_dir(&dir) {
@@ -516,7 +516,7 @@ mod tests {
         );
         assert!(store.write_credential(&with_bad_client).await.is_err());
         // The earlier credential is still whole and in place.
-        let stored = store.credentials().await.unwrap();
+        let stored = store.credentials(&[]).await.unwrap();
         assert_eq!(stored.owned["s"].server, a);
     }
 
@@ -535,7 +535,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
         assert!(mine.delete_credential("s").await.is_err());
-        let seen = mine.credentials().await.unwrap();
+        let seen = mine.credentials(&[]).await.unwrap();
         assert!(seen.owned.is_empty());
         assert!(seen.foreign["s"].contains("owner `them`"), "{:?}", seen.foreign);
     }
@@ -560,6 +560,6 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with(VERSION_PREFIX))
             .count();
         assert_eq!(versions, 1, "old versions are removed");
-        assert_eq!(store.credentials().await.unwrap().owned["s"], second);
+        assert_eq!(store.credentials(&[]).await.unwrap().owned["s"], second);
     }
 }

@@ -40,6 +40,8 @@ pub struct KubeStore {
     owner: String,
     /// The API server's URL, for errors that never reached an answer.
     server: String,
+    /// Where tlsward's own state lives (its release namespace in a chart install).
+    state_namespace: String,
     /// The objects seen by the last `owned_objects`, to skip writes that change nothing.
     seen: Mutex<BTreeMap<String, Value>>,
     /// The served version of networking.istio.io, discovered once.
@@ -71,6 +73,10 @@ fn text(secret: &Secret, key: &str) -> Option<String> {
         .get(key)
         .map(|b| String::from_utf8_lossy(&b.0).into_owned())
 }
+
+/// tlsward's index of the credential Secrets it wrote (state `credentials`, file `sites`).
+const WRITTEN_INDEX: &str = "credentials";
+const WRITTEN_FILE: &str = "sites";
 
 fn istio(version: &str, kind: &str) -> ApiResource {
     let plural = format!("{}s", kind.to_ascii_lowercase());
@@ -145,7 +151,8 @@ impl KubeStore {
     }
 
     /// The store in `namespace` of the cluster at `server` (named in errors).
-    pub fn new(client: kube::Client, server: &str, namespace: &str, owner: &str) -> KubeStore {
+    /// Credentials in `namespace`, tlsward's own state in `state_namespace`.
+    pub fn new(client: kube::Client, server: &str, namespace: &str, state_namespace: &str, owner: &str) -> KubeStore {
         let reporter = kube::runtime::events::Reporter {
             controller: names::FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -155,6 +162,7 @@ impl KubeStore {
             client,
             server: server.to_string(),
             namespace: namespace.to_string(),
+            state_namespace: state_namespace.to_string(),
             owner: owner.to_string(),
             seen: Mutex::new(BTreeMap::new()),
             istio_version: tokio::sync::OnceCell::new(),
@@ -163,6 +171,71 @@ impl KubeStore {
 
     fn secrets(&self) -> Api<Secret> {
         Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn secrets_in(&self, namespace: &str) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// The Secrets a site's credential may occupy.
+    fn credential_secret_names(site: &str) -> [String; 3] {
+        [
+            names::credential_secret(site),
+            names::cacert_secret(site),
+            format!("{site}{CLIENTS_SUFFIX}"),
+        ]
+    }
+
+    /// Every Secret of `sites` and of the sites tlsward wrote before, read one by one:
+    /// for a Role that grants only those names (no list). A name the Role does not grant
+    /// (a site removed since) reads as absent.
+    async fn secrets_by_name(&self, sites: &[String]) -> Result<Vec<Secret>, StoreError> {
+        let mut all: std::collections::BTreeSet<String> = self.written_sites().await?;
+        all.extend(sites.iter().cloned());
+        let api = self.secrets();
+        let mut out = Vec::new();
+        for site in &all {
+            for name in Self::credential_secret_names(site) {
+                match api.get_opt(&name).await {
+                    Ok(Some(s)) => out.push(s),
+                    Ok(None) => {}
+                    Err(kube::Error::Api(s)) if s.code == 403 => {
+                        tracing::debug!(secret = %name, "not granted by the Role: read as absent");
+                    }
+                    Err(e) => return Err(self.api_error(format!("Secret {}/{name}", self.namespace))(e)),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The sites whose credentials tlsward has written (its own index, in its state).
+    async fn written_sites(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        Ok(self
+            .read_state(WRITTEN_INDEX)
+            .await?
+            .and_then(|files| files.get(WRITTEN_FILE).cloned())
+            .map(|bytes| String::from_utf8_lossy(&bytes).lines().map(str::to_string).collect())
+            .unwrap_or_default())
+    }
+
+    /// Adds or removes `site` in the index of written credentials.
+    async fn note_written(&self, site: &str, written: bool) -> Result<(), StoreError> {
+        let mut sites = self.written_sites().await?;
+        let changed = if written {
+            sites.insert(site.to_string())
+        } else {
+            sites.remove(site)
+        };
+        if !changed {
+            return Ok(());
+        }
+        let text: Vec<&str> = sites.iter().map(String::as_str).collect();
+        self.write_state(
+            WRITTEN_INDEX,
+            &[StateFile::public(WRITTEN_FILE, &(text.join("\n") + "\n"))],
+        )
+        .await
     }
 
     fn owned(&self, meta: &ObjectMeta) -> bool {
@@ -183,9 +256,14 @@ impl KubeStore {
     /// Writes a Secret whole: create, or replace with the resourceVersion just read.
     /// Never touches one without our owner label.
     async fn put_secret(&self, mut secret: Secret) -> Result<(), StoreError> {
-        let api = self.secrets();
+        let namespace = secret
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| self.namespace.clone());
+        let api = self.secrets_in(&namespace);
         let name = secret.metadata.name.clone().unwrap_or_default();
-        let what = || format!("Secret {}/{name}", self.namespace);
+        let what = || format!("Secret {namespace}/{name}");
         let params = PostParams {
             field_manager: Some(names::FIELD_MANAGER.into()),
             ..Default::default()
@@ -298,14 +376,14 @@ impl Store for KubeStore {
         }
     }
 
-    async fn credentials(&self) -> Result<StoredCredentials, StoreError> {
-        let all = self
-            .secrets()
-            .list(&ListParams::default())
-            .await
-            .map_err(self.api_error(format!("Secrets in {}", self.namespace)))?;
-        let by_name: BTreeMap<String, &Secret> = all
-            .items
+    async fn credentials(&self, sites: &[String]) -> Result<StoredCredentials, StoreError> {
+        // One LIST where the Role allows it; else each Secret by name (least privilege).
+        let items = match self.secrets().list(&ListParams::default()).await {
+            Ok(all) => all.items,
+            Err(kube::Error::Api(s)) if s.code == 403 => self.secrets_by_name(sites).await?,
+            Err(e) => return Err(self.api_error(format!("Secrets in {}", self.namespace))(e)),
+        };
+        let by_name: BTreeMap<String, &Secret> = items
             .iter()
             .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
             .collect();
@@ -389,6 +467,9 @@ impl Store for KubeStore {
     async fn write_credential(&self, bundle: &CredentialBundle) -> Result<(), StoreError> {
         verify_bundle(bundle)?;
         let site = &bundle.site;
+        // Indexed before it exists: a crash between the two leaves an entry that reads
+        // as absent, never a Secret tlsward forgot it wrote.
+        self.note_written(site, true).await?;
         let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
         // Clients first: the credential Secret that names their CA comes last.
         if !bundle.clients.is_empty() {
@@ -471,18 +552,19 @@ impl Store for KubeStore {
     }
 
     async fn delete_credential(&self, site: &str) -> Result<(), StoreError> {
-        self.delete_owned_secret(&names::credential_secret(site)).await?;
-        self.delete_owned_secret(&names::cacert_secret(site)).await?;
-        self.delete_owned_secret(&format!("{site}{CLIENTS_SUFFIX}")).await
+        for name in Self::credential_secret_names(site) {
+            self.delete_owned_secret(&name).await?;
+        }
+        self.note_written(site, false).await
     }
 
     async fn read_state(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, StoreError> {
         let secret_name = Self::state_secret_name(name);
         let found = self
-            .secrets()
+            .secrets_in(&self.state_namespace)
             .get_opt(&secret_name)
             .await
-            .map_err(self.api_error(format!("Secret {}/{secret_name}", self.namespace)))?;
+            .map_err(self.api_error(format!("Secret {}/{secret_name}", self.state_namespace)))?;
         Ok(found
             .filter(|s| self.owned(&s.metadata))
             .map(|s| s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect()))
@@ -494,7 +576,7 @@ impl Store for KubeStore {
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(Self::state_secret_name(name)),
-                namespace: Some(self.namespace.clone()),
+                namespace: Some(self.state_namespace.clone()),
                 labels: Some(labels),
                 ..Default::default()
             },
@@ -671,8 +753,8 @@ pub async fn watch_http01_answers(
 impl crate::issuer::acme::ChallengeBoard for KubeStore {
     async fn publish(&self, answers: &BTreeMap<String, String>) -> Result<(), StoreError> {
         use k8s_openapi::api::core::v1::ConfigMap;
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
-        let what = format!("ConfigMap {}/{HTTP01_CONFIGMAP}", self.namespace);
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.state_namespace);
+        let what = format!("ConfigMap {}/{HTTP01_CONFIGMAP}", self.state_namespace);
         if let Some(current) = api
             .get_opt(HTTP01_CONFIGMAP)
             .await
@@ -687,7 +769,7 @@ impl crate::issuer::acme::ChallengeBoard for KubeStore {
         let object = serde_json::json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": {"name": HTTP01_CONFIGMAP, "namespace": self.namespace, "labels": self.labels(None)},
+            "metadata": {"name": HTTP01_CONFIGMAP, "namespace": self.state_namespace, "labels": self.labels(None)},
             "data": answers,
         });
         api.patch(

@@ -102,8 +102,9 @@ pub trait Store: Send + Sync {
     /// Kubernetes store records an Event on the credential Secret; files have no such place).
     async fn notify(&self, _site: &str, _notice: Notice, _message: &str) {}
 
-    /// The stored credentials, read back whole.
-    async fn credentials(&self) -> Result<StoredCredentials, StoreError>;
+    /// The stored credentials, read back whole; `sites` are the configured ones (a store
+    /// that cannot list reads theirs, and those it wrote before, by name).
+    async fn credentials(&self, sites: &[String]) -> Result<StoredCredentials, StoreError>;
     /// Writes a site's credential whole, after checking every key against its certificate.
     async fn write_credential(&self, bundle: &CredentialBundle) -> Result<(), StoreError>;
     /// Removes an owned credential of a site no longer configured.
