@@ -32,7 +32,12 @@
 //!   strategic merge patch is served as a merge patch [built-in kinds merge lists by key].
 //! - no admission, defaulting, schema validation or `fieldValidation` [all of them];
 //!   no `/openapi`, so kubectl runs with `--validate=false` [it downloads the schemas].
-//! - no authentication or authorization [RBAC]; every request is allowed.
+//! - authentication by token only: `emulator` is an administrator, `sa:<ns>:<name>` a
+//!   ServiceAccount [service-account JWTs], over plain HTTP [TLS only]; kubectl sends no
+//!   token over plain HTTP, so a request without one is the administrator
+//!   [system:anonymous], who may impersonate a ServiceAccount (`kubectl --as`);
+//!   authorization from Roles and RoleBindings only [also ClusterRoles, aggregation,
+//!   non-resource URLs].
 //! - watch bookmarks, `sendInitialEvents`, pagination (`limit`/`continue`) are not
 //!   served [they are]; `timeoutSeconds` ends a watch like the real server.
 //! - compaction happens only when a test calls `compact()` [periodically].
@@ -58,6 +63,15 @@ const RESOURCES: &[(&str, &str, &str, &str, bool, bool)] = &[
     ("", "v1", "events", "Event", true, false),
     ("", "v1", "namespaces", "Namespace", false, false),
     ("coordination.k8s.io", "v1", "leases", "Lease", true, false),
+    ("rbac.authorization.k8s.io", "v1", "roles", "Role", true, false),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "rolebindings",
+        "RoleBinding",
+        true,
+        false,
+    ),
     ("events.k8s.io", "v1", "events", "Event", true, false),
     ("networking.istio.io", "v1", "gateways", "Gateway", true, true),
     (
@@ -601,6 +615,25 @@ async fn handle(
             format!("the server could not find the requested resource ({path})"),
         );
     };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // kubectl sends no token over plain HTTP; the administrator may impersonate (`--as`).
+    let impersonated = headers
+        .get("impersonate-user")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|u| u.strip_prefix("system:serviceaccount:"))
+        .map(|sa| format!("sa:{sa}"));
+    let token = match (token, &impersonated) {
+        ("" | "emulator", Some(sa)) => sa.as_str(),
+        ("", None) => "emulator",
+        (t, _) => t,
+    };
+    if let Some(denied) = authorize(&emu, token, &method, &t, &q) {
+        return denied;
+    }
     match (method.as_str(), &t.name) {
         ("GET", None) if q.get("watch").is_some_and(|w| w == "1" || w == "true") => watch(&emu, &t, &q),
         ("GET", None) => list(&emu, &t, &q),
@@ -654,6 +687,88 @@ async fn handle(
         ("DELETE", Some(name)) => delete(&emu, &t, name),
         _ => status(405, "MethodNotAllowed", format!("{method} is not served on {path}")),
     }
+}
+
+/// RBAC as kube-apiserver applies it to a ServiceAccount: the token `emulator` is an
+/// administrator; `sa:<namespace>:<name>` is that ServiceAccount, allowed only what a
+/// Role bound to it in the request's namespace grants (verbs, API groups, resources
+/// with subresources, resourceNames, which never match create, list or watch); any
+/// other token is 401. `None` when allowed.
+fn authorize(
+    emu: &Emulator,
+    token: &str,
+    method: &Method,
+    t: &Target,
+    q: &BTreeMap<String, String>,
+) -> Option<Response> {
+    if token == "emulator" {
+        return None;
+    }
+    let Some((sa_ns, sa_name)) = token.strip_prefix("sa:").and_then(|r| r.split_once(':')) else {
+        return Some(status(401, "Unauthorized", "Unauthorized".into()));
+    };
+    let verb = match (method.as_str(), &t.name) {
+        ("GET", Some(_)) => "get",
+        ("GET", None) if q.get("watch").is_some_and(|w| w == "1" || w == "true") => "watch",
+        ("GET", None) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", _) => "delete",
+        _ => "unknown",
+    };
+    let resource = match &t.subresource {
+        Some(sub) => format!("{}/{sub}", t.resource.resource),
+        None => t.resource.resource.to_string(),
+    };
+    let db = emu.db.lock().unwrap();
+    let rbac = "rbac.authorization.k8s.io/v1";
+    let has = |list: &Value, x: &str| list.as_array().is_some_and(|l| l.iter().any(|v| v == x || v == "*"));
+    let allowed = db
+        .objects
+        .iter()
+        .filter(|((av, r, ns, _), _)| av == rbac && r == "rolebindings" && *ns == t.namespace)
+        .map(|(_, b)| &b.object)
+        .filter(|b| {
+            b["subjects"].as_array().is_some_and(|s| {
+                s.iter()
+                    .any(|s| s["kind"] == "ServiceAccount" && s["name"] == sa_name && s["namespace"] == sa_ns)
+            }) && b["roleRef"]["kind"] == "Role"
+        })
+        .filter_map(|b| {
+            let role = b["roleRef"]["name"].as_str()?;
+            db.objects.get(&(
+                rbac.to_string(),
+                "roles".to_string(),
+                t.namespace.clone(),
+                role.to_string(),
+            ))
+        })
+        .flat_map(|role| role.object["rules"].as_array().cloned().unwrap_or_default())
+        .any(|rule| {
+            has(&rule["apiGroups"], t.resource.group)
+                && has(&rule["resources"], &resource)
+                && has(&rule["verbs"], verb)
+                && match rule["resourceNames"].as_array().filter(|n| !n.is_empty()) {
+                    None => true,
+                    Some(names) => t.name.as_ref().is_some_and(|n| names.iter().any(|x| x == n.as_str())),
+                }
+        });
+    if allowed {
+        return None;
+    }
+    let what = match &t.name {
+        Some(n) => format!("{} \"{n}\"", t.resource.resource),
+        None => t.resource.resource.to_string(),
+    };
+    Some(status(
+        403,
+        "Forbidden",
+        format!(
+            "{what} is forbidden: User \"system:serviceaccount:{sa_ns}:{sa_name}\" cannot {verb} resource \"{resource}\" in API group \"{}\" in the namespace \"{}\"",
+            t.resource.group, t.namespace
+        ),
+    ))
 }
 
 fn key(t: &Target, name: &str) -> Key {
@@ -1237,8 +1352,13 @@ fn discovery(path: &str) -> Option<Value> {
 
 /// A kubeconfig for a client of the emulator on `port`.
 pub fn kubeconfig(port: u16) -> String {
+    kubeconfig_with_token(port, "emulator")
+}
+
+/// A kubeconfig authenticating with `token` (`sa:<ns>:<name>` for a ServiceAccount).
+pub fn kubeconfig_with_token(port: u16, token: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: emulator\n  cluster:\n    server: http://127.0.0.1:{port}\nusers:\n- name: emulator\n  user:\n    token: emulator\ncontexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: emulator\n    namespace: default\ncurrent-context: emulator\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: emulator\n  cluster:\n    server: http://127.0.0.1:{port}\nusers:\n- name: emulator\n  user:\n    token: {token}\ncontexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: emulator\n    namespace: default\ncurrent-context: emulator\n"
     )
 }
 
