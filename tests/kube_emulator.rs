@@ -58,7 +58,6 @@ fn kubectl_server_side_apply_conflicts_with_another_manager_unless_forced() {
     let (code, out) = sh(&mut emu.kubectl(&[
         "apply",
         "--server-side",
-        "--validate=false",
         "-f",
         &write(&dir, "a.yaml", &secret_yaml("demo", "djE=")),
     ]));
@@ -81,7 +80,6 @@ fn kubectl_server_side_apply_conflicts_with_another_manager_unless_forced() {
     let (code, out) = sh(&mut emu.kubectl(&[
         "apply",
         "--server-side",
-        "--validate=false",
         "-f",
         &write(&dir, "b.yaml", &secret_yaml("demo", "djM=")),
     ]));
@@ -97,7 +95,6 @@ fn kubectl_server_side_apply_conflicts_with_another_manager_unless_forced() {
     let (code, out) = sh(&mut emu.kubectl(&[
         "apply",
         "--server-side",
-        "--validate=false",
         "-f",
         &write(&dir, "c.yaml", &secret_yaml("demo", "djU=")),
     ]));
@@ -107,7 +104,6 @@ fn kubectl_server_side_apply_conflicts_with_another_manager_unless_forced() {
         "apply",
         "--server-side",
         "--force-conflicts",
-        "--validate=false",
         "-f",
         &write(&dir, "d.yaml", &secret_yaml("demo", "djU=")),
     ]));
@@ -120,40 +116,20 @@ fn kubectl_server_side_apply_conflicts_with_another_manager_unless_forced() {
 fn kubectl_replace_with_a_stale_resource_version_is_a_conflict() {
     let emu = Running::start();
     let dir = tempfile::tempdir().unwrap();
-    let (code, out) = sh(&mut emu.kubectl(&[
-        "create",
-        "--validate=false",
-        "-f",
-        &write(&dir, "a.yaml", &secret_yaml("demo", "djE=")),
-    ]));
+    let (code, out) = sh(&mut emu.kubectl(&["create", "-f", &write(&dir, "a.yaml", &secret_yaml("demo", "djE="))]));
     assert_eq!(code, 0, "{out}");
-    let (code, out) = sh(&mut emu.kubectl(&[
-        "create",
-        "--validate=false",
-        "-f",
-        &write(&dir, "a2.yaml", &secret_yaml("demo", "djE=")),
-    ]));
+    let (code, out) = sh(&mut emu.kubectl(&["create", "-f", &write(&dir, "a2.yaml", &secret_yaml("demo", "djE="))]));
     assert_ne!(code, 0);
     assert!(out.contains("already exists"), "{out}");
     let (_, current) = sh(&mut emu.kubectl(&["get", "secret", "demo", "-o", "json"]));
     let mut obj: serde_json::Value = serde_json::from_str(&current).unwrap();
     let stale = obj["metadata"]["resourceVersion"].as_str().unwrap().to_string();
     obj["data"]["k"] = json!("djI=");
-    let (code, out) = sh(&mut emu.kubectl(&[
-        "replace",
-        "--validate=false",
-        "-f",
-        &write(&dir, "fresh.json", &obj.to_string()),
-    ]));
+    let (code, out) = sh(&mut emu.kubectl(&["replace", "-f", &write(&dir, "fresh.json", &obj.to_string())]));
     assert_eq!(code, 0, "{out}");
     obj["data"]["k"] = json!("djM=");
     obj["metadata"]["resourceVersion"] = json!(stale);
-    let (code, out) = sh(&mut emu.kubectl(&[
-        "replace",
-        "--validate=false",
-        "-f",
-        &write(&dir, "stale.json", &obj.to_string()),
-    ]));
+    let (code, out) = sh(&mut emu.kubectl(&["replace", "-f", &write(&dir, "stale.json", &obj.to_string())]));
     assert_ne!(code, 0);
     assert!(
         out.contains("the object has been modified; please apply your changes to the latest version"),
@@ -168,12 +144,7 @@ fn kubectl_replace_with_a_stale_resource_version_is_a_conflict() {
 fn kubectl_get_watch_sees_objects_as_they_come() {
     let emu = Running::start();
     let dir = tempfile::tempdir().unwrap();
-    let (code, out) = sh(&mut emu.kubectl(&[
-        "create",
-        "--validate=false",
-        "-f",
-        &write(&dir, "a.yaml", &secret_yaml("first", "djE=")),
-    ]));
+    let (code, out) = sh(&mut emu.kubectl(&["create", "-f", &write(&dir, "a.yaml", &secret_yaml("first", "djE="))]));
     assert_eq!(code, 0, "{out}");
     let mut child = emu
         .kubectl(&["get", "secrets", "-w", "-o", "name"])
@@ -189,12 +160,7 @@ fn kubectl_get_watch_sees_objects_as_they_come() {
         }
     });
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), "secret/first");
-    let (code, out) = sh(&mut emu.kubectl(&[
-        "create",
-        "--validate=false",
-        "-f",
-        &write(&dir, "b.yaml", &secret_yaml("second", "djE=")),
-    ]));
+    let (code, out) = sh(&mut emu.kubectl(&["create", "-f", &write(&dir, "b.yaml", &secret_yaml("second", "djE="))]));
     assert_eq!(code, 0, "{out}");
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), "secret/second");
     let _ = child.kill();
@@ -314,7 +280,7 @@ fn secrets_merge_string_data_keep_their_type_and_need_their_tls_keys() {
     // stringData lands in data (base64) and is not stored itself.
     let (code, out) = kubectl_stdin(
         &emu,
-        &["create", "--validate=false", "-f", "-"],
+        &["create", "-f", "-"],
         "apiVersion: v1\nkind: Secret\nmetadata: {name: plain, namespace: default}\nstringData: {greeting: hello}\n",
     );
     assert_eq!(code, 0, "{out}");
@@ -326,7 +292,7 @@ fn secrets_merge_string_data_keep_their_type_and_need_their_tls_keys() {
     // The type cannot change: 422, as kube-apiserver answers.
     let (code, out) = kubectl_stdin(
         &emu,
-        &["replace", "--validate=false", "-f", "-"],
+        &["replace", "-f", "-"],
         "apiVersion: v1\nkind: Secret\nmetadata: {name: plain, namespace: default}\ntype: kubernetes.io/tls\ndata: {tls.crt: YQ==, tls.key: Yg==}\n",
     );
     assert_ne!(code, 0, "{out}");
@@ -335,7 +301,7 @@ fn secrets_merge_string_data_keep_their_type_and_need_their_tls_keys() {
     // kubernetes.io/tls needs both keys.
     let (code, out) = kubectl_stdin(
         &emu,
-        &["create", "--validate=false", "-f", "-"],
+        &["create", "-f", "-"],
         "apiVersion: v1\nkind: Secret\nmetadata: {name: half, namespace: default}\ntype: kubernetes.io/tls\ndata: {tls.crt: YQ==}\n",
     );
     assert_ne!(code, 0, "{out}");
@@ -353,13 +319,13 @@ fn labels_are_validated() {
     ] {
         let manifest =
             format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: l, namespace: default, labels: {labels}}}\n");
-        let (code, out) = kubectl_stdin(&emu, &["create", "--validate=false", "-f", "-"], &manifest);
+        let (code, out) = kubectl_stdin(&emu, &["create", "-f", "-"], &manifest);
         assert_ne!(code, 0, "{labels}: {out}");
         assert!(out.contains("is invalid") && out.contains(bad), "{labels}: {out}");
     }
     let (code, out) = kubectl_stdin(
         &emu,
-        &["create", "--validate=false", "-f", "-"],
+        &["create", "-f", "-"],
         "apiVersion: v1\nkind: Secret\nmetadata: {name: l, namespace: default, labels: {tlsward.io/owner: foocorp-prod, empty: \"\"}}\n",
     );
     assert_eq!(code, 0, "{out}");
@@ -370,7 +336,7 @@ fn merge_and_json_patches_work_on_objects_and_the_status_subresource() {
     let emu = Running::start();
     let (code, out) = kubectl_stdin(
         &emu,
-        &["create", "--validate=false", "-f", "-"],
+        &["create", "-f", "-"],
         "apiVersion: v1\nkind: Service\nmetadata: {name: gw, namespace: default}\nspec: {type: LoadBalancer, ports: [{port: 443}]}\n",
     );
     assert_eq!(code, 0, "{out}");
@@ -438,7 +404,7 @@ fn short_names_resolve_and_timestamps_are_whole_seconds() {
     let emu = Running::start();
     let (code, out) = kubectl_stdin(
         &emu,
-        &["create", "--validate=false", "-f", "-"],
+        &["create", "-f", "-"],
         "apiVersion: v1\nkind: Service\nmetadata: {name: gw, namespace: default}\nspec: {ports: [{port: 80}]}\n",
     );
     assert_eq!(code, 0, "{out}");
@@ -494,17 +460,32 @@ fn an_event_note_over_1024_bytes_is_refused() {
             "apiVersion: events.k8s.io/v1\nkind: Event\nmetadata: {{name: e, namespace: default}}\neventTime: \"2026-11-28T00:00:00.000000Z\"\nreportingController: tlsward\nreportingInstance: t\naction: Issue\nreason: Issued\ntype: Normal\nnote: \"{note}\"\n"
         )
     };
-    let (code, out) = kubectl_stdin(
-        &emu,
-        &["create", "--validate=false", "-f", "-"],
-        &event(&"é".repeat(513)),
-    );
+    let (code, out) = kubectl_stdin(&emu, &["create", "-f", "-"], &event(&"é".repeat(513)));
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("note: Too long"), "{out}");
-    let (code, out) = kubectl_stdin(
-        &emu,
-        &["create", "--validate=false", "-f", "-"],
-        &event(&"é".repeat(512)),
+    let (code, out) = kubectl_stdin(&emu, &["create", "-f", "-"], &event(&"é".repeat(512)));
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn kubectl_apply_works_with_validation_on() {
+    let emu = Running::start();
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: applied, namespace: default}\nstringData: {a: b}\n";
+    // Create, then a changed apply (client-side apply: a strategic merge patch).
+    let (code, out) = kubectl_stdin(&emu, &["apply", "-f", "-"], secret);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("secret/applied created"), "{out}");
+    let (code, out) = kubectl_stdin(&emu, &["apply", "-f", "-"], &secret.replace("{a: b}", "{a: c}"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("secret/applied configured"), "{out}");
+    assert_eq!(
+        emu.emulator.get("v1", "secrets", "default", "applied").unwrap()["data"]["a"],
+        "Yw=="
     );
+    let gateway = format!(
+        "apiVersion: {}\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec: {{selector: {{istio: ingressgateway}}}}\n",
+        support::kube_emulator::istio_api()
+    );
+    let (code, out) = kubectl_stdin(&emu, &["apply", "--server-side", "-f", "-"], &gateway);
     assert_eq!(code, 0, "{out}");
 }

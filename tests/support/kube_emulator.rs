@@ -30,8 +30,10 @@
 //! - one global resourceVersion counter as a decimal string [opaque, etcd revision].
 //! - lists are atomic in apply [list-map keys such as `port` merge per item]; a
 //!   strategic merge patch is served as a merge patch [built-in kinds merge lists by key].
-//! - no admission, defaulting, schema validation or `fieldValidation` [all of them];
-//!   no `/openapi`, so kubectl runs with `--validate=false` [it downloads the schemas].
+//! - no schema validation or defaulting beyond the admission below [all of them];
+//!   `/openapi/v3` lists each resource's write operations with the `fieldValidation`
+//!   parameter, so `kubectl apply` validates server-side, but `fieldValidation=Strict` is
+//!   not enforced [unknown fields are refused] and no schemas are served [they are].
 //! - authentication by token only: `emulator` is an administrator, `sa:<ns>:<name>` a
 //!   ServiceAccount [service-account JWTs], over plain HTTP [TLS only]; kubectl sends no
 //!   token over plain HTTP, so a request without one is the administrator
@@ -1320,10 +1322,33 @@ fn discovery(path: &str) -> Option<Value> {
             Some(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
         }
         "/api/v1" => Some(resources_of("", "v1")),
+        "/openapi/v3" => {
+            let mut paths = Map::new();
+            let mut gvs: Vec<(&str, &str)> = RESOURCES
+                .iter()
+                .filter(|r| served(r.0, r.1))
+                .map(|r| (r.0, r.1))
+                .collect();
+            gvs.dedup();
+            for (g, v) in gvs {
+                let key = if g.is_empty() {
+                    format!("api/{v}")
+                } else {
+                    format!("apis/{g}/{v}")
+                };
+                paths.insert(
+                    key.clone(),
+                    json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash=emulator")}),
+                );
+            }
+            Some(json!({"paths": paths}))
+        }
         "/version" => Some(json!({"major": "1", "minor": "31", "gitVersion": "v1.31.0-tlsward-emulator"})),
         p => {
             let segs: Vec<&str> = p.trim_matches('/').split('/').collect();
             match segs.as_slice() {
+                ["openapi", "v3", "api", v] => Some(openapi_v3("", v)),
+                ["openapi", "v3", "apis", g, v] if served(g, v) => Some(openapi_v3(g, v)),
                 ["apis", g, v] if served(g, v) && RESOURCES.iter().any(|r| r.0 == *g && r.1 == *v) => {
                     Some(resources_of(g, v))
                 }
@@ -1348,6 +1373,40 @@ fn discovery(path: &str) -> Option<Value> {
             }
         }
     }
+}
+
+/// An OpenAPI v3 document for one group/version: every resource's write operations with
+/// their `x-kubernetes-group-version-kind` and the `fieldValidation` parameter, which is
+/// what kubectl looks for before it sends its objects for server-side validation.
+/// [The real documents carry full schemas; these objects accept any fields.]
+fn openapi_v3(group: &str, version: &str) -> Value {
+    let prefix = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
+    let mut paths = Map::new();
+    for r in RESOURCES.iter().filter(|r| r.0 == group && r.1 == version) {
+        let gvk = json!({"group": group, "version": version, "kind": r.3});
+        let op = |action: &str| {
+            json!({"x-kubernetes-group-version-kind": gvk, "x-kubernetes-action": action,
+                "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+                               {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}}],
+                "responses": {"200": {"description": "OK"}}})
+        };
+        let base = if r.4 {
+            format!("{prefix}/namespaces/{{namespace}}/{}", r.2)
+        } else {
+            format!("{prefix}/{}", r.2)
+        };
+        paths.insert(base.clone(), json!({"post": op("post"), "get": op("list")}));
+        paths.insert(
+            format!("{base}/{{name}}"),
+            json!({"put": op("put"), "patch": op("patch"), "get": op("get"), "delete": op("delete")}),
+        );
+    }
+    json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.31.0-tlsward-emulator"}, "paths": paths,
+        "components": {"schemas": {}}})
 }
 
 /// A kubeconfig for a client of the emulator on `port`.
@@ -1411,7 +1470,7 @@ impl Running {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), object.to_string()).unwrap();
         let mut cmd = self.kubectl(args);
-        cmd.args(["--validate=false", "-f"]).arg(file.path());
+        cmd.args(["-f"]).arg(file.path());
         let out = cmd.output().unwrap();
         let text = format!(
             "{}{}",
