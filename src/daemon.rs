@@ -1009,11 +1009,13 @@ pub fn backoff(consecutive_failures: u32) -> std::time::Duration {
 
 /// The daemon: passes until `shutdown` fires. A new config that fails validation is
 /// reported and the running one kept.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     config: Config,
     metrics: Arc<Metrics>,
     health: Health,
     http01: Arc<Http01Challenges>,
+    mut solver: crate::serve::SolverEndpoint,
     leader: Option<LeaderSettings>,
     mut config_changed: tokio::sync::mpsc::Receiver<()>,
     shutdown: CancellationToken,
@@ -1135,6 +1137,12 @@ pub async fn run(
                     match Config::load(&runtime.config.path) {
                         Ok(new) => match Runtime::new(new, metrics.clone(), http01.clone()).await {
                             Ok(r) => {
+                                // The first HTTP-01 issuer needs the answer endpoint.
+                                if r.config.file.uses_http01()
+                                    && let Err(e) = solver.ensure().await
+                                {
+                                    tracing::error!(listen = %solver.addr(), error = %e, "cannot serve ACME HTTP-01 answers");
+                                }
                                 tracing::info!(config = %runtime.config.path.display(), "config changed: reloaded");
                                 metrics.config_reload("applied");
                                 runtime = r.watched_by(health.clone());

@@ -93,6 +93,15 @@ enum Command {
     Schema,
 }
 
+/// Log timestamps as people read them: RFC 3339, UTC, whole seconds.
+struct WholeSeconds;
+
+impl tracing_subscriber::fmt::time::FormatTime for WholeSeconds {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        write!(w, "{}", tlsward::plan::rfc3339(time::OffsetDateTime::now_utc()))
+    }
+}
+
 fn init_logging(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -103,6 +112,7 @@ fn init_logging(cli: &Cli) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_timer(WholeSeconds)
         .with_writer(std::io::stderr);
     if json {
         builder.json().flatten_event(true).init();
@@ -179,13 +189,14 @@ async fn run(
     let shutdown = CancellationToken::new();
     shutdown_on_signals(shutdown.clone());
     let http01 = Arc::new(Http01Challenges::default());
-    // Started for the issuers configured at start (adding the first HTTP-01 issuer later
-    // takes a restart, as does changing --solver-listen).
+    // Started now for the issuers configured at start, or by the daemon when a reload
+    // adds the first HTTP-01 issuer.
+    let mut solver = tlsward::serve::SolverEndpoint::new(solver_listen, http01.clone(), shutdown.clone());
     if config.file.uses_http01() {
-        let (bound, _) = tlsward::serve::bind_solver(solver_listen, http01.clone(), shutdown.clone())
+        solver
+            .ensure()
             .await
             .with_context(|| format!("binding {solver_listen} for ACME HTTP-01 answers"))?;
-        tracing::debug!(listen = %bound, "ACME HTTP-01 solver listening");
     }
     if once {
         let runtime = match Runtime::new(config, metrics, http01).await {
@@ -230,7 +241,16 @@ async fn run(
     let watch = tlsward::config::watch::ConfigWatch::start(path)?;
     let (bound, server) = daemon_server(listen, metrics.clone(), health.clone(), shutdown.clone()).await?;
     tracing::info!(listen = %bound, config = %path.display(), "tlsward running");
-    let daemon = daemon::run(config, metrics, health, http01, leader, watch.changes, shutdown.clone());
+    let daemon = daemon::run(
+        config,
+        metrics,
+        health,
+        http01,
+        solver,
+        leader,
+        watch.changes,
+        shutdown.clone(),
+    );
     let result = within_grace(daemon, &shutdown, grace).await.unwrap_or(Ok(()));
     shutdown.cancel();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), server).await;
@@ -266,12 +286,13 @@ async fn plan(path: &Path, format: PlanFormat) -> Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let (plan, failures) = runtime.plan(time::OffsetDateTime::now_utc()).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let (plan, failures) = runtime.plan(now).await?;
     for f in &failures {
         eprintln!("warning [{}] {}: {}", f.stage, f.subject, f.message);
     }
     let text = match format {
-        PlanFormat::Text => tlsward::plan::text::to_text(&plan),
+        PlanFormat::Text => tlsward::plan::text::to_text(&plan, now),
         PlanFormat::Json => serde_json::to_string_pretty(&plan)? + "\n",
         PlanFormat::Yaml => serde_saphyr::to_string(&serde_json::to_value(&plan)?)?,
     };

@@ -23,6 +23,7 @@ pub const GATEWAY_ADDRESS: &str = "tlsward_gateway_address_info";
 pub const RECONCILE_ERRORS: &str = "tlsward_reconcile_errors";
 pub const LEADER: &str = "tlsward_leader";
 pub const CONFIG_RELOADS: &str = "tlsward_config_reloads";
+pub const BUILD_INFO: &str = "tlsward_build_info";
 
 /// Outcomes of looking at the config file again, as `tlsward_config_reloads_total{result}`
 /// names them: `applied`, `invalid` (kept the running one), `unusable` (valid but its
@@ -137,6 +138,14 @@ impl Metrics {
             "Times the config file was read again after a change event, by result",
             m.config_reloads.clone(),
         );
+        let build: Family<Labels, Gauge> = Family::default();
+        build
+            .get_or_create(&labels(&[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("revision", env!("TLSWARD_REVISION")),
+            ]))
+            .set(1);
+        registry.register(BUILD_INFO, "The running tlsward's version and source revision", build);
         for result in RELOAD_RESULTS {
             let _ = m.config_reloads.get_or_create(&labels(&[("result", result)]));
         }

@@ -64,6 +64,42 @@ async fn acme_challenge(
     }
 }
 
+/// The HTTP-01 answer endpoint, started the first time a config needs it (at start or
+/// on a reload that adds the first HTTP-01 issuer) and kept until shutdown.
+pub struct SolverEndpoint {
+    addr: SocketAddr,
+    answers: Arc<Http01Challenges>,
+    shutdown: CancellationToken,
+    bound: Option<SocketAddr>,
+}
+
+impl SolverEndpoint {
+    pub fn new(addr: SocketAddr, answers: Arc<Http01Challenges>, shutdown: CancellationToken) -> SolverEndpoint {
+        SolverEndpoint {
+            addr,
+            answers,
+            shutdown,
+            bound: None,
+        }
+    }
+
+    /// Listens, unless already listening.
+    pub async fn ensure(&mut self) -> std::io::Result<SocketAddr> {
+        if let Some(bound) = self.bound {
+            return Ok(bound);
+        }
+        let (bound, _) = bind_solver(self.addr, self.answers.clone(), self.shutdown.clone()).await?;
+        tracing::info!(listen = %bound, "ACME HTTP-01 answers served");
+        self.bound = Some(bound);
+        Ok(bound)
+    }
+
+    /// The address asked for (for messages).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
 /// Serves pending HTTP-01 answers at `/.well-known/acme-challenge/<token>` on `addr`
 /// until `shutdown` fires.
 pub async fn bind_solver(

@@ -69,6 +69,12 @@ fn assert_logs_are_json_and_keyless(logs: &str) {
     for line in logs.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(v.get("level").is_some() && v.get("message").is_some(), "{line}");
+        // Whole seconds, as people read times: 2026-11-28T16:30:57Z.
+        let stamp = v["timestamp"].as_str().unwrap_or_default();
+        assert!(
+            stamp.len() == 20 && stamp.ends_with('Z'),
+            "timestamp {stamp:?} in {line}"
+        );
         assert!(
             !line.contains("PRIVATE KEY") && !line.contains("BEGIN"),
             "key material in a log line: {line}"
@@ -94,6 +100,11 @@ fn serves_metrics_health_and_readiness_then_exits_zero_on_sigterm() {
         "tlsward_dns_record_changes_total{provider=\"local\",result=\"success\"} 4",
         "tlsward_gateway_address_info{address=\"203.0.113.10\"} 1",
         "tlsward_reconcile_errors_total{stage=\"issue\"} 0",
+        concat!(
+            "tlsward_build_info{version=\"",
+            env!("CARGO_PKG_VERSION"),
+            "\",revision=\""
+        ),
     ] {
         assert!(m.contains(want), "missing {want:?} in\n{m}");
     }
@@ -287,4 +298,38 @@ fn an_idle_daemon_reads_its_config_once_per_real_change_even_on_a_configmap_moun
     let (code, logs) = d.terminate();
     assert_eq!(code, 0, "{logs}");
     assert_eq!(logs.matches("config changed: reloaded").count(), 1, "{logs}");
+}
+
+#[test]
+fn a_reload_that_adds_the_first_http01_issuer_starts_the_answer_endpoint() {
+    let w = Workdir::new();
+    w.write_config(&local_config());
+    let port = free_port();
+    let solver = free_port();
+    let child = w
+        .daemon(port, &["--solver-listen", &format!("127.0.0.1:{solver}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let d = Daemon { child, port };
+    d.wait_ready();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", solver)).is_err(),
+        "the answer endpoint listens without an HTTP-01 issuer"
+    );
+    // An ACME issuer with HTTP-01 arrives by reload (its directory need not answer).
+    let with_acme = local_config().replace(
+        "issuers:\n",
+        "issuers:\n  le: {acme: {directory: \"https://127.0.0.1:1/dir\", solver: {http01: {self_check: false}}}}\n",
+    );
+    w.write_config(&with_acme);
+    let (status, body) = wait_for(Duration::from_secs(20), "the answer endpoint", || {
+        http_get(solver, "/.well-known/acme-challenge/unknown-token")
+    });
+    assert_eq!(status, 404);
+    assert!(body.contains("no such challenge"), "{body}");
+    let (code, logs) = d.terminate();
+    assert_eq!(code, 0, "{logs}");
+    assert!(logs.contains("config changed: reloaded"), "{logs}");
 }

@@ -189,9 +189,28 @@ impl Plan {
     }
 }
 
+/// A moment as people read it: RFC 3339, UTC, whole seconds.
 pub fn rfc3339(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).unwrap_or(t);
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
+}
+
+/// How far `t` is from `now`, the way a person says it: `in 20d`, `in 3h`, `5m ago`.
+pub fn relative(t: OffsetDateTime, now: OffsetDateTime) -> String {
+    let d = t - now;
+    let secs = d.whole_seconds().abs();
+    let amount = match secs {
+        s if s >= 2 * 86_400 => format!("{}d", s / 86_400),
+        s if s >= 2 * 3_600 => format!("{}h", s / 3_600),
+        s if s >= 2 * 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    };
+    if d.is_negative() {
+        format!("{amount} ago")
+    } else {
+        format!("in {amount}")
+    }
 }
 
 /// Decides one certificate's fate from its facts alone (hosts and issuer are checked

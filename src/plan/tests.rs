@@ -503,7 +503,7 @@ fn a_converged_world_plans_nothing_and_the_same_inputs_plan_the_same() {
     let mut o = observed_with(vec![stored("shop", &["shop.z.example"], NOW - Duration::days(2))]);
     o.zones.insert("local".into(), Ok(published_shop()));
     let a = plan(&config(""), &o, NOW, SEED);
-    assert!(a.is_noop(), "{}", text::to_text(&a));
+    assert!(a.is_noop(), "{}", text::to_text(&a, NOW));
     assert_eq!(a, plan(&config(""), &o, NOW, SEED));
     let ready: BTreeSet<String> = ["shop".to_string()].into();
     assert_eq!(
@@ -646,5 +646,30 @@ fn a_key_algorithm_change_reissues() {
             stored: "ecdsa-p256".into(),
             wanted: "rsa-2048".into()
         })
+    );
+}
+
+#[test]
+fn times_read_as_whole_seconds_with_a_relative_hint() {
+    let t = datetime!(2026-06-21 12:00:00.125770576 UTC);
+    assert_eq!(rfc3339(t), "2026-06-21T12:00:00Z");
+    assert_eq!(relative(t, NOW), "in 20d");
+    assert_eq!(relative(NOW + Duration::hours(5), NOW), "in 5h");
+    assert_eq!(relative(NOW - Duration::minutes(7), NOW), "7m ago");
+    assert_eq!(relative(NOW + Duration::seconds(30), NOW), "in 30s");
+    let p = plan(
+        &config(""),
+        &observed_with(vec![stored("shop", &["shop.z.example"], NOW - Duration::days(1))]),
+        NOW,
+        SEED,
+    );
+    let text = text::to_text(&p, NOW);
+    let renew = text.lines().find(|l| l.contains("keep (renew at")).unwrap();
+    let at = renew.split("renew at ").nth(1).unwrap().split(',').next().unwrap();
+    assert!(at.len() == 20 && at.ends_with('Z'), "{renew}");
+    assert!(renew.contains(", in "), "{renew}");
+    assert!(
+        text.contains("Next renewal: ") && text.lines().last().unwrap().ends_with(')'),
+        "{text}"
     );
 }

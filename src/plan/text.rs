@@ -2,18 +2,26 @@
 
 use std::fmt::Write;
 
-use super::{Action, Plan};
+use time::OffsetDateTime;
+
+use super::{Action, Plan, relative, rfc3339};
 use crate::dns::registry::Change;
 
-fn action(a: &Action) -> String {
+fn action(a: &Action, now: OffsetDateTime) -> String {
     match a {
-        Action::Keep { renew_at: Some(at) } => format!("keep (renew at {at})"),
+        Action::Keep { renew_at: Some(at) } => {
+            match OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339) {
+                Ok(t) => format!("keep (renew at {at}, {})", relative(t, now)),
+                Err(_) => format!("keep (renew at {at})"),
+            }
+        }
         Action::Keep { renew_at: None } => "keep".into(),
         Action::Issue(r) => format!("ISSUE: {r}"),
     }
 }
 
-pub fn to_text(plan: &Plan) -> String {
+/// The plan as text, with times relative to `now` beside them.
+pub fn to_text(plan: &Plan, now: OffsetDateTime) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Credentials:");
     for c in &plan.credentials {
@@ -34,13 +42,13 @@ pub fn to_text(plan: &Plan) -> String {
             c.site,
             hosts.join(", "),
             c.issuer,
-            action(&c.server)
+            action(&c.server, now)
         );
         if let Some(ca) = &c.client_ca {
-            let _ = writeln!(out, "    client CA: {}", action(ca));
+            let _ = writeln!(out, "    client CA: {}", action(ca, now));
         }
         for (name, a) in &c.clients {
-            let _ = writeln!(out, "    client {name}: {}", action(a));
+            let _ = writeln!(out, "    client {name}: {}", action(a, now));
         }
         for d in &c.dropped {
             let _ = writeln!(out, "    drop {d}");
@@ -92,7 +100,7 @@ pub fn to_text(plan: &Plan) -> String {
     }
     match plan.next_renewal {
         Some(t) => {
-            let _ = writeln!(out, "Next renewal: {}", super::rfc3339(t));
+            let _ = writeln!(out, "Next renewal: {} ({})", rfc3339(t), relative(t, now));
         }
         None => {
             let _ = writeln!(out, "Next renewal: after this pass's issuances");
