@@ -60,6 +60,21 @@ impl Hostname {
             return Err("host name is empty".into());
         }
         let name = text.strip_suffix('.').unwrap_or(text);
+        // An internationalized name becomes its A-label form (UTS #46), which is what
+        // certificates, DNS and Istio carry: `bücher.example` → `xn--bcher-kva.example`.
+        let converted;
+        let name = if name.is_ascii() {
+            name
+        } else {
+            let (wildcard, rest) = match name.strip_prefix("*.") {
+                Some(rest) => ("*.", rest),
+                None => ("", name),
+            };
+            let ascii = idna::domain_to_ascii(rest)
+                .map_err(|e| format!("`{text}` is not a valid internationalized host name ({e})"))?;
+            converted = format!("{wildcard}{ascii}");
+            &converted
+        };
         if name.len() > 253 {
             return Err(format!("host name is {} characters long, more than 253", name.len()));
         }
@@ -86,6 +101,33 @@ impl Hostname {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The name as people write it: the Unicode form of an internationalized name
+    /// (`bücher.example`), else the name itself.
+    pub fn unicode(&self) -> String {
+        if !self.0.split('.').any(|l| l.starts_with("xn--")) {
+            return self.0.clone();
+        }
+        let (wildcard, rest) = match self.0.strip_prefix("*.") {
+            Some(rest) => ("*.", rest),
+            None => ("", self.0.as_str()),
+        };
+        let (unicode, result) = idna::domain_to_unicode(rest);
+        match result {
+            Ok(()) => format!("{wildcard}{unicode}"),
+            Err(_) => self.0.clone(),
+        }
+    }
+
+    /// Both forms where they differ: `xn--bcher-kva.example (bücher.example)`.
+    pub fn both_forms(&self) -> String {
+        let unicode = self.unicode();
+        if unicode == self.0 {
+            unicode
+        } else {
+            format!("{} ({unicode})", self.0)
+        }
     }
 
     pub fn is_wildcard(&self) -> bool {
@@ -247,6 +289,25 @@ pub struct ObservedCredential {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internationalized_names_become_a_labels_and_keep_their_unicode_form() {
+        let h = Hostname::parse("Bücher.example.com", false).unwrap();
+        assert_eq!(h.as_str(), "xn--bcher-kva.example.com");
+        assert_eq!(h.unicode(), "bücher.example.com");
+        assert_eq!(h.both_forms(), "xn--bcher-kva.example.com (bücher.example.com)");
+        let w = Hostname::parse("*.bücher.example.com", true).unwrap();
+        assert_eq!(w.as_str(), "*.xn--bcher-kva.example.com");
+        assert_eq!(w.unicode(), "*.bücher.example.com");
+        // An A-label written directly is the same name.
+        assert_eq!(Hostname::parse("xn--bcher-kva.example.com", false).unwrap(), h);
+        assert_eq!(
+            Hostname::parse("shop.example.com", false).unwrap().both_forms(),
+            "shop.example.com"
+        );
+        let bad = Hostname::parse("bü\u{200b}cher_x.example.com", false).unwrap_err();
+        assert!(bad.contains("bü"), "{bad}");
+    }
 
     #[test]
     fn hostnames_accept_rfc1123_names_and_lowercase_them() {

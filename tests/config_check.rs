@@ -229,3 +229,34 @@ fn a_namespaced_route_target_is_rendered_fully_qualified() {
     let vs = std::fs::read_to_string(dir.path().join("out/manifests/virtualservice-c.yaml")).unwrap();
     assert!(vs.contains("host: c.blog.svc.cluster.local"), "{vs}");
 }
+
+#[test]
+fn an_internationalized_host_is_issued_published_and_routed_as_its_a_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "owner_id: o\nstore: {files: {dir: out}}\ngateway: {address: {static: [203.0.113.10]}}\nissuers: {ca1: {ca: {}}}\ndns: {providers: {local: {zonefile: {zone: example.com.}}}}\nsites:\n  - {name: books, hosts: [bücher.example.com], issuer: ca1, dns: local, route: {to: books.shop, port: 80}}\n",
+    );
+    let plan = tlsward(&["plan", "--config", path.to_str().unwrap()]);
+    assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+    let text = String::from_utf8(plan.stdout).unwrap();
+    assert!(
+        text.contains("xn--bcher-kva.example.com (bücher.example.com)"),
+        "{text}"
+    );
+    let run = Command::new(env!("CARGO_BIN_EXE_tlsward"))
+        .current_dir(dir.path())
+        .args(["run", "--once", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let crt = std::fs::read_to_string(dir.path().join("out/credentials/books/tls.crt")).unwrap();
+    assert_eq!(
+        tlsward::pki::facts(&crt).unwrap().dns_names,
+        vec!["xn--bcher-kva.example.com"]
+    );
+    let zone = std::fs::read_to_string(dir.path().join("out/dns/example.com.zone")).unwrap();
+    assert!(zone.contains("xn--bcher-kva"), "{zone}");
+    let vs = std::fs::read_to_string(dir.path().join("out/manifests/virtualservice-books.yaml")).unwrap();
+    assert!(vs.contains("xn--bcher-kva.example.com"), "{vs}");
+}

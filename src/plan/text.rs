@@ -25,7 +25,7 @@ pub fn to_text(plan: &Plan, now: OffsetDateTime) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Credentials:");
     for c in &plan.credentials {
-        let hosts: Vec<&str> = c.hosts.iter().map(|h| h.as_str()).collect();
+        let hosts: Vec<String> = c.hosts.iter().map(|h| h.both_forms()).collect();
         if let Some(why) = &c.blocked {
             let _ = writeln!(
                 out,
