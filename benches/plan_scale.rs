@@ -75,6 +75,7 @@ fn main() {
                 },
                 key_matches: true,
                 client_ca_fingerprint: None,
+                client_ca_not_after: None,
                 clients: vec![],
                 format: Default::default(),
             },

@@ -886,6 +886,27 @@ impl Runtime {
                         renewal::jitter_for(self.seed, &c.site),
                     )
                 });
+                let clients: Vec<(String, i64, Option<i64>)> = stored
+                    .map(|o| {
+                        o.clients
+                            .iter()
+                            .map(|(name, f)| {
+                                let at = renewal::renew_at(
+                                    f.not_before,
+                                    f.not_after,
+                                    self.config.file.renew_before,
+                                    renewal::jitter_for(self.seed, &format!("{}/{name}", c.site)),
+                                );
+                                (name.clone(), f.not_after.unix_timestamp(), Some(at.unix_timestamp()))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                // Every certificate the site hands out must be usable: a lapsed client
+                // certificate or client CA breaks its partners as surely as the server's.
+                let clients_usable = stored.is_some_and(|o| {
+                    o.client_ca_not_after.is_none_or(|t| now < t) && o.clients.iter().all(|(_, f)| now < f.not_after)
+                }) && c.clients.iter().all(|(_, a)| !a.is_issue());
                 CertificateState {
                     site: c.site.clone(),
                     issuer: c.issuer.clone(),
@@ -894,7 +915,10 @@ impl Runtime {
                     renew_at: renew_at.map(|t| t.unix_timestamp()),
                     ready: c.blocked.is_none()
                         && !c.server.is_issue()
-                        && stored.is_some_and(|o| o.key_matches && now < o.server.not_after),
+                        && stored.is_some_and(|o| o.key_matches && now < o.server.not_after)
+                        && clients_usable,
+                    client_ca_not_after: stored.and_then(|o| o.client_ca_not_after.map(|t| t.unix_timestamp())),
+                    clients,
                 }
             })
             .collect();

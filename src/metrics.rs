@@ -40,15 +40,25 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
-/// One certificate's state, as the record step computes it.
+/// One site's certificates, as the record step computes them.
 pub struct CertificateState {
     pub site: String,
     pub issuer: String,
     pub hosts: Vec<String>,
     pub not_after: Option<i64>,
     pub renew_at: Option<i64>,
+    /// Server certificate, client CA and every client certificate usable now.
     pub ready: bool,
+    /// The client CA's expiry (MUTUAL sites).
+    pub client_ca_not_after: Option<i64>,
+    /// Client certificates: name, expiry, renewal moment.
+    pub clients: Vec<(String, i64, Option<i64>)>,
 }
+
+/// The `kind` label of certificate series.
+pub const KIND_SERVER: &str = "server";
+pub const KIND_CLIENT: &str = "client";
+pub const KIND_CLIENT_CA: &str = "client-ca";
 
 pub struct Metrics {
     registry: Registry,
@@ -197,13 +207,45 @@ impl Metrics {
             let site = labels(&[("site", &c.site), ("issuer", &c.issuer)]);
             self.ready.get_or_create(&site).set(i64::from(c.ready));
             if let Some(at) = c.renew_at {
-                self.renewal.get_or_create(&site).set(at as f64);
+                self.renewal
+                    .get_or_create(&labels(&[
+                        ("site", &c.site),
+                        ("issuer", &c.issuer),
+                        ("kind", KIND_SERVER),
+                    ]))
+                    .set(at as f64);
             }
             if let Some(na) = c.not_after {
                 for host in &c.hosts {
                     self.expiration
-                        .get_or_create(&labels(&[("site", &c.site), ("issuer", &c.issuer), ("host", host)]))
+                        .get_or_create(&labels(&[
+                            ("site", &c.site),
+                            ("issuer", &c.issuer),
+                            ("kind", KIND_SERVER),
+                            ("host", host),
+                        ]))
                         .set(na as f64);
+                }
+            }
+            if let Some(na) = c.client_ca_not_after {
+                self.expiration
+                    .get_or_create(&labels(&[
+                        ("site", &c.site),
+                        ("issuer", &c.issuer),
+                        ("kind", KIND_CLIENT_CA),
+                    ]))
+                    .set(na as f64);
+            }
+            for (client, na, renew_at) in &c.clients {
+                let series = labels(&[
+                    ("site", &c.site),
+                    ("issuer", &c.issuer),
+                    ("kind", KIND_CLIENT),
+                    ("client", client),
+                ]);
+                self.expiration.get_or_create(&series).set(*na as f64);
+                if let Some(at) = renew_at {
+                    self.renewal.get_or_create(&series).set(*at as f64);
                 }
             }
         }

@@ -280,6 +280,8 @@ pub struct ObservedCredential {
     pub key_matches: bool,
     /// Client CA fingerprint (MUTUAL sites).
     pub client_ca_fingerprint: Option<String>,
+    /// When the client CA expires (MUTUAL sites).
+    pub client_ca_not_after: Option<OffsetDateTime>,
     /// Client certificates by name.
     pub clients: Vec<(String, CertificateFacts)>,
     /// The Secret layout it is stored in (meaningful for the Kubernetes store only).

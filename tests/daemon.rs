@@ -91,8 +91,12 @@ fn serves_metrics_health_and_readiness_then_exits_zero_on_sigterm() {
     assert_eq!(http_get(d.port, "/healthz").unwrap(), (200, "ok\n".to_string()));
     let m = d.metrics();
     for want in [
-        "tlsward_certificate_expiration_timestamp_seconds{site=\"frontend\",issuer=\"internal\",host=\"frontend.foocorp.example\"} ",
-        "tlsward_certificate_renewal_timestamp_seconds{site=\"inventory\",issuer=\"internal\"} ",
+        "tlsward_certificate_expiration_timestamp_seconds{site=\"frontend\",issuer=\"internal\",kind=\"server\",host=\"frontend.foocorp.example\"} ",
+        "tlsward_certificate_renewal_timestamp_seconds{site=\"inventory\",issuer=\"internal\",kind=\"server\"} ",
+        // The mutual-TLS site's client CA and client certificate expire too.
+        "tlsward_certificate_expiration_timestamp_seconds{site=\"inventory\",issuer=\"internal\",kind=\"client-ca\"} ",
+        "tlsward_certificate_expiration_timestamp_seconds{site=\"inventory\",issuer=\"internal\",kind=\"client\",client=\"warehouse-scanner\"} ",
+        "tlsward_certificate_renewal_timestamp_seconds{site=\"inventory\",issuer=\"internal\",kind=\"client\",client=\"warehouse-scanner\"} ",
         "tlsward_certificate_ready{site=\"frontend\",issuer=\"internal\"} 1",
         "tlsward_certificate_ready{site=\"inventory\",issuer=\"internal\"} 1",
         "tlsward_issuance_total{issuer=\"internal\",result=\"success\"} 2",

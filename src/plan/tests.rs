@@ -63,6 +63,7 @@ fn stored(site: &str, hosts: &[&str], issued: OffsetDateTime) -> ObservedCredent
         server: facts(hosts, issued, 30, "sig-internal"),
         key_matches: true,
         client_ca_fingerprint: None,
+        client_ca_not_after: None,
         clients: vec![],
         format: Default::default(),
     }

@@ -173,6 +173,10 @@ impl CredentialBundle {
             Some(pem) => Some(crate::pki::fingerprint(&crate::pki::certificates_der(pem)?[0])),
             None => None,
         };
+        let client_ca_not_after = match &self.client_ca_pem {
+            Some(pem) => Some(crate::pki::facts(pem)?.not_after),
+            None => None,
+        };
         let mut clients = Vec::new();
         for (name, pair) in &self.clients {
             let matches = crate::pki::key_matches(&pair.chain_pem, &pair.key).unwrap_or(false);
@@ -187,6 +191,7 @@ impl CredentialBundle {
             server,
             key_matches,
             client_ca_fingerprint,
+            client_ca_not_after,
             clients,
             format: self.format,
         })
