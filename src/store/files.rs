@@ -187,6 +187,7 @@ fn read_set(dir: &Path) -> Result<Option<BTreeMap<String, Vec<u8>>>, StoreError>
     Ok(Some(out))
 }
 
+#[derive(Clone)]
 pub struct FilesStore {
     root: PathBuf,
     owner: String,
@@ -269,9 +270,10 @@ impl FilesStore {
     }
 }
 
-#[async_trait]
-impl Store for FilesStore {
-    async fn credentials(&self, _sites: &[String]) -> Result<StoredCredentials, StoreError> {
+/// The store's work, synchronous (files and fsync); the `Store` impl runs it on
+/// Tokio's blocking pool so that a slow disk never stalls the daemon's other work.
+impl FilesStore {
+    fn credentials_now(&self, _sites: &[String]) -> Result<StoredCredentials, StoreError> {
         let mut out = StoredCredentials::default();
         let dir = self.credentials_dir();
         let entries = match fs::read_dir(&dir) {
@@ -313,7 +315,7 @@ impl Store for FilesStore {
         Ok(out)
     }
 
-    async fn write_credential(&self, bundle: &CredentialBundle) -> Result<(), StoreError> {
+    fn write_credential_now(&self, bundle: &CredentialBundle) -> Result<(), StoreError> {
         verify_bundle(bundle)?;
         let dir = self.credentials_dir().join(&bundle.site);
         if let Some(files) = read_set(&dir)? {
@@ -369,7 +371,7 @@ impl Store for FilesStore {
         write_set(&dir, &files)
     }
 
-    async fn delete_credential(&self, site: &str) -> Result<(), StoreError> {
+    fn delete_credential_now(&self, site: &str) -> Result<(), StoreError> {
         let dir = self.credentials_dir().join(site);
         match read_set(&dir)? {
             Some(files) if Self::marker_owner(&files).as_deref() == Some(self.owner.as_str()) => {
@@ -384,11 +386,11 @@ impl Store for FilesStore {
         }
     }
 
-    async fn read_state(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, StoreError> {
+    fn read_state_now(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, StoreError> {
         read_set(&self.root.join("state").join(name))
     }
 
-    async fn write_state(&self, name: &str, files: &[StateFile]) -> Result<(), StoreError> {
+    fn write_state_now(&self, name: &str, files: &[StateFile]) -> Result<(), StoreError> {
         let state = self.root.join("state");
         fs::create_dir_all(&state).map_err(io(&state, "create directory"))?;
         fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).map_err(io(&state, "chmod"))?;
@@ -405,7 +407,7 @@ impl Store for FilesStore {
         write_set(&state.join(name), &files)
     }
 
-    async fn write_trust(&self, issuer: &str, pem: &str) -> Result<bool, StoreError> {
+    fn write_trust_now(&self, issuer: &str, pem: &str) -> Result<bool, StoreError> {
         write_file_atomic(
             &self.root.join("trust").join(format!("{issuer}.crt")),
             pem.as_bytes(),
@@ -413,7 +415,7 @@ impl Store for FilesStore {
         )
     }
 
-    async fn owned_objects(&self) -> Result<Vec<String>, StoreError> {
+    fn owned_objects_now(&self) -> Result<Vec<String>, StoreError> {
         let dir = self.root.join("manifests");
         let mut out = Vec::new();
         let Ok(entries) = fs::read_dir(&dir) else {
@@ -432,7 +434,7 @@ impl Store for FilesStore {
         Ok(out)
     }
 
-    async fn apply_object(&self, object: &Value) -> Result<bool, StoreError> {
+    fn apply_object_now(&self, object: &Value) -> Result<bool, StoreError> {
         let key = object_key(object);
         let path = self.manifest_path(&key);
         if path.exists() && !self.manifest_owned(&path)? {
@@ -445,7 +447,7 @@ impl Store for FilesStore {
         write_file_atomic(&path, format!("{MANIFEST_HEADER}{yaml}").as_bytes(), CERT_MODE)
     }
 
-    async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+    fn delete_object_now(&self, key: &str) -> Result<(), StoreError> {
         let path = self.manifest_path(key);
         if !self.manifest_owned(&path)? {
             return Err(StoreError::Foreign {
@@ -458,11 +460,110 @@ impl Store for FilesStore {
     }
 }
 
+#[async_trait]
+impl Store for FilesStore {
+    async fn credentials(&self, _sites: &[String]) -> Result<StoredCredentials, StoreError> {
+        self.off_runtime(|s| s.credentials_now(&[])).await
+    }
+
+    async fn write_credential(&self, bundle: &CredentialBundle) -> Result<(), StoreError> {
+        let bundle = bundle.clone();
+        self.off_runtime(move |s| s.write_credential_now(&bundle)).await
+    }
+
+    async fn delete_credential(&self, site: &str) -> Result<(), StoreError> {
+        let site = site.to_string();
+        self.off_runtime(move |s| s.delete_credential_now(&site)).await
+    }
+
+    async fn read_state(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, StoreError> {
+        let name = name.to_string();
+        self.off_runtime(move |s| s.read_state_now(&name)).await
+    }
+
+    async fn write_state(&self, name: &str, files: &[StateFile]) -> Result<(), StoreError> {
+        let (name, files) = (name.to_string(), files.to_vec());
+        self.off_runtime(move |s| s.write_state_now(&name, &files)).await
+    }
+
+    async fn write_trust(&self, issuer: &str, pem: &str) -> Result<bool, StoreError> {
+        let (issuer, pem) = (issuer.to_string(), pem.to_string());
+        self.off_runtime(move |s| s.write_trust_now(&issuer, &pem)).await
+    }
+
+    async fn owned_objects(&self) -> Result<Vec<String>, StoreError> {
+        self.off_runtime(|s| s.owned_objects_now()).await
+    }
+
+    async fn apply_object(&self, object: &Value) -> Result<bool, StoreError> {
+        let object = object.clone();
+        self.off_runtime(move |s| s.apply_object_now(&object)).await
+    }
+
+    async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.off_runtime(move |s| s.delete_object_now(&key)).await
+    }
+}
+
+impl FilesStore {
+    /// Runs `work` on the blocking pool; a panic there is this task's panic.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&FilesStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || work(&store)).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StoreError::Io {
+                path: self.root.display().to_string(),
+                action: "run file I/O",
+                source: std::io::Error::other(e),
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::KeyAlgorithm;
     use crate::issuer::ca::generate_key;
+
+    /// A read that blocks (a FIFO stands in for a disk that stalls) must not stall the
+    /// runtime: on a single-threaded runtime, the task that unblocks it still runs.
+    #[test]
+    fn slow_file_io_does_not_stall_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = dir.path().join("state/slow");
+        std::fs::create_dir_all(set.join("v1")).unwrap();
+        std::os::unix::fs::symlink("v1", set.join(DATA_LINK)).unwrap();
+        let fifo = set.join("v1/blocked");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let store = FilesStore::new(dir.path(), "o");
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let got = rt.block_on(async move {
+                let read = tokio::spawn(async move { store.read_state("slow").await });
+                // Runs only if the read is not holding the runtime's one thread.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                let writer = tokio::task::spawn_blocking(move || std::fs::write(&fifo, b"unblocked"));
+                writer.await.unwrap().unwrap();
+                read.await.unwrap().unwrap()
+            });
+            let _ = done_tx.send(got);
+        });
+        let got = done_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the runtime stalled behind a blocked file read");
+        assert_eq!(got.unwrap()["blocked"], b"unblocked");
+    }
 
     fn self_signed(name: &str) -> KeyPairPem {
         let key = generate_key(KeyAlgorithm::EcdsaP256).unwrap();
