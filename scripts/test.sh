@@ -58,4 +58,7 @@ cargo test --locked
 # The Kubernetes scenarios again against an API server with Istio before 1.22, which
 # serves networking.istio.io/v1beta1 only.
 TLSWARD_EMULATOR_ISTIO=v1beta1 cargo test --locked --test kube_store --test kube_leader --test acme_pebble
+# And once more with tlsward as the chart's ServiceAccount, under the Roles the chart
+# renders (the emulator enforces RBAC).
+TLSWARD_EMULATOR_RBAC=chart cargo test --locked --test kube_store --test kube_leader --test acme_pebble
 cargo bench --locked --no-run

@@ -498,6 +498,32 @@ impl Emulator {
         self.db.lock().unwrap().stalled
     }
 
+    /// Stores an RBAC object (Role, RoleBinding) as an administrator would create it.
+    pub fn load_rbac(&self, object: &Value) {
+        let plural = match object["kind"].as_str() {
+            Some("Role") => "roles",
+            Some("RoleBinding") => "rolebindings",
+            other => panic!("not an RBAC object: {other:?}"),
+        };
+        let t = Target {
+            resource: Resource::find("rbac.authorization.k8s.io", "v1", plural).unwrap(),
+            namespace: object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string(),
+            name: None,
+            subresource: None,
+        };
+        let response = create(self, &t, object.clone(), "helm".into());
+        assert!(
+            response.status().is_success(),
+            "loading {plural}: {}",
+            response.status()
+        );
+        // Setup, not a write under test.
+        self.db.lock().unwrap().writes.pop();
+    }
+
     /// Every write received so far, in order.
     pub fn writes(&self) -> Vec<Write> {
         self.db.lock().unwrap().writes.clone()
@@ -1421,11 +1447,40 @@ pub fn kubeconfig_with_token(port: u16, token: &str) -> String {
     )
 }
 
+/// The Roles and RoleBindings of the chart installed as release `tlsward` in `namespace`
+/// (also the gateway namespace), listing Secrets allowed (`helm template`, real helm).
+pub fn chart_rbac(namespace: &str) -> Vec<Value> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(root.join(".tools/layer/helm/helm"))
+        .args(["template", "tlsward", "charts/tlsward", "--namespace", namespace])
+        .args([
+            "--set",
+            "rbac.listSecrets=true",
+            "--set",
+            &format!("config.gateway.namespace={namespace}"),
+        ])
+        .current_dir(root)
+        .output()
+        .expect("helm (installed by scripts/test.sh)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split("\n---")
+        .filter_map(|doc| tlsward::config::yaml::parse(doc).ok().map(|(v, _)| v))
+        .filter(|v| v["kind"] == "Role" || v["kind"] == "RoleBinding")
+        .collect()
+}
+
 /// An emulator serving on a free loopback port from its own thread, for a test.
 pub struct Running {
     pub emulator: Emulator,
     pub port: u16,
+    /// tlsward's kubeconfig: the administrator, or with `TLSWARD_EMULATOR_RBAC=chart` the
+    /// chart's ServiceAccount, bound to the Roles the chart renders (installed in the
+    /// gateway namespace, with `rbac.listSecrets=true` so that any site name is granted).
     pub kubeconfig: tempfile::NamedTempFile,
+    /// The administrator's kubeconfig, for the tests' own reads and writes.
+    admin_kubeconfig: tempfile::NamedTempFile,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -1440,12 +1495,24 @@ impl Running {
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let port = listener.local_addr().unwrap().port();
         runtime.spawn(emulator.clone().serve(listener));
+        let admin_kubeconfig = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(admin_kubeconfig.path(), self::kubeconfig(port)).unwrap();
         let kubeconfig = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(kubeconfig.path(), self::kubeconfig(port)).unwrap();
+        let token = match std::env::var("TLSWARD_EMULATOR_RBAC").as_deref() {
+            Ok("chart") => {
+                for object in chart_rbac("istio-system") {
+                    emulator.load_rbac(&object);
+                }
+                "sa:istio-system:tlsward-tlsward".to_string()
+            }
+            _ => "emulator".to_string(),
+        };
+        std::fs::write(kubeconfig.path(), kubeconfig_with_token(port, &token)).unwrap();
         Running {
             emulator,
             port,
             kubeconfig,
+            admin_kubeconfig,
             _runtime: runtime,
         }
     }
@@ -1482,7 +1549,7 @@ impl Running {
 
     /// A `kube` client for this emulator, from its kubeconfig.
     pub async fn client(&self) -> kube::Client {
-        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig.path()).unwrap();
+        let kc = kube::config::Kubeconfig::read_from(self.admin_kubeconfig.path()).unwrap();
         let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
             .await
             .unwrap();
