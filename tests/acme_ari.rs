@@ -21,26 +21,10 @@ struct Stub {
 }
 
 async fn start_stub(window: (&'static str, &'static str)) -> Stub {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".into()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
+    let identity = support::LoopbackTls::new(&["127.0.0.1"]);
     let ca_file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(ca_file.path(), ca_cert.pem()).unwrap();
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    std::fs::write(ca_file.path(), &identity.ca_pem).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(identity.server_config()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
     let asked = Arc::new(Mutex::new(Vec::new()));

@@ -117,33 +117,11 @@ impl AcmeStall {
     /// Proxies to the Pebble at `upstream` (`127.0.0.1:PORT`, trusting `upstream_ca`),
     /// holding requests of `stall` forever. Files go in `dir`.
     pub fn start(dir: &std::path::Path, upstream: &str, upstream_ca: &std::path::Path, stall: AcmeStep) -> AcmeStall {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
         std::fs::create_dir_all(dir).unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["127.0.0.1".into()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
+        let identity = super::LoopbackTls::new(&["127.0.0.1"]);
         let tls_ca = dir.join("stall-ca.pem");
-        std::fs::write(&tls_ca, ca_cert.pem()).unwrap();
-
-        let mut tls =
-            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(
-                    vec![cert.der().clone()],
-                    rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-                )
-                .unwrap();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        std::fs::write(&tls_ca, &identity.ca_pem).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(identity.server_config()));
         let upstream_client = reqwest::Client::builder()
             .tls_certs_only(reqwest::Certificate::from_pem_bundle(&std::fs::read(upstream_ca).unwrap()).unwrap())
             .build()

@@ -172,3 +172,48 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     let (_, hz) = sh(Command::new("getconf").arg("CLK_TCK"));
     ticks / hz.trim().parse::<f64>().unwrap_or(100.0)
 }
+
+/// A server identity for a test's own TLS server on loopback: a fresh CA (whose PEM a
+/// client trusts) and a leaf for `names` signed by it.
+pub struct LoopbackTls {
+    pub ca_pem: String,
+    pub cert: rcgen::Certificate,
+    pub key: rcgen::KeyPair,
+}
+
+impl LoopbackTls {
+    pub fn new(names: &[&str]) -> LoopbackTls {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "tlsward test TLS CA");
+        let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        LoopbackTls { ca_pem, cert, key }
+    }
+
+    /// A rustls server config presenting the leaf (HTTP/1.1 by ALPN).
+    pub fn server_config(&self) -> rustls::ServerConfig {
+        let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![self.cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(self.key.serialize_der().into()),
+        )
+        .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config
+    }
+}
