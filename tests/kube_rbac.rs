@@ -142,3 +142,79 @@ fn a_pass_without_the_charts_role_is_refused_and_says_so() {
     );
     assert!(emu.emulator.list("v1", "secrets", NS).is_empty());
 }
+
+#[test]
+fn read_by_name_the_index_remembers_every_site_written_and_a_removed_one_is_deleted() {
+    let emu = Running::start();
+    // Twenty sites issued concurrently, under the Secrets-by-name Role.
+    let chart_for = |sites: usize| {
+        let values = tempfile::NamedTempFile::new().unwrap();
+        let mut text = String::from(
+            "config:\n  owner_id: rbac-test\n  store: {kubernetes: {}}\n  gateway: {namespace: istio-system, address: {static: [203.0.113.10]}}\n  issuers: {internal: {ca: {}}}\n  sites:\n",
+        );
+        for i in 0..sites {
+            text.push_str(&format!(
+                "    - {{name: s{i}, hosts: [s{i}.foocorp.example], issuer: internal, route: {{to: s{i}.web, port: 80}}}}\n"
+            ));
+        }
+        std::fs::write(values.path(), &text).unwrap();
+        rendered(values.path().to_str().unwrap())
+    };
+    let config_of = |objects: &[serde_json::Value]| {
+        objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap()["data"]["config.yaml"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let objects = chart_for(20);
+    for o in objects
+        .iter()
+        .filter(|o| o["kind"] == "Role" || o["kind"] == "RoleBinding")
+    {
+        assert_eq!(emu.kubectl_on(&["create"], o).0, 0);
+    }
+    let w = Workdir::new();
+    w.write_config(&config_of(&objects));
+    let sa = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        sa.path(),
+        kubeconfig_with_token(emu.port, &format!("sa:{RELEASE_NS}:demo-tlsward")),
+    )
+    .unwrap();
+    let run = || {
+        w.command(&["run", "--once", "--config", "tlsward.yaml"])
+            .env("KUBECONFIG", sa.path())
+            .output()
+            .unwrap()
+    };
+    assert_success(&run());
+    let index = emu
+        .emulator
+        .get("v1", "secrets", RELEASE_NS, "tlsward-state-credentials")
+        .expect("the index of written credentials");
+    let listed = String::from_utf8(
+        base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            index["data"]["sites"].as_str().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        listed.lines().count(),
+        20,
+        "entries lost to concurrent writes:\n{listed}"
+    );
+
+    // s19 leaves the config; the Role (not yet upgraded) still grants its Secrets: found
+    // through the index, it is deleted.
+    w.write_config(&config_of(&chart_for(19)));
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        emu.emulator.get("v1", "secrets", NS, "s19-credential").is_none(),
+        "{stderr}"
+    );
+    assert!(emu.emulator.get("v1", "secrets", NS, "s18-credential").is_some());
+}

@@ -42,6 +42,11 @@ pub struct KubeStore {
     server: String,
     /// Where tlsward's own state lives (its release namespace in a chart install).
     state_namespace: String,
+    /// Whether the Role forbids listing Secrets, so credentials are read by name and
+    /// the index of written credentials is kept (found by the last `credentials`).
+    by_name: std::sync::atomic::AtomicBool,
+    /// One index update at a time: concurrent issuances must not lose each other's entry.
+    index_lock: tokio::sync::Mutex<()>,
     /// The objects seen by the last `owned_objects`, to skip writes that change nothing.
     seen: Mutex<BTreeMap<String, Value>>,
     /// The served version of networking.istio.io, discovered once.
@@ -163,6 +168,8 @@ impl KubeStore {
             server: server.to_string(),
             namespace: namespace.to_string(),
             state_namespace: state_namespace.to_string(),
+            by_name: std::sync::atomic::AtomicBool::new(false),
+            index_lock: tokio::sync::Mutex::new(()),
             owner: owner.to_string(),
             seen: Mutex::new(BTreeMap::new()),
             istio_version: tokio::sync::OnceCell::new(),
@@ -219,8 +226,13 @@ impl KubeStore {
             .unwrap_or_default())
     }
 
-    /// Adds or removes `site` in the index of written credentials.
+    /// Adds or removes `site` in the index of written credentials, where the index is
+    /// needed (Secrets read by name); with LIST allowed the namespace itself is the index.
     async fn note_written(&self, site: &str, written: bool) -> Result<(), StoreError> {
+        if !self.by_name.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let _one_at_a_time = self.index_lock.lock().await;
         let mut sites = self.written_sites().await?;
         let changed = if written {
             sites.insert(site.to_string())
@@ -378,9 +390,16 @@ impl Store for KubeStore {
 
     async fn credentials(&self, sites: &[String]) -> Result<StoredCredentials, StoreError> {
         // One LIST where the Role allows it; else each Secret by name (least privilege).
+        use std::sync::atomic::Ordering::Relaxed;
         let items = match self.secrets().list(&ListParams::default()).await {
-            Ok(all) => all.items,
-            Err(kube::Error::Api(s)) if s.code == 403 => self.secrets_by_name(sites).await?,
+            Ok(all) => {
+                self.by_name.store(false, Relaxed);
+                all.items
+            }
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                self.by_name.store(true, Relaxed);
+                self.secrets_by_name(sites).await?
+            }
             Err(e) => return Err(self.api_error(format!("Secrets in {}", self.namespace))(e)),
         };
         let by_name: BTreeMap<String, &Secret> = items
