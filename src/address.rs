@@ -19,6 +19,17 @@ pub enum AddressError {
 #[async_trait]
 pub trait AddressSource: Send + Sync {
     async fn current(&self) -> Result<GatewayAddress, AddressError>;
+    /// When the address may have changed without anyone saying so (a DNS answer's TTL
+    /// runs out); `None` when a change always announces itself (static, watched).
+    fn look_again_in(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
+/// How long to trust a DNS answer: its TTL, kept between 5 s (no hot loop on TTL 0) and
+/// 5 min (a long TTL still gets checked).
+pub fn refresh_after(ttl: std::time::Duration) -> std::time::Duration {
+    ttl.clamp(std::time::Duration::from_secs(5), std::time::Duration::from_secs(300))
 }
 
 /// `address: {static: [...]}`: IPs, or one hostname.
@@ -36,6 +47,8 @@ impl AddressSource for StaticAddress {
 pub struct ResolvedAddress {
     host: String,
     resolver: TokioResolver,
+    /// Until when the last answer is valid (its TTL).
+    valid_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 #[async_trait]
@@ -50,11 +63,21 @@ impl AddressSource for ResolvedAddress {
             .lookup_ip(self.host.as_str())
             .await
             .map_err(|e| err(e.to_string()))?;
+        *self.valid_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(lookup.valid_until());
         let addresses: Vec<Address> = lookup.iter().map(Address::Ip).collect();
         if addresses.is_empty() {
             return Err(err("no A or AAAA records".into()));
         }
         Ok(GatewayAddress::new(addresses))
+    }
+
+    fn look_again_in(&self) -> Option<std::time::Duration> {
+        let until = *self.valid_until.lock().unwrap_or_else(|e| e.into_inner());
+        Some(match until {
+            Some(until) => refresh_after(until.saturating_duration_since(std::time::Instant::now())),
+            // Not resolved yet (or it failed): try again soon.
+            None => std::time::Duration::from_secs(5),
+        })
     }
 }
 
@@ -70,6 +93,7 @@ pub fn from_spec(spec: &AddressSpec) -> Result<Box<dyn AddressSource>, AddressEr
         return Ok(Box::new(ResolvedAddress {
             host: host.trim_end_matches('.').to_string(),
             resolver,
+            valid_until: std::sync::Mutex::new(None),
         }));
     }
     let list = spec.static_.clone().unwrap_or_default();
@@ -164,5 +188,44 @@ pub async fn watch_service(
             last = Some(now);
             changes.send_modify(|n| *n += 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_resolved_address_is_looked_at_again_when_its_ttl_runs_out_within_bounds() {
+        assert_eq!(refresh_after(Duration::from_secs(30)), Duration::from_secs(30));
+        assert_eq!(refresh_after(Duration::ZERO), Duration::from_secs(5));
+        assert_eq!(refresh_after(Duration::from_secs(86_400)), Duration::from_secs(300));
+    }
+
+    #[tokio::test]
+    async fn a_resolved_address_reports_when_to_look_again() {
+        let source = from_spec(&AddressSpec {
+            static_: None,
+            resolve: Some("localhost".into()),
+        })
+        .unwrap();
+        assert_eq!(
+            source.look_again_in(),
+            Some(Duration::from_secs(5)),
+            "before any answer"
+        );
+        source.current().await.unwrap();
+        let again = source.look_again_in().unwrap();
+        assert!(
+            again >= Duration::from_secs(5) && again <= Duration::from_secs(300),
+            "{again:?}"
+        );
+        let fixed = from_spec(&AddressSpec {
+            static_: Some(vec!["203.0.113.10".into()]),
+            resolve: None,
+        })
+        .unwrap();
+        assert_eq!(fixed.look_again_in(), None);
     }
 }

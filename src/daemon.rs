@@ -1123,16 +1123,9 @@ pub async fn run(
         if let Some(retry) = runtime.next_retry() {
             wait = wait.min((retry - now).max(time::Duration::ZERO).unsigned_abs());
         }
-        if runtime
-            .config
-            .file
-            .gateway
-            .address
-            .as_ref()
-            .is_some_and(|a| a.resolve.is_some())
-        {
-            // A resolved address can change at any time: look again every minute.
-            wait = wait.min(std::time::Duration::from_secs(60));
+        // A resolved address can change when its DNS answer expires: look again then.
+        if let Some(again) = runtime.address.as_ref().and_then(|a| a.look_again_in()) {
+            wait = wait.min(again);
         }
         tracing::info!(
             issued = report.issued.len(),
