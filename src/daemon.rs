@@ -70,6 +70,19 @@ pub struct PassReport {
     pub unchanged: Option<Observed>,
 }
 
+/// What a config reload must not forget: which sites are backing off after a failed
+/// issuance, and the renewal windows ACME CAs suggested. Adapters are rebuilt on reload;
+/// this is handed from one runtime to the next.
+#[derive(Default)]
+pub struct Memory {
+    /// Sites whose last issuance failed.
+    pub backoff: crate::backoff::Backoff,
+    /// ARI windows by certificate serial: (start, end, ask again after).
+    ari: std::sync::Mutex<BTreeMap<String, (OffsetDateTime, OffsetDateTime, OffsetDateTime)>>,
+    /// ACME issuers whose directory offers no renewal information.
+    ari_unsupported: std::sync::Mutex<BTreeSet<String>>,
+}
+
 /// The adapters for one config.
 pub struct Runtime {
     pub config: Config,
@@ -86,12 +99,8 @@ pub struct Runtime {
     address_changes: tokio::sync::watch::Sender<u64>,
     /// Watches this runtime started (the gateway Service, the shared HTTP-01 answers).
     watch_tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// ARI windows by certificate serial: (start, end, ask again after).
-    ari: std::sync::Mutex<BTreeMap<String, (OffsetDateTime, OffsetDateTime, OffsetDateTime)>>,
-    /// ACME issuers whose directory offers no renewal information.
-    ari_unsupported: std::sync::Mutex<BTreeSet<String>>,
-    /// Sites whose last issuance failed: how often, and when to try again.
-    retry: std::sync::Mutex<BTreeMap<String, (u32, OffsetDateTime)>>,
+    /// What outlives a reload (backoff, ARI answers).
+    memory: Arc<Memory>,
     /// Told of every step a pass completes (the stuck-pass watchdog).
     health: Health,
 }
@@ -255,10 +264,8 @@ impl Runtime {
             dns_locks,
             address_changes,
             watch_tasks,
-            retry: std::sync::Mutex::new(BTreeMap::new()),
+            memory: Arc::default(),
             health: Health::default(),
-            ari: std::sync::Mutex::new(BTreeMap::new()),
-            ari_unsupported: std::sync::Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -350,6 +357,7 @@ impl Runtime {
                 stored.owned.iter().filter(|(_, b)| &b.issuer == name).collect();
             if sites.is_empty()
                 || self
+                    .memory
                     .ari_unsupported
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -362,7 +370,13 @@ impl Runtime {
                 let key = crate::pki::facts(&bundle.server.chain_pem)
                     .map(|f| f.serial_hex)
                     .unwrap_or_default();
-                let cached = self.ari.lock().unwrap_or_else(|e| e.into_inner()).get(&key).copied();
+                let cached = self
+                    .memory
+                    .ari
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&key)
+                    .copied();
                 if let Some((start, end, _)) = cached.filter(|(_, _, refresh_at)| *refresh_at > now) {
                     out.insert(site.clone(), (start, end));
                     continue;
@@ -390,14 +404,16 @@ impl Runtime {
                     Ok(Some((start, end, retry_after))) => {
                         let refresh_at =
                             now + time::Duration::try_from(retry_after).unwrap_or(time::Duration::hours(6));
-                        self.ari
+                        self.memory
+                            .ari
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .insert(key, (start, end, refresh_at));
                         out.insert(site.clone(), (start, end));
                     }
                     Ok(None) => {
-                        self.ari_unsupported
+                        self.memory
+                            .ari_unsupported
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .insert(name.clone());
@@ -790,33 +806,27 @@ impl Runtime {
     }
 
     fn retry_not_before(&self, site: &str) -> Option<OffsetDateTime> {
-        self.retry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(site)
-            .map(|(_, t)| *t)
+        self.memory.backoff.not_before(site)
     }
 
     fn retry_reset(&self, site: &str) {
-        self.retry.lock().unwrap_or_else(|e| e.into_inner()).remove(site);
+        self.memory.backoff.succeeded(site);
     }
 
     /// Backs a site off after a failed issuance (per site, with jitter: never a hot loop).
     fn retry_later(&self, site: &str, now: OffsetDateTime) {
-        let mut retry = self.retry.lock().unwrap_or_else(|e| e.into_inner());
-        let failures = retry.get(site).map_or(0, |(n, _)| *n) + 1;
-        let wait = time::Duration::try_from(backoff(failures)).unwrap_or(time::Duration::minutes(5));
-        retry.insert(site.to_string(), (failures, now + wait));
+        self.memory.backoff.failed(site, now);
     }
 
     /// The earliest moment a backed-off site may be tried again.
     pub fn next_retry(&self) -> Option<OffsetDateTime> {
-        self.retry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(|(_, t)| *t)
-            .min()
+        self.memory.backoff.earliest()
+    }
+
+    /// Carries the long-lived state over from the runtime this one replaces.
+    pub fn remembering(mut self, memory: Arc<Memory>) -> Runtime {
+        self.memory = memory;
+        self
     }
 
     /// Applies objects one at a time, noting each as owned; returns whether any changed.
@@ -1025,10 +1035,7 @@ pub struct LeaderSettings {
 
 /// Backoff after a failed pass: 10 s doubling to 5 min, with ±20 % jitter.
 pub fn backoff(consecutive_failures: u32) -> std::time::Duration {
-    let base = 10.0 * 2f64.powi(consecutive_failures.saturating_sub(1).min(5) as i32);
-    let capped = base.min(300.0);
-    let jitter = 0.8 + 0.4 * rand::random::<f64>();
-    std::time::Duration::from_secs_f64(capped * jitter)
+    crate::backoff::delay(consecutive_failures, rand::random())
 }
 
 /// The daemon: passes until `shutdown` fires. A new config that fails validation is
@@ -1067,9 +1074,11 @@ pub async fn run(
         }
         None => None,
     };
+    let memory = Arc::new(Memory::default());
     let mut runtime = Runtime::new(config, metrics.clone(), http01.clone())
         .await?
-        .watched_by(health.clone());
+        .watched_by(health.clone())
+        .remembering(memory.clone());
     let mut failures_in_row = 0u32;
     let mut config_text = std::fs::read_to_string(&runtime.config.path).unwrap_or_default();
     // Subscribed across passes, so a change during a pass still wakes the next one.
@@ -1162,7 +1171,7 @@ pub async fn run(
                                 }
                                 tracing::info!(config = %runtime.config.path.display(), "config changed: reloaded");
                                 metrics.config_reload("applied");
-                                runtime = r.watched_by(health.clone());
+                                runtime = r.watched_by(health.clone()).remembering(memory.clone());
                                 address_changed = runtime.address_changes.subscribe();
                                 break;
                             }

@@ -2,6 +2,7 @@
 //! and VirtualServices correct on its own. `main.rs` is only the CLI over this library.
 
 pub mod address;
+pub mod backoff;
 pub mod config;
 pub mod daemon;
 pub mod deadline;

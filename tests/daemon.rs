@@ -337,3 +337,62 @@ fn a_reload_that_adds_the_first_http01_issuer_starts_the_answer_endpoint() {
     assert_eq!(code, 0, "{logs}");
     assert!(logs.contains("config changed: reloaded"), "{logs}");
 }
+
+#[test]
+fn a_site_in_backoff_stays_in_backoff_across_a_config_reload() {
+    let w = Workdir::new();
+    // An ACME issuer whose server refuses connections: the site fails and backs off.
+    let failing = local_config().replace(
+        "issuers:\n",
+        "issuers:\n  le: {acme: {directory: \"https://127.0.0.1:1/dir\", solver: {http01: {self_check: false}}}}\n",
+    ) + "  - name: acme\n    hosts: [acme.foocorp.example]\n    issuer: le\n    route: {to: acme.web, port: 80}\n";
+    w.write_config(&failing);
+    let solver = free_port();
+    let port = free_port();
+    let log = w.path().join("daemon.log");
+    let child = w
+        .daemon(
+            port,
+            &[
+                "--solver-listen",
+                &format!("127.0.0.1:{solver}"),
+                "--log-format",
+                "json",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _d = Proc(child);
+    let attempts = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("credential not renewed") && l.contains("\"site\":\"acme\""))
+            .count()
+    };
+    let passes = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("pass complete")
+            .count()
+    };
+    wait_for(Duration::from_secs(20), "the first failed attempt", || {
+        (attempts() == 1).then_some(())
+    });
+    wait_for(Duration::from_secs(20), "the first pass", || {
+        (passes() >= 1).then_some(())
+    });
+    // A reload (an unrelated change) runs a pass at once: the site must still wait.
+    w.write_config(&(failing + "# an unrelated change\n"));
+    wait_for(Duration::from_secs(5), "the reload's pass", || {
+        (passes() >= 2).then_some(())
+    });
+    assert_eq!(
+        attempts(),
+        1,
+        "the reload forgot the backoff:\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+}
