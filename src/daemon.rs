@@ -1025,6 +1025,49 @@ impl Health {
     }
 }
 
+/// Why a pass runs: logged with it and counted in `tlsward_reconcile_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WakeReason {
+    /// The daemon started.
+    Start,
+    /// A certificate fell due (the renewal timer).
+    Renewal,
+    /// A failed pass or a backed-off site may be tried again.
+    Retry,
+    /// A resolved gateway address's DNS answer expired.
+    AddressExpired,
+    /// The gateway Service's load balancer address changed (watch).
+    AddressChanged,
+    /// This replica gained or lost the lease.
+    Leadership,
+    /// The config file changed and was reloaded.
+    ConfigChanged,
+}
+
+impl WakeReason {
+    pub const ALL: [WakeReason; 7] = [
+        WakeReason::Start,
+        WakeReason::Renewal,
+        WakeReason::Retry,
+        WakeReason::AddressExpired,
+        WakeReason::AddressChanged,
+        WakeReason::Leadership,
+        WakeReason::ConfigChanged,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WakeReason::Start => "start",
+            WakeReason::Renewal => "renewal",
+            WakeReason::Retry => "retry",
+            WakeReason::AddressExpired => "address-expired",
+            WakeReason::AddressChanged => "address-changed",
+            WakeReason::Leadership => "leadership",
+            WakeReason::ConfigChanged => "config-changed",
+        }
+    }
+}
+
 /// How this replica takes part in leader election.
 #[derive(Clone, Debug)]
 pub struct LeaderSettings {
@@ -1081,11 +1124,13 @@ pub async fn run(
         .remembering(memory.clone());
     let mut failures_in_row = 0u32;
     let mut config_text = std::fs::read_to_string(&runtime.config.path).unwrap_or_default();
+    let mut reason = WakeReason::Start;
     // Subscribed across passes, so a change during a pass still wakes the next one.
     let mut address_changed = runtime.address_changes.subscribe();
     loop {
         let is_leader = leading.as_ref().is_none_or(|l| *l.borrow());
         metrics.set_leader(is_leader);
+        metrics.reconcile(reason.as_str());
         health.pass_started(runtime.config.file.deadlines.pass.to_std());
         let mut report = if is_leader {
             // Writes stop at once when the lease is lost, as on shutdown.
@@ -1126,15 +1171,25 @@ pub async fn run(
             .next_renewal
             .map(|t| (t - now).max(time::Duration::ZERO).unsigned_abs())
             .unwrap_or(std::time::Duration::from_secs(24 * 3600));
+        let mut timer = WakeReason::Renewal;
+        let mut sooner = |candidate: std::time::Duration, why: WakeReason| {
+            if candidate < wait {
+                wait = candidate;
+                timer = why;
+            }
+        };
         if failures_in_row > 0 {
-            wait = wait.min(backoff(failures_in_row));
+            sooner(backoff(failures_in_row), WakeReason::Retry);
         }
         if let Some(retry) = runtime.next_retry() {
-            wait = wait.min((retry - now).max(time::Duration::ZERO).unsigned_abs());
+            sooner(
+                (retry - now).max(time::Duration::ZERO).unsigned_abs(),
+                WakeReason::Retry,
+            );
         }
         // A resolved address can change when its DNS answer expires: look again then.
         if let Some(again) = runtime.address.as_ref().and_then(|a| a.look_again_in()) {
-            wait = wait.min(again);
+            sooner(again, WakeReason::AddressExpired);
         }
         tracing::info!(
             issued = report.issued.len(),
@@ -1142,6 +1197,8 @@ pub async fn run(
             failures = report.failures.len(),
             converged = report.converged,
             next_pass_in_s = wait.as_secs(),
+            reason = reason.as_str(),
+            next_reason = timer.as_str(),
             "pass complete"
         );
         let deadline = tokio::time::Instant::now() + wait;
@@ -1150,9 +1207,18 @@ pub async fn run(
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep_until(deadline) => break,
-                Ok(()) = address_changed.changed() => break,
-                Some(Ok(())) = async { match leading.as_mut() { Some(l) => Some(l.changed().await), None => std::future::pending().await } } => break,
+                _ = tokio::time::sleep_until(deadline) => {
+                    reason = timer;
+                    break;
+                }
+                Ok(()) = address_changed.changed() => {
+                    reason = WakeReason::AddressChanged;
+                    break;
+                }
+                Some(Ok(())) = async { match leading.as_mut() { Some(l) => Some(l.changed().await), None => std::future::pending().await } } => {
+                    reason = WakeReason::Leadership;
+                    break;
+                }
                 Some(()) = config_changed.recv() => {
                     let text = std::fs::read_to_string(&runtime.config.path).unwrap_or_default();
                     if text == config_text {
@@ -1172,6 +1238,7 @@ pub async fn run(
                                 tracing::info!(config = %runtime.config.path.display(), "config changed: reloaded");
                                 metrics.config_reload("applied");
                                 runtime = r.watched_by(health.clone()).remembering(memory.clone());
+                                reason = WakeReason::ConfigChanged;
                                 address_changed = runtime.address_changes.subscribe();
                                 break;
                             }

@@ -24,6 +24,7 @@ pub const RECONCILE_ERRORS: &str = "tlsward_reconcile_errors";
 pub const LEADER: &str = "tlsward_leader";
 pub const CONFIG_RELOADS: &str = "tlsward_config_reloads";
 pub const BUILD_INFO: &str = "tlsward_build_info";
+pub const RECONCILE: &str = "tlsward_reconcile";
 
 /// Outcomes of looking at the config file again, as `tlsward_config_reloads_total{result}`
 /// names them: `applied`, `invalid` (kept the running one), `unusable` (valid but its
@@ -73,6 +74,7 @@ pub struct Metrics {
     reconcile_errors: Family<Labels, Counter>,
     leader: Gauge,
     config_reloads: Family<Labels, Counter>,
+    reconciles: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -95,6 +97,7 @@ impl Metrics {
             reconcile_errors: Family::default(),
             leader: Gauge::default(),
             config_reloads: Family::default(),
+            reconciles: Family::default(),
             registry: Registry::default(),
             lock: Mutex::new(()),
         };
@@ -148,6 +151,10 @@ impl Metrics {
             "Times the config file was read again after a change event, by result",
             m.config_reloads.clone(),
         );
+        registry.register(RECONCILE, "Passes run, by what woke the daemon", m.reconciles.clone());
+        for reason in crate::daemon::WakeReason::ALL {
+            let _ = m.reconciles.get_or_create(&labels(&[("reason", reason.as_str())]));
+        }
         let build: Family<Labels, Gauge> = Family::default();
         build
             .get_or_create(&labels(&[
@@ -190,6 +197,11 @@ impl Metrics {
     pub fn config_reload(&self, result: &'static str) {
         debug_assert!(RELOAD_RESULTS.contains(&result));
         self.config_reloads.get_or_create(&labels(&[("result", result)])).inc();
+    }
+
+    /// Counts a pass by why it ran.
+    pub fn reconcile(&self, reason: &str) {
+        self.reconciles.get_or_create(&labels(&[("reason", reason)])).inc();
     }
 
     pub fn reconcile_error(&self, stage: &str) {

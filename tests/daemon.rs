@@ -299,6 +299,18 @@ fn an_idle_daemon_reads_its_config_once_per_real_change_even_on_a_configmap_moun
     std::thread::sleep(Duration::from_secs(2));
     let m = d.metrics();
     assert_eq!(config_reloads(&m), [1.0, 0.0, 0.0, 0.0], "{m}");
+    // Two passes, each counted by why it ran: the start, and the reload.
+    let reasons: Vec<(&str, f64)> = tlsward::daemon::WakeReason::ALL
+        .iter()
+        .map(|r| {
+            (
+                r.as_str(),
+                sample(&m, &format!("tlsward_reconcile_total{{reason=\"{}\"}}", r.as_str())),
+            )
+        })
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
+    assert_eq!(reasons, vec![("start", 1.0), ("config-changed", 1.0)], "{m}");
     let (code, logs) = d.terminate();
     assert_eq!(code, 0, "{logs}");
     assert_eq!(logs.matches("config changed: reloaded").count(), 1, "{logs}");
