@@ -25,7 +25,7 @@ use crate::dns::{DnsError, DnsProvider};
 use crate::issuer::acme::{AcmeIssuer, Http01Challenges, SelfCheck, Solver};
 use crate::issuer::ca::{self, CaIssuer};
 use crate::issuer::{Issuer, ServerRequest};
-use crate::metrics::{CertificateState, Metrics};
+use crate::metrics::Metrics;
 use crate::plan::{self, Action, CredentialPlan, Observed, Plan, renewal};
 use crate::store::files::FilesStore;
 use crate::store::kubernetes::KubeStore;
@@ -883,55 +883,7 @@ impl Runtime {
             && after.is_noop()
             && after.conflicts.is_empty()
             && after.zones.iter().all(|z| z.unavailable.is_none());
-        let states: Vec<CertificateState> = after
-            .credentials
-            .iter()
-            .map(|c| {
-                let stored = observed.credentials.get(&c.site);
-                let renew_at = stored.map(|o| {
-                    renewal::renew_at(
-                        o.server.not_before,
-                        o.server.not_after,
-                        self.config.file.renew_before,
-                        renewal::jitter_for(self.seed, &c.site),
-                    )
-                });
-                let clients: Vec<(String, i64, Option<i64>)> = stored
-                    .map(|o| {
-                        o.clients
-                            .iter()
-                            .map(|(name, f)| {
-                                let at = renewal::renew_at(
-                                    f.not_before,
-                                    f.not_after,
-                                    self.config.file.renew_before,
-                                    renewal::jitter_for(self.seed, &format!("{}/{name}", c.site)),
-                                );
-                                (name.clone(), f.not_after.unix_timestamp(), Some(at.unix_timestamp()))
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                // Every certificate the site hands out must be usable: a lapsed client
-                // certificate or client CA breaks its partners as surely as the server's.
-                let clients_usable = stored.is_some_and(|o| {
-                    o.client_ca_not_after.is_none_or(|t| now < t) && o.clients.iter().all(|(_, f)| now < f.not_after)
-                }) && c.clients.iter().all(|(_, a)| !a.is_issue());
-                CertificateState {
-                    site: c.site.clone(),
-                    issuer: c.issuer.clone(),
-                    hosts: stored.map(|o| o.server.dns_names.clone()).unwrap_or_default(),
-                    not_after: stored.map(|o| o.server.not_after.unix_timestamp()),
-                    renew_at: renew_at.map(|t| t.unix_timestamp()),
-                    ready: c.blocked.is_none()
-                        && !c.server.is_issue()
-                        && stored.is_some_and(|o| o.key_matches && now < o.server.not_after)
-                        && clients_usable,
-                    client_ca_not_after: stored.and_then(|o| o.client_ca_not_after.map(|t| t.unix_timestamp())),
-                    clients,
-                }
-            })
-            .collect();
+        let states = plan::report::certificate_states(&self.config.file, &after, &observed, now, self.seed);
         let addresses: Vec<String> = observed
             .address
             .iter()

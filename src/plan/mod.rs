@@ -4,6 +4,7 @@
 //! randomness here: `now` and the jitter seed come in, so every decision is testable.
 
 pub mod renewal;
+pub mod report;
 pub mod text;
 
 use std::collections::{BTreeMap, BTreeSet};

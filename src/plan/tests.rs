@@ -674,3 +674,49 @@ fn times_read_as_whole_seconds_with_a_relative_hint() {
         "{text}"
     );
 }
+
+#[test]
+fn the_renewal_metric_is_the_plans_own_moment_ari_window_included() {
+    let cfg = config("");
+    let issued = NOW - Duration::days(1);
+    let mut o = observed_with(vec![stored("shop", &["shop.z.example"], issued)]);
+    let plain = report::certificate_states(&cfg, &plan(&cfg, &o, NOW, SEED), &o, NOW, SEED);
+    let by_renew_before = plain[0].renew_at.unwrap();
+    // The CA suggests a window well before renew_before's moment: the metric follows it.
+    let (start, end) = (NOW + Duration::days(2), NOW + Duration::days(3));
+    o.renewal_windows.insert("shop".into(), (start, end));
+    let p = plan(&cfg, &o, NOW, SEED);
+    let states = report::certificate_states(&cfg, &p, &o, NOW, SEED);
+    let metric = states[0].renew_at.unwrap();
+    let Action::Keep {
+        renew_at: Some(planned),
+    } = server_of(&p, "shop")
+    else {
+        panic!("{:?}", server_of(&p, "shop"))
+    };
+    let planned = OffsetDateTime::parse(planned, &time::format_description::well_known::Rfc3339).unwrap();
+    assert_eq!(metric, planned.unix_timestamp());
+    assert!((start.unix_timestamp()..=end.unix_timestamp()).contains(&metric));
+    assert_ne!(metric, by_renew_before);
+}
+
+#[test]
+fn a_lapsed_client_certificate_makes_the_site_not_ready() {
+    let cfg = config(MUTUAL);
+    let mut inv = mutual_stored(&["scanner"], "ca-fp");
+    let mut o = observed_with(vec![stored("shop", &["shop.z.example"], NOW - Duration::days(1))]);
+    o.client_cas.insert("inv".into(), "ca-fp".into());
+    let ready = |o: &Observed| {
+        let p = plan(&cfg, o, NOW, SEED);
+        report::certificate_states(&cfg, &p, o, NOW, SEED)
+            .into_iter()
+            .find(|s| s.site == "inv")
+            .unwrap()
+            .ready
+    };
+    o.credentials.insert("inv".into(), inv.clone());
+    assert!(ready(&o));
+    inv.clients[0].1.not_after = NOW - Duration::hours(1);
+    o.credentials.insert("inv".into(), inv);
+    assert!(!ready(&o), "an expired client certificate left the site ready");
+}
