@@ -109,7 +109,12 @@ fn pebble(w: &Workdir) -> Pebble {
     Pebble::start(
         &w.path().join("pebble"),
         "127.0.0.1:1",
-        &[("PEBBLE_VA_ALWAYS_VALID", "1"), ("PEBBLE_VA_NOSLEEP", "1")],
+        // No random nonce rejection: each test stalls exactly one step.
+        &[
+            ("PEBBLE_VA_ALWAYS_VALID", "1"),
+            ("PEBBLE_VA_NOSLEEP", "1"),
+            ("PEBBLE_WFE_NONCEREJECT", "0"),
+        ],
     )
 }
 

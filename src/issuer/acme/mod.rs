@@ -203,7 +203,21 @@ impl AcmeIssuer {
     ) -> Result<AcmeIssuer, IssueError> {
         let account = match stored_account(name, spec, deadlines, store.as_ref()).await? {
             Some(account) => account,
-            None => create_account(name, spec, deadlines, store.as_ref()).await?,
+            None => {
+                // A server may refuse any nonce (RFC 8555 §6.5): ask again with a fresh one.
+                let mut attempt = 1;
+                loop {
+                    match create_account(name, spec, deadlines, store.as_ref()).await {
+                        Err(IssueError::Acme { detail, .. })
+                            if attempt < ATTEMPTS && detail.starts_with("badNonce") =>
+                        {
+                            tracing::debug!(issuer = %name, attempt, "account creation: bad nonce; retrying");
+                            attempt += 1;
+                        }
+                        other => break other?,
+                    }
+                }
+            }
         };
         Ok(Self::with_account(name, spec, deadlines, store, solver, account))
     }
