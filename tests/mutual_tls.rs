@@ -84,7 +84,8 @@ fn nginx_accepts_the_issued_client_certificate_and_refuses_anyone_else() {
         .arg("-c")
         .arg(&conf)
         .arg("-g")
-        .arg("daemon off;");
+        // One process: killing it by PID leaves no orphaned worker behind.
+        .arg("daemon off; master_process off;");
     let _nginx = spawn_logged(cmd, &nginx_dir.join("stdout.log"));
     wait_for(Duration::from_secs(10), "nginx to listen", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
