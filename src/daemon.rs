@@ -197,14 +197,23 @@ impl Runtime {
                 let (client, server) = crate::deadline::kube_client(deadline, KubeUse::Requests)
                     .await
                     .map_err(cluster)?;
-                if file.gateway.address.is_none() {
+                let follow_service = file.gateway.address.is_none();
+                // One client for every watch this runtime starts.
+                let watches = if follow_service || file.uses_http01() {
+                    Some(
+                        crate::deadline::kube_client(deadline, KubeUse::Watches)
+                            .await
+                            .map_err(cluster)?
+                            .0,
+                    )
+                } else {
+                    None
+                };
+                if let (true, Some(watches)) = (follow_service, &watches) {
                     let (ns, svc) = (file.gateway.namespace.clone(), file.gateway.service.clone());
                     service_source = Some(Box::new(address::ServiceAddress::new(client.clone(), &ns, &svc)));
-                    let (watches, _) = crate::deadline::kube_client(deadline, KubeUse::Watches)
-                        .await
-                        .map_err(cluster)?;
                     watch_tasks.push(tokio::spawn(address::watch_service(
-                        watches,
+                        watches.clone(),
                         ns,
                         svc,
                         address_changes.clone(),
@@ -217,13 +226,10 @@ impl Runtime {
                     file.state_namespace(),
                     &file.owner_id,
                 ));
-                if file.uses_http01() {
+                if let (true, Some(watches)) = (file.uses_http01(), watches) {
                     // The CA may ask any replica behind the solver Service: the leader
                     // publishes its answers, every replica serves what it sees published.
                     http01.set_board(Some(store.clone()));
-                    let (watches, _) = crate::deadline::kube_client(deadline, KubeUse::Watches)
-                        .await
-                        .map_err(cluster)?;
                     watch_tasks.push(tokio::spawn(crate::store::kubernetes::watch_http01_answers(
                         watches,
                         file.state_namespace().to_string(),

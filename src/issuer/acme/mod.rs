@@ -178,11 +178,16 @@ fn describe(e: &instant_acme::Error) -> String {
     }
 }
 
+/// Whether the server refused the request's nonce (RFC 8555 §6.5): ask again.
+fn bad_nonce(e: &IssueError) -> bool {
+    matches!(e, IssueError::Acme { detail, .. } if detail.starts_with("badNonce"))
+}
+
 /// Whether another attempt may succeed (a storm of bad nonces, a restarting server).
 fn transient(e: &IssueError) -> bool {
     match e {
         IssueError::Acme { detail, .. } => {
-            detail.starts_with("badNonce")
+            bad_nonce(e)
                 || detail.starts_with("rateLimited")
                 || detail.contains("HTTP request failure")
                 || detail.contains("timed out")
@@ -208,9 +213,7 @@ impl AcmeIssuer {
                 let mut attempt = 1;
                 loop {
                     match create_account(name, spec, deadlines, store.as_ref()).await {
-                        Err(IssueError::Acme { detail, .. })
-                            if attempt < ATTEMPTS && detail.starts_with("badNonce") =>
-                        {
+                        Err(e) if attempt < ATTEMPTS && bad_nonce(&e) => {
                             tracing::debug!(issuer = %name, attempt, "account creation: bad nonce; retrying");
                             attempt += 1;
                         }
@@ -416,8 +419,16 @@ impl AcmeIssuer {
                 detail: e.to_string(),
             })?;
             if let Some(check) = check {
+                // One client for every answer of the order.
+                let client = crate::deadline::http_client(self.deadlines.request.to_std(), None).map_err(|e| {
+                    IssueError::Acme {
+                        issuer: self.name.clone(),
+                        what: "self-check the HTTP-01 answer",
+                        detail: crate::deadline::chain(&e),
+                    }
+                })?;
                 for (host, token, key_authorization) in &http_checks {
-                    self.self_check(check, host, token, key_authorization).await?;
+                    self.self_check(&client, check, host, token, key_authorization).await?;
                 }
             }
         }
@@ -496,6 +507,7 @@ impl AcmeIssuer {
     /// found here, before the CA counts a failed attempt.
     async fn self_check(
         &self,
+        client: &reqwest::Client,
         check: &SelfCheck,
         host: &str,
         token: &str,
@@ -505,12 +517,6 @@ impl AcmeIssuer {
             "http://{}:{}/.well-known/acme-challenge/{token}",
             check.address, check.port
         );
-        let client =
-            crate::deadline::http_client(self.deadlines.request.to_std(), None).map_err(|e| IssueError::Acme {
-                issuer: self.name.clone(),
-                what: "self-check the HTTP-01 answer",
-                detail: crate::deadline::chain(&e),
-            })?;
         let started = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(100);
         loop {
