@@ -31,6 +31,16 @@ fn check(text: &str) -> (i32, String, String) {
     )
 }
 
+/// `tlsward run --once` on `config`, with `dir` as the working directory (its `out/`).
+fn run_once_in(dir: &Path, config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tlsward"))
+        .current_dir(dir)
+        .args(["run", "--once", "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 fn shipped_configs() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let mut out: Vec<PathBuf> = Vec::new();
@@ -220,11 +230,7 @@ fn a_namespaced_route_target_is_rendered_fully_qualified() {
     );
     let out = tlsward(&["plan", "--config", path.to_str().unwrap(), "--format", "json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let run = Command::new(env!("CARGO_BIN_EXE_tlsward"))
-        .current_dir(dir.path())
-        .args(["run", "--once", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let run = run_once_in(dir.path(), &path);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let vs = std::fs::read_to_string(dir.path().join("out/manifests/virtualservice-c.yaml")).unwrap();
     assert!(vs.contains("host: c.blog.svc.cluster.local"), "{vs}");
@@ -244,11 +250,7 @@ fn an_internationalized_host_is_issued_published_and_routed_as_its_a_label() {
         text.contains("xn--bcher-kva.example.com (bücher.example.com)"),
         "{text}"
     );
-    let run = Command::new(env!("CARGO_BIN_EXE_tlsward"))
-        .current_dir(dir.path())
-        .args(["run", "--once", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let run = run_once_in(dir.path(), &path);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let crt = std::fs::read_to_string(dir.path().join("out/credentials/books/tls.crt")).unwrap();
     assert_eq!(

@@ -38,10 +38,16 @@ fn rendered(values: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[test]
-fn tlsward_converges_under_the_charts_role_and_cannot_read_istiods_ca_keys() {
-    let emu = Running::start();
-    let objects = rendered("tests/chart/values-rbac.yaml");
+/// The config the chart puts in its ConfigMap.
+fn config_of(objects: &[serde_json::Value]) -> String {
+    objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap()["data"]["config.yaml"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Creates the chart's Roles and RoleBindings, as `helm install` would.
+fn grant_chart_roles(emu: &Running, objects: &[serde_json::Value]) {
     for o in objects
         .iter()
         .filter(|o| o["kind"] == "Role" || o["kind"] == "RoleBinding")
@@ -49,25 +55,40 @@ fn tlsward_converges_under_the_charts_role_and_cannot_read_istiods_ca_keys() {
         let (code, out) = emu.kubectl_on(&["create"], o);
         assert_eq!(code, 0, "{out}");
     }
-    // istiod's CA keys, in the gateway namespace.
-    let ca = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "istio-ca-secret", "namespace": NS}, "type": "istio.io/ca-root", "data": {"ca-key.pem": "c2VjcmV0"}});
-    assert_eq!(emu.kubectl_on(&["create"], &ca).0, 0);
+}
 
-    let w = Workdir::new();
-    let cm = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
-    w.write_config(cm["data"]["config.yaml"].as_str().unwrap());
+/// A kubeconfig authenticating as the chart's ServiceAccount.
+fn service_account_kubeconfig(emu: &Running) -> tempfile::NamedTempFile {
     let sa = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         sa.path(),
         kubeconfig_with_token(emu.port, &format!("sa:{RELEASE_NS}:demo-tlsward")),
     )
     .unwrap();
-    let run = || {
-        w.command(&["run", "--once", "--config", "tlsward.yaml", "--log-format", "json"])
-            .env("KUBECONFIG", sa.path())
-            .output()
-            .unwrap()
-    };
+    sa
+}
+
+/// `tlsward run --once` on the workdir's config, as the ServiceAccount of `kubeconfig`.
+fn run_once_as(w: &Workdir, kubeconfig: &tempfile::NamedTempFile) -> std::process::Output {
+    w.command(&["run", "--once", "--config", "tlsward.yaml", "--log-format", "json"])
+        .env("KUBECONFIG", kubeconfig.path())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn tlsward_converges_under_the_charts_role_and_cannot_read_istiods_ca_keys() {
+    let emu = Running::start();
+    let objects = rendered("tests/chart/values-rbac.yaml");
+    grant_chart_roles(&emu, &objects);
+    // istiod's CA keys, in the gateway namespace.
+    let ca = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "istio-ca-secret", "namespace": NS}, "type": "istio.io/ca-root", "data": {"ca-key.pem": "c2VjcmV0"}});
+    assert_eq!(emu.kubectl_on(&["create"], &ca).0, 0);
+
+    let w = Workdir::new();
+    w.write_config(&config_of(&objects));
+    let sa = service_account_kubeconfig(&emu);
+    let run = || run_once_as(&w, &sa);
     assert_success(&run());
     for name in [
         "frontend-credential",
@@ -121,19 +142,8 @@ fn a_pass_without_the_charts_role_is_refused_and_says_so() {
     let emu = Running::start();
     let objects = rendered("tests/chart/values-rbac.yaml");
     let w = Workdir::new();
-    let cm = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
-    w.write_config(cm["data"]["config.yaml"].as_str().unwrap());
-    let sa = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        sa.path(),
-        kubeconfig_with_token(emu.port, &format!("sa:{RELEASE_NS}:demo-tlsward")),
-    )
-    .unwrap();
-    let out = w
-        .command(&["run", "--once", "--config", "tlsward.yaml"])
-        .env("KUBECONFIG", sa.path())
-        .output()
-        .unwrap();
+    w.write_config(&config_of(&objects));
+    let out = run_once_as(&w, &service_account_kubeconfig(&emu));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -160,33 +170,12 @@ fn read_by_name_the_index_remembers_every_site_written_and_a_removed_one_is_dele
         std::fs::write(values.path(), &text).unwrap();
         rendered(values.path().to_str().unwrap())
     };
-    let config_of = |objects: &[serde_json::Value]| {
-        objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap()["data"]["config.yaml"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
     let objects = chart_for(20);
-    for o in objects
-        .iter()
-        .filter(|o| o["kind"] == "Role" || o["kind"] == "RoleBinding")
-    {
-        assert_eq!(emu.kubectl_on(&["create"], o).0, 0);
-    }
+    grant_chart_roles(&emu, &objects);
     let w = Workdir::new();
     w.write_config(&config_of(&objects));
-    let sa = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        sa.path(),
-        kubeconfig_with_token(emu.port, &format!("sa:{RELEASE_NS}:demo-tlsward")),
-    )
-    .unwrap();
-    let run = || {
-        w.command(&["run", "--once", "--config", "tlsward.yaml"])
-            .env("KUBECONFIG", sa.path())
-            .output()
-            .unwrap()
-    };
+    let sa = service_account_kubeconfig(&emu);
+    let run = || run_once_as(&w, &sa);
     assert_success(&run());
     let index = emu
         .emulator

@@ -984,14 +984,7 @@ fn replace(emu: &Emulator, t: &Target, name: &str, mut v: Value, manager: String
         && rv != current_rv
     {
         emu.record(&mut db, "PUT", t, name, false);
-        return status(
-            409,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                t.resource.resource
-            ),
-        );
+        return stale(t, name);
     }
     let to_status = t.subresource.as_deref() == Some("status");
     let mut next = current.object.clone();
@@ -1009,18 +1002,36 @@ fn replace(emu: &Emulator, t: &Target, name: &str, mut v: Value, manager: String
             m.remove("managedFields");
         }
         if t.resource.status {
-            match current.object.get("status") {
-                Some(s) => v["status"] = s.clone(),
-                None => {
-                    if let Some(m) = v.as_object_mut() {
-                        m.remove("status");
-                    }
-                }
-            }
+            keep_status(&mut v, &current.object);
         }
         next = v;
     }
     commit_update(emu, &mut db, t, name, current, next, manager, "PUT")
+}
+
+/// The 409 a write with a stale `metadata.resourceVersion` gets.
+fn stale(t: &Target, name: &str) -> Response {
+    status(
+        409,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+            t.resource.resource
+        ),
+    )
+}
+
+/// Gives `target` the `.status` of `source` (none if `source` has none): a write to
+/// one half of an object (main resource or status subresource) keeps the other half.
+fn keep_status(target: &mut Value, source: &Value) {
+    match source.get("status") {
+        Some(s) => target["status"] = s.clone(),
+        None => {
+            if let Some(m) = target.as_object_mut() {
+                m.remove("status");
+            }
+        }
+    }
 }
 
 /// Stores `next` in place of `current` as an update by `manager` (a replace or a
@@ -1112,14 +1123,7 @@ fn patch(emu: &Emulator, t: &Target, name: &str, content_type: &str, body: &Byte
         && Some(rv) != current.object["metadata"]["resourceVersion"].as_str()
     {
         emu.record(&mut db, "PATCH", t, name, false);
-        return status(
-            409,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                t.resource.resource
-            ),
-        );
+        return stale(t, name);
     }
     // Identity and the other half (object vs status) are not the patch's to change.
     for k in ["name", "namespace", "uid", "creationTimestamp", "resourceVersion"] {
@@ -1137,25 +1141,12 @@ fn patch(emu: &Emulator, t: &Target, name: &str, content_type: &str, body: &Byte
     }
     let to_status = t.subresource.as_deref() == Some("status");
     if to_status {
-        let status_part = next.get("status").cloned();
-        next = current.object.clone();
-        match status_part {
-            Some(s) => next["status"] = s,
-            None => {
-                if let Some(m) = next.as_object_mut() {
-                    m.remove("status");
-                }
-            }
-        }
+        // Only .status changes: the object as it was, with the patched status.
+        let mut object = current.object.clone();
+        keep_status(&mut object, &next);
+        next = object;
     } else if t.resource.status {
-        match current.object.get("status") {
-            Some(s) => next["status"] = s.clone(),
-            None => {
-                if let Some(m) = next.as_object_mut() {
-                    m.remove("status");
-                }
-            }
-        }
+        keep_status(&mut next, &current.object);
     }
     commit_update(emu, &mut db, t, name, current, next, manager, "PATCH")
 }
