@@ -52,24 +52,6 @@ pub fn http_client(deadline: Duration, root_pem: Option<&[u8]>) -> Result<reqwes
     builder.build()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("outer")]
-    struct Outer(#[source] Middle);
-    #[derive(Debug, thiserror::Error)]
-    #[error("middle: inner")]
-    struct Middle(#[source] std::io::Error);
-
-    #[test]
-    fn the_chain_names_every_cause_once() {
-        let e = Outer(Middle(std::io::Error::other("inner")));
-        assert_eq!(chain(&e), "outer: middle: inner");
-    }
-}
-
 /// What a Kubernetes client is for: single requests get the request deadline on every
 /// read; watch streams may sit idle for minutes between events (kube-runtime's watcher
 /// has its own idle timeout), so only connecting and writing are bounded.
@@ -93,4 +75,22 @@ pub async fn kube_client(deadline: Duration, usage: KubeUse) -> Result<(kube::Cl
     }
     let client = kube::Client::try_from(config).map_err(|e| chain(&e))?;
     Ok((client, server))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Middle);
+    #[derive(Debug, thiserror::Error)]
+    #[error("middle: inner")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn the_chain_names_every_cause_once() {
+        let e = Outer(Middle(std::io::Error::other("inner")));
+        assert_eq!(chain(&e), "outer: middle: inner");
+    }
 }
