@@ -2,7 +2,6 @@
 //! and VirtualServices correct on its own. `main.rs` is only the CLI over this library.
 
 pub mod address;
-pub mod backoff;
 pub mod config;
 pub mod daemon;
 pub mod deadline;

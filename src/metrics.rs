@@ -31,9 +31,6 @@ pub const RECONCILE: &str = "tlsward_reconcile";
 /// adapters cannot start; kept the running one), `unchanged` (woken, same content).
 pub const RELOAD_RESULTS: [&str; 4] = ["applied", "invalid", "unusable", "unchanged"];
 
-/// The stages of a pass, as `tlsward_reconcile_errors_total{stage}` names them.
-pub const STAGES: [&str; 6] = ["observe", "address", "issue", "store", "objects", "dns"];
-
 type Labels = Vec<(String, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
@@ -167,7 +164,7 @@ impl Metrics {
             let _ = m.config_reloads.get_or_create(&labels(&[("result", result)]));
         }
         // Every stage starts at zero so that rate() and increase() see the series at once.
-        for stage in STAGES {
+        for stage in crate::daemon::Stage::ALL.map(|s| s.as_str()) {
             let _ = m.reconcile_errors.get_or_create(&labels(&[("stage", stage)]));
         }
         Metrics { registry, ..m }

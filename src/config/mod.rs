@@ -74,6 +74,23 @@ impl fmt::Display for ConfigErrors {
 /// The fully qualified name of a route target: `<svc>.<ns>` becomes
 /// `<svc>.<ns>.svc.cluster.local`; `<svc>.<ns>.svc.<domain>` stays; anything else (a
 /// short name, whose namespace Istio would guess) is `None`.
+/// Reads a secret from the file or environment variable the config names (`field` is
+/// the config path, for the message); never inline.
+pub fn read_secret(field: &str, file: &Option<String>, env: &Option<String>) -> Result<String, SecretError> {
+    match (file, env) {
+        (Some(path), _) => std::fs::read_to_string(path).map_err(|e| SecretError(format!("{field}_file {path}: {e}"))),
+        (None, Some(var)) => std::env::var(var).map_err(|_| SecretError(format!("{field}_env: ${var} is not set"))),
+        (None, None) => Err(SecretError(format!(
+            "{field}: neither {field}_file nor {field}_env is set"
+        ))),
+    }
+}
+
+/// A secret the config names could not be read (the message names the field and file).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read a secret: {0}")]
+pub struct SecretError(pub String);
+
 pub fn service_host(to: &str) -> Option<String> {
     let to = to.strip_suffix('.').unwrap_or(to);
     let labels: Vec<&str> = to.split('.').collect();

@@ -12,6 +12,20 @@ use serde::{Deserialize, Serialize};
 
 use super::values::{Duration, RenewBefore};
 
+/// Gives a backend enum the JSON Schema of its one-field-per-backend struct.
+macro_rules! schema_as {
+    ($ty:ty, $fields:ty) => {
+        impl JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                <$fields>::schema_name()
+            }
+            fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                <$fields>::json_schema(generator)
+            }
+        }
+    };
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// tlsward configuration: one file drives credentials, DNS, Gateway and VirtualServices.
@@ -158,15 +172,25 @@ pub struct AddressSpec {
     pub resolve: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
-pub struct IssuerSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca: Option<CaSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub acme: Option<AcmeSpec>,
+/// One issuer: the internal CA or an ACME account, written `{ca: {...}}` or `{acme: {...}}`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum IssuerSpec {
+    Ca(CaSpec),
+    Acme(AcmeSpec),
 }
+
+// The schema of `IssuerSpec` (see `ProviderFields`).
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "IssuerSpec", extend("minProperties" = 1, "maxProperties" = 1))]
+#[allow(dead_code)]
+struct IssuerFields {
+    ca: Option<CaSpec>,
+    acme: Option<AcmeSpec>,
+}
+
+schema_as!(IssuerSpec, IssuerFields);
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -318,23 +342,35 @@ fn default_ttl() -> u32 {
     60
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
-pub struct ProviderSpec {
-    /// An RFC 1035 zone file under the files store (`dns/<zone>.zone`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zonefile: Option<ZonefileSpec>,
-    /// RFC 2136 dynamic updates signed with TSIG.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rfc2136: Option<Rfc2136Spec>,
-    /// The PowerDNS HTTP API.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub powerdns: Option<PowerDnsSpec>,
-    /// An external-dns webhook provider.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub webhook: Option<WebhookSpec>,
+/// One DNS provider: exactly one backend, written `{rfc2136: {...}}`. Adding a backend
+/// adds a variant here and an arm in `dns::provider`, nothing else.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum ProviderSpec {
+    Zonefile(ZonefileSpec),
+    Rfc2136(Rfc2136Spec),
+    Powerdns(PowerDnsSpec),
+    Webhook(WebhookSpec),
 }
+
+// The schema of `ProviderSpec`: one optional field per backend, exactly one set (so
+// `check` names the allowed fields instead of reporting a failed `oneOf`).
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "ProviderSpec", extend("minProperties" = 1, "maxProperties" = 1))]
+#[allow(dead_code)]
+struct ProviderFields {
+    /// An RFC 1035 zone file under the files store (`dns/<zone>.zone`).
+    zonefile: Option<ZonefileSpec>,
+    /// RFC 2136 dynamic updates signed with TSIG.
+    rfc2136: Option<Rfc2136Spec>,
+    /// The PowerDNS HTTP API.
+    powerdns: Option<PowerDnsSpec>,
+    /// An external-dns webhook provider.
+    webhook: Option<WebhookSpec>,
+}
+
+schema_as!(ProviderSpec, ProviderFields);
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -462,18 +498,18 @@ pub struct RouteSpec {
     pub port: u16,
 }
 
-/// What an issuer is, once validation has checked exactly one kind is set.
-pub enum IssuerKind<'a> {
-    Ca(&'a CaSpec),
-    Acme(&'a AcmeSpec),
-}
-
 impl IssuerSpec {
-    pub fn kind(&self) -> IssuerKind<'_> {
-        match (&self.ca, &self.acme) {
-            (_, Some(acme)) => IssuerKind::Acme(acme),
-            (Some(ca), None) => IssuerKind::Ca(ca),
-            (None, None) => unreachable!("validation guarantees one issuer kind"),
+    pub fn acme(&self) -> Option<&AcmeSpec> {
+        match self {
+            IssuerSpec::Acme(a) => Some(a),
+            IssuerSpec::Ca(_) => None,
+        }
+    }
+
+    pub fn ca(&self) -> Option<&CaSpec> {
+        match self {
+            IssuerSpec::Ca(c) => Some(c),
+            IssuerSpec::Acme(_) => None,
         }
     }
 }
@@ -492,33 +528,28 @@ impl ConfigFile {
     pub fn uses_http01(&self) -> bool {
         self.issuers
             .values()
-            .any(|i| i.acme.as_ref().is_some_and(|a| a.solver.http01.is_some()))
+            .any(|i| i.acme().is_some_and(|a| a.solver.http01.is_some()))
     }
 }
 
 impl ProviderSpec {
-    /// The zone this provider manages (with its trailing dot, as written).
-    pub fn zone(&self) -> &str {
-        if let Some(z) = &self.zonefile {
-            &z.zone
-        } else if let Some(r) = &self.rfc2136 {
-            &r.zone
-        } else if let Some(p) = &self.powerdns {
-            &p.zone
-        } else {
-            ""
+    /// The zone this provider manages (with its trailing dot, as written); `None` for a
+    /// webhook (its server decides).
+    pub fn zone(&self) -> Option<&str> {
+        match self {
+            ProviderSpec::Zonefile(z) => Some(&z.zone),
+            ProviderSpec::Rfc2136(r) => Some(&r.zone),
+            ProviderSpec::Powerdns(p) => Some(&p.zone),
+            ProviderSpec::Webhook(_) => None,
         }
     }
 
     pub fn kind_name(&self) -> &'static str {
-        if self.zonefile.is_some() {
-            "zonefile"
-        } else if self.rfc2136.is_some() {
-            "rfc2136"
-        } else if self.powerdns.is_some() {
-            "powerdns"
-        } else {
-            "webhook"
+        match self {
+            ProviderSpec::Zonefile(_) => "zonefile",
+            ProviderSpec::Rfc2136(_) => "rfc2136",
+            ProviderSpec::Powerdns(_) => "powerdns",
+            ProviderSpec::Webhook(_) => "webhook",
         }
     }
 }

@@ -173,7 +173,7 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
         let Some(spec) = piece::<IssuerSpec>(root, &pointer) else {
             continue;
         };
-        if let Some(acme) = &spec.acme {
+        if let IssuerSpec::Acme(acme) = &spec {
             c.url(&format!("{pointer}/acme/directory"), &acme.directory);
             if let Some(email) = &acme.email
                 && !(email.contains('@') && !email.starts_with('@') && !email.ends_with('@'))
@@ -213,7 +213,7 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
                 );
             }
         }
-        if let (Some(ca), Some(RenewBefore::Remaining(d))) = (&spec.ca, renew_before)
+        if let (Some(ca), Some(RenewBefore::Remaining(d))) = (spec.ca(), renew_before)
             && d >= ca.leaf_validity
         {
             c.at(
@@ -224,7 +224,7 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
                 ),
             );
         }
-        if let Some(ca) = &spec.ca
+        if let Some(ca) = spec.ca()
             && ca.leaf_validity.as_secs() < 60
         {
             c.at(format!("{pointer}/ca/leaf_validity"), "must be at least 60s");
@@ -278,7 +278,7 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
         }
         let http01 = issuer
             .and_then(|n| issuers.get(n))
-            .and_then(|s| s.acme.as_ref())
+            .and_then(|s| s.acme())
             .is_some_and(|a| a.solver.http01.is_some());
         let dns = raw.get("dns").and_then(Value::as_str);
         let provider = dns.and_then(|d| providers.get(d));
@@ -311,9 +311,8 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
                                 ),
                             );
                         }
-                        if let Some(p) = provider {
-                            let zone = p.zone();
-                            if !zone.is_empty() && !host.within(zone) {
+                        if let Some(zone) = provider.and_then(ProviderSpec::zone) {
+                            if !host.within(zone) {
                                 c.at(
                                     &hp,
                                     format!(
@@ -321,10 +320,7 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
                                         dns.unwrap_or_default()
                                     ),
                                 );
-                            } else if !zone.is_empty()
-                                && host.as_str() == zone.trim_end_matches('.')
-                                && static_address_is_hostname
-                            {
+                            } else if host.as_str() == zone.trim_end_matches('.') && static_address_is_hostname {
                                 c.at(&hp, format!("`{host}` is the zone apex, where a CNAME is impossible: give gateway.address as IPs"));
                             }
                         }
@@ -419,49 +415,44 @@ fn check_address(c: &mut Checker, addr: &AddressSpec) -> bool {
 }
 
 fn check_provider(c: &mut Checker, pointer: &str, spec: &ProviderSpec, files_store: bool) {
-    let zone = spec.zone();
-    if spec.webhook.is_none()
-        && let Some(p) = zone_problem(zone)
-    {
-        let field = spec.kind_name();
-        c.at(format!("{pointer}/{field}/zone"), p);
+    if let Some(p) = spec.zone().and_then(zone_problem) {
+        c.at(format!("{pointer}/{}/zone", spec.kind_name()), p);
     }
-    if spec.zonefile.is_some() && !files_store {
-        c.at(
+    match spec {
+        ProviderSpec::Zonefile(_) if !files_store => c.at(
             format!("{pointer}/zonefile"),
             "the zonefile provider writes under the files store: use `store: {files: …}` or another provider",
-        );
-    }
-    if let Some(r) = &spec.rfc2136 {
-        if r.server.parse::<SocketAddr>().is_err() {
-            c.at(
-                format!("{pointer}/rfc2136/server"),
-                format!("`{}` is not IP:PORT (for example 10.0.0.53:53)", r.server),
+        ),
+        ProviderSpec::Zonefile(_) => {}
+        ProviderSpec::Rfc2136(r) => {
+            if r.server.parse::<SocketAddr>().is_err() {
+                c.at(
+                    format!("{pointer}/rfc2136/server"),
+                    format!("`{}` is not IP:PORT (for example 10.0.0.53:53)", r.server),
+                );
+            }
+            c.one_secret_source(
+                &format!("{pointer}/rfc2136/tsig"),
+                "secret",
+                &r.tsig.secret_file,
+                &r.tsig.secret_env,
+            );
+            if Hostname::parse(&r.tsig.name, false).is_err() && check_label(&r.tsig.name).is_err() {
+                c.at(
+                    format!("{pointer}/rfc2136/tsig/name"),
+                    format!("`{}` is not a valid TSIG key name", r.tsig.name),
+                );
+            }
+        }
+        ProviderSpec::Powerdns(p) => {
+            c.url(&format!("{pointer}/powerdns/url"), &p.url);
+            c.one_secret_source(
+                &format!("{pointer}/powerdns"),
+                "api_key",
+                &p.api_key_file,
+                &p.api_key_env,
             );
         }
-        c.one_secret_source(
-            &format!("{pointer}/rfc2136/tsig"),
-            "secret",
-            &r.tsig.secret_file,
-            &r.tsig.secret_env,
-        );
-        if Hostname::parse(&r.tsig.name, false).is_err() && check_label(&r.tsig.name).is_err() {
-            c.at(
-                format!("{pointer}/rfc2136/tsig/name"),
-                format!("`{}` is not a valid TSIG key name", r.tsig.name),
-            );
-        }
-    }
-    if let Some(p) = &spec.powerdns {
-        c.url(&format!("{pointer}/powerdns/url"), &p.url);
-        c.one_secret_source(
-            &format!("{pointer}/powerdns"),
-            "api_key",
-            &p.api_key_file,
-            &p.api_key_env,
-        );
-    }
-    if let Some(w) = &spec.webhook {
-        c.url(&format!("{pointer}/webhook/url"), &w.url);
+        ProviderSpec::Webhook(w) => c.url(&format!("{pointer}/webhook/url"), &w.url),
     }
 }

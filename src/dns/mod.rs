@@ -46,6 +46,44 @@ pub enum DnsError {
     },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("dns provider `{provider}`: {source}")]
+    Secret {
+        provider: String,
+        #[source]
+        source: crate::config::SecretError,
+    },
+}
+
+/// The one factory for DNS providers: the adapter a (validated) provider entry names.
+pub fn provider(
+    name: &str,
+    spec: &crate::config::ProviderSpec,
+    ttl: u32,
+    files_root: &std::path::Path,
+    deadline: std::time::Duration,
+) -> Result<std::sync::Arc<dyn DnsProvider>, DnsError> {
+    use crate::config::{ProviderSpec, SecretError, read_secret};
+    use std::sync::Arc;
+    let field = |f: &str| format!("dns.providers.{name}.{f}");
+    let secret = |source: SecretError| DnsError::Secret {
+        provider: name.to_string(),
+        source,
+    };
+    Ok(match spec {
+        ProviderSpec::Zonefile(z) => Arc::new(zonefile::ZoneFileProvider::new(name, &z.zone, ttl, files_root)),
+        ProviderSpec::Rfc2136(r) => {
+            let text =
+                read_secret(&field("rfc2136.tsig.secret"), &r.tsig.secret_file, &r.tsig.secret_env).map_err(secret)?;
+            let key = rfc2136::parse_tsig_secret(&text)
+                .map_err(|e| secret(SecretError(format!("{}: {e}", field("rfc2136.tsig")))))?;
+            Arc::new(rfc2136::Rfc2136Provider::new(name, r, &key, deadline)?)
+        }
+        ProviderSpec::Powerdns(p) => {
+            let key = read_secret(&field("powerdns.api_key"), &p.api_key_file, &p.api_key_env).map_err(secret)?;
+            Arc::new(powerdns::PowerDnsProvider::new(name, p, &key, deadline)?)
+        }
+        ProviderSpec::Webhook(w) => Arc::new(webhook::WebhookProvider::new(name, w, deadline)?),
+    })
 }
 
 /// The HTTP client of the HTTP-based providers (PowerDNS, webhook).

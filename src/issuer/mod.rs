@@ -46,6 +46,15 @@ pub enum IssueError {
         what: &'static str,
         detail: String,
     },
+    /// The server refused for a reason that passes (a stale nonce, a rate limit, a
+    /// connection that failed): the issuance tries again, a few times.
+    #[error("issuer `{issuer}`: cannot {what}: {detail}")]
+    Retryable {
+        issuer: String,
+        what: &'static str,
+        detail: String,
+        why: Retryable,
+    },
     /// A peer did not answer within its deadline (not retried inside the issuance:
     /// the site backs off and the pass goes on).
     #[error("issuer `{issuer}`: cannot {what}: {detail}")]
@@ -56,6 +65,17 @@ pub enum IssueError {
     },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+}
+
+/// Why an ACME request may succeed when asked again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retryable {
+    /// The server refused the request's nonce (RFC 8555 §6.5): any request may get this.
+    BadNonce,
+    /// The server asked to slow down.
+    RateLimited,
+    /// The connection failed before an answer (refused, reset, TLS).
+    Unreachable,
 }
 
 #[async_trait]

@@ -13,7 +13,7 @@ use std::fmt;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::config::{ConfigFile, IssuerKind, KeyAlgorithm, SecretFormat, SiteSpec, TlsMode};
+use crate::config::{ConfigFile, IssuerSpec, KeyAlgorithm, SecretFormat, SiteSpec, TlsMode};
 use crate::dns::registry::{self, DesiredName, ZoneDiff};
 use crate::model::{Address, CertificateFacts, GatewayAddress, Hostname, ObservedCredential, RecordSet, RecordType};
 use crate::render;
@@ -294,11 +294,11 @@ fn plan_credential(
     let is_ca = config
         .issuers
         .get(&site.issuer)
-        .is_some_and(|i| matches!(i.kind(), IssuerKind::Ca(_)));
+        .is_some_and(|i| matches!(i, IssuerSpec::Ca(_)));
     let signer = observed.signers.get(&site.issuer);
     // The key algorithm of the leaves this issuer makes (ACME keys are P-256).
-    let wanted_key = match config.issuers.get(&site.issuer).map(|i| i.kind()) {
-        Some(IssuerKind::Ca(ca)) => ca.key,
+    let wanted_key = match config.issuers.get(&site.issuer) {
+        Some(IssuerSpec::Ca(ca)) => ca.key,
         _ => KeyAlgorithm::EcdsaP256,
     };
 
@@ -454,7 +454,7 @@ fn plan_zones(config: &ConfigFile, observed: &Observed, conflicts: &mut Vec<Conf
     for (provider, spec) in &config.dns.providers {
         let mut zone = ZonePlan {
             provider: provider.clone(),
-            zone: spec.zone().to_string(),
+            zone: spec.zone().unwrap_or_default().to_string(),
             diff: ZoneDiff::default(),
             unavailable: None,
         };
@@ -511,7 +511,7 @@ fn challenge_routes(config: &ConfigFile, credentials: &[CredentialPlan]) -> BTre
         .iter()
         .filter(|c| c.blocked.is_none() && c.server.is_issue())
         .filter_map(|c| {
-            let http01 = config.issuers.get(&c.issuer)?.acme.as_ref()?.solver.http01.as_ref()?;
+            let http01 = config.issuers.get(&c.issuer)?.acme()?.solver.http01.as_ref()?;
             let (host, port) = http01.service_host_port();
             Some((c.site.clone(), (host.to_string(), port)))
         })

@@ -637,7 +637,7 @@ fn a_key_algorithm_change_reissues() {
     c.server.key_algorithm = Some(crate::config::KeyAlgorithm::EcdsaP256);
     assert!(!shop_plan(&config(""), c.clone()).needs_write());
     let mut cfg = config("");
-    if let Some(crate::config::IssuerSpec { ca: Some(ca), .. }) = cfg.issuers.get_mut("internal") {
+    if let Some(crate::config::IssuerSpec::Ca(ca)) = cfg.issuers.get_mut("internal") {
         ca.key = crate::config::KeyAlgorithm::Rsa2048;
     }
     let p = shop_plan(&cfg, c);

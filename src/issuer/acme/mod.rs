@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::ca::generate_key;
-use super::{IssueError, Issued, Issuer, ServerRequest};
+use super::{IssueError, Issued, Issuer, Retryable, ServerRequest};
 use crate::config::{AcmeSpec, DeadlinesSpec, KeyAlgorithm};
 use crate::dns::DnsProvider;
 use crate::dns::registry::{CHALLENGE_LABEL, DesiredName, diff_within};
@@ -153,9 +153,33 @@ fn acme_error<'a>(issuer: &'a str, what: &'static str) -> impl Fn(instant_acme::
         let issuer = issuer.to_string();
         if http::is_deadline(&e) {
             IssueError::Deadline { issuer, what, detail }
+        } else if let Some(why) = retryable(&e) {
+            IssueError::Retryable {
+                issuer,
+                what,
+                detail,
+                why,
+            }
         } else {
             IssueError::Acme { issuer, what, detail }
         }
+    }
+}
+
+/// Whether asking again may succeed, from the error's type: the problem document's
+/// type (RFC 8555 §6.7), or a transport failure of our own client.
+fn retryable(e: &instant_acme::Error) -> Option<Retryable> {
+    const PREFIX: &str = "urn:ietf:params:acme:error:";
+    match e {
+        instant_acme::Error::Api(problem) => match problem.r#type.as_deref()?.strip_prefix(PREFIX)? {
+            "badNonce" => Some(Retryable::BadNonce),
+            "rateLimited" => Some(Retryable::RateLimited),
+            _ => None,
+        },
+        instant_acme::Error::Other(inner) => inner
+            .downcast_ref::<http::ExchangeError>()
+            .and_then(|x| matches!(x, http::ExchangeError::Transport { .. }).then_some(Retryable::Unreachable)),
+        _ => None,
     }
 }
 
@@ -180,21 +204,13 @@ fn describe(e: &instant_acme::Error) -> String {
 
 /// Whether the server refused the request's nonce (RFC 8555 §6.5): ask again.
 fn bad_nonce(e: &IssueError) -> bool {
-    matches!(e, IssueError::Acme { detail, .. } if detail.starts_with("badNonce"))
-}
-
-/// Whether another attempt may succeed (a storm of bad nonces, a restarting server).
-fn transient(e: &IssueError) -> bool {
-    match e {
-        IssueError::Acme { detail, .. } => {
-            bad_nonce(e)
-                || detail.starts_with("rateLimited")
-                || detail.contains("HTTP request failure")
-                || detail.contains("timed out")
-                || detail.contains("Connection refused")
+    matches!(
+        e,
+        IssueError::Retryable {
+            why: Retryable::BadNonce,
+            ..
         }
-        _ => false,
-    }
+    )
 }
 
 impl AcmeIssuer {
@@ -704,7 +720,7 @@ async fn create_account(
                 what: "read the EAB key",
                 detail,
             };
-            let text = crate::daemon::read_secret(
+            let text = crate::config::read_secret(
                 &format!("issuers.{name}.acme.eab.hmac_key"),
                 &eab.hmac_key_file,
                 &eab.hmac_key_env,
@@ -749,7 +765,7 @@ impl Issuer for AcmeIssuer {
         let mut attempt = 1;
         loop {
             match self.attempt(request).await {
-                Err(e) if attempt < ATTEMPTS && transient(&e) => {
+                Err(e @ IssueError::Retryable { .. }) if attempt < ATTEMPTS => {
                     tracing::warn!(issuer = %self.name, site = %request.site, attempt, error = %e, "ACME attempt failed; retrying");
                     let jitter = 0.8 + 0.4 * rand::random::<f64>();
                     tokio::time::sleep(delay.mul_f64(jitter)).await;
@@ -765,5 +781,67 @@ impl Issuer for AcmeIssuer {
     }
     fn signer_fingerprint(&self) -> Option<&str> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(kind: &str) -> instant_acme::Error {
+        let doc =
+            serde_json::json!({"type": format!("urn:ietf:params:acme:error:{kind}"), "detail": "x", "status": 400});
+        instant_acme::Error::Api(serde_json::from_value(doc).unwrap())
+    }
+
+    #[test]
+    fn errors_are_classified_by_problem_type_and_transport_not_by_message() {
+        let classify = acme_error("le", "create an order");
+        assert!(bad_nonce(&classify(problem("badNonce"))));
+        assert!(matches!(
+            classify(problem("rateLimited")),
+            IssueError::Retryable {
+                why: Retryable::RateLimited,
+                ..
+            }
+        ));
+        // A refusal that says "timed out" in its text is still a refusal.
+        let doc = serde_json::json!({"type": "urn:ietf:params:acme:error:unauthorized", "detail": "Connection refused, timed out", "status": 403});
+        let refused = instant_acme::Error::Api(serde_json::from_value(doc).unwrap());
+        assert!(matches!(classify(refused), IssueError::Acme { .. }));
+        assert!(matches!(classify(problem("malformed")), IssueError::Acme { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_connection_failure_is_retryable_and_a_deadline_is_not() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let source = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .unwrap_err();
+        let transport = instant_acme::Error::Other(Box::new(http::ExchangeError::Transport {
+            method: "GET".into(),
+            url: format!("http://127.0.0.1:{port}/"),
+            source,
+        }));
+        assert!(matches!(
+            acme_error("le", "fetch the directory")(transport),
+            IssueError::Retryable {
+                why: Retryable::Unreachable,
+                ..
+            }
+        ));
+        let late = instant_acme::Error::Other(Box::new(http::ExchangeError::Deadline {
+            method: "GET".into(),
+            url: "https://127.0.0.1:14000/dir".into(),
+            deadline: Duration::from_secs(30),
+        }));
+        assert!(matches!(
+            acme_error("le", "fetch the directory")(late),
+            IssueError::Deadline { .. }
+        ));
     }
 }

@@ -16,6 +16,11 @@ pub fn delay(consecutive_failures: u32, unit: f64) -> Duration {
     Duration::from_secs_f64(capped * (0.8 + 0.4 * unit.clamp(0.0, 1.0)))
 }
 
+/// Backoff after a failed pass: 10 s doubling to 5 min, with ±20 % jitter.
+pub fn backoff(consecutive_failures: u32) -> Duration {
+    delay(consecutive_failures, rand::random())
+}
+
 /// Keys that failed: how often in a row, and when they may be tried again.
 pub struct Backoff {
     entries: Mutex<BTreeMap<String, (u32, OffsetDateTime)>>,

@@ -1,0 +1,174 @@
+//! Observation: the stored credentials, CA state, the gateway address, every zone and
+//! the ACME renewal windows, read into the plan's `Observed`. It reads; it never writes
+//! and never decides.
+
+use std::collections::BTreeMap;
+
+use time::OffsetDateTime;
+
+use super::{Failure, Runtime, Stage};
+use crate::config::{IssuerSpec, TlsMode};
+use crate::issuer::acme::{AcmeIssuer, Solver};
+use crate::issuer::ca::{self, CaIssuer};
+use crate::plan::{self, Observed, Plan};
+use crate::store::{CredentialBundle, StoreError, StoredCredentials};
+
+impl Runtime {
+    /// Reads the world: stored credentials, CA state, the address, every zone.
+    /// `with_dns: false` skips reading the zones (they stay unobserved).
+    pub async fn observe(
+        &self,
+        failures: &mut Vec<Failure>,
+        with_dns: bool,
+    ) -> Result<(Observed, StoredCredentials), StoreError> {
+        let file = &self.config.file;
+        let sites: Vec<String> = file.sites.iter().map(|s| s.name.clone()).collect();
+        let stored = self.store.credentials(&sites).await?;
+        let mut observed = Observed {
+            foreign_credentials: stored.foreign.clone(),
+            unreadable_credentials: stored.unreadable.clone(),
+            owned_objects: self.store.owned_objects().await?,
+            ..Observed::default()
+        };
+        for (site, bundle) in &stored.owned {
+            match bundle.observe() {
+                Ok(c) => {
+                    observed.credentials.insert(site.clone(), c);
+                }
+                Err(e) => {
+                    observed.unreadable_credentials.insert(site.clone(), e.to_string());
+                }
+            }
+        }
+        for (name, spec) in &file.issuers {
+            if let IssuerSpec::Ca(_) = spec
+                && let Some(fp) = CaIssuer::stored_signer_fingerprint(name, self.store.as_ref()).await?
+            {
+                observed.signers.insert(name.clone(), fp);
+            }
+        }
+        for site in file.sites.iter().filter(|s| s.tls.mode == TlsMode::Mutual) {
+            if let Some(fp) = ca::stored_client_ca_fingerprint(&site.name, self.store.as_ref()).await? {
+                observed.client_cas.insert(site.name.clone(), fp);
+            }
+        }
+        if let Some(source) = &self.address {
+            match source.current().await {
+                Ok(a) => observed.address = Some(a),
+                // Only a failure when some site publishes DNS records from it.
+                Err(e) if file.sites.iter().any(|s| s.dns.is_some()) => failures.push(Failure::new(
+                    Stage::Address,
+                    if file.gateway.address.is_some() {
+                        "gateway.address".into()
+                    } else {
+                        format!("Service {}/{}", file.gateway.namespace, file.gateway.service)
+                    },
+                    e.to_string(),
+                )),
+                Err(e) => tracing::debug!(error = %e, "no gateway address (no site publishes DNS)"),
+            }
+        }
+        for (name, provider) in self.providers.iter().filter(|_| with_dns) {
+            let records = provider.records().await.map_err(|e| e.to_string());
+            if let Err(e) = &records {
+                failures.push(Failure::new(Stage::Dns, format!("dns provider {name}"), e.clone()));
+            }
+            observed.zones.insert(name.clone(), records);
+        }
+        if with_dns {
+            observed.renewal_windows = self.renewal_windows(&stored).await;
+        }
+        Ok((observed, stored))
+    }
+
+    /// The renewal windows ACME CAs suggest (ARI) for the stored certificates, asked
+    /// again only after the server's Retry-After; nothing is created to ask them.
+    async fn renewal_windows(&self, stored: &StoredCredentials) -> BTreeMap<String, (OffsetDateTime, OffsetDateTime)> {
+        let now = OffsetDateTime::now_utc();
+        let mut out = BTreeMap::new();
+        for (name, spec) in &self.config.file.issuers {
+            let IssuerSpec::Acme(acme) = spec else { continue };
+            let sites: Vec<(&String, &CredentialBundle)> =
+                stored.owned.iter().filter(|(_, b)| &b.issuer == name).collect();
+            if sites.is_empty()
+                || self
+                    .memory
+                    .ari_unsupported
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(name)
+            {
+                continue;
+            }
+            let mut issuer = None;
+            for (site, bundle) in sites {
+                let key = crate::pki::facts(&bundle.server.chain_pem)
+                    .map(|f| f.serial_hex)
+                    .unwrap_or_default();
+                let cached = self
+                    .memory
+                    .ari
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&key)
+                    .copied();
+                if let Some((start, end, _)) = cached.filter(|(_, _, refresh_at)| *refresh_at > now) {
+                    out.insert(site.clone(), (start, end));
+                    continue;
+                }
+                if issuer.is_none() {
+                    issuer = match AcmeIssuer::restore(
+                        name,
+                        acme,
+                        self.config.file.deadlines,
+                        self.store.clone(),
+                        Solver::Http01(self.http01.clone(), None),
+                    )
+                    .await
+                    {
+                        Ok(Some(i)) => Some(i),
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(issuer = %name, error = %e, "renewal information unavailable");
+                            break;
+                        }
+                    };
+                }
+                let Some(acme_issuer) = &issuer else { break };
+                match acme_issuer.renewal_window(&bundle.server.chain_pem).await {
+                    Ok(Some((start, end, retry_after))) => {
+                        let refresh_at =
+                            now + time::Duration::try_from(retry_after).unwrap_or(time::Duration::hours(6));
+                        self.memory
+                            .ari
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(key, (start, end, refresh_at));
+                        out.insert(site.clone(), (start, end));
+                    }
+                    Ok(None) => {
+                        self.memory
+                            .ari_unsupported
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(name.clone());
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(issuer = %name, site = %site, error = %e, "renewal information unavailable")
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Observe and plan, writing nothing (the `plan` command).
+    pub async fn plan(&self, now: OffsetDateTime) -> Result<(Plan, Vec<Failure>), StoreError> {
+        let mut failures = Vec::new();
+        let (observed, _) = self.observe(&mut failures, true).await?;
+        let mut plan = plan::plan(&self.config.file, &observed, now, self.seed);
+        plan.istio_api = self.store.istio_api().await?;
+        Ok((plan, failures))
+    }
+}

@@ -1,0 +1,49 @@
+//! Record: after a pass, a fresh plan over the world as it now is gives the metrics,
+//! the next renewal and whether everything converged. Turning a plan and an
+//! observation into metric values is `plan::report`'s pure function; this only hands
+//! them over.
+
+use time::OffsetDateTime;
+
+use super::{PassReport, Runtime};
+use crate::plan;
+
+impl Runtime {
+    /// Counts a pass's failures by stage.
+    pub(super) fn finish(&self, report: PassReport) -> PassReport {
+        for f in &report.failures {
+            self.metrics.reconcile_error(f.stage.as_str());
+        }
+        report
+    }
+
+    /// Records the state after a pass: a fresh observation and plan give the metrics,
+    /// the next renewal, and whether everything converged.
+    pub async fn record(&self, report: &mut PassReport) {
+        let now = OffsetDateTime::now_utc();
+        let mut ignored = Vec::new();
+        // After a failed pass the zones are not read again: it would only repeat the
+        // failure (a refused key, a dead server) without changing the outcome.
+        let observed = match report.unchanged.take() {
+            Some(observed) => observed,
+            None => match self.observe(&mut ignored, report.failures.is_empty()).await {
+                Ok((observed, _)) => observed,
+                Err(_) => return,
+            },
+        };
+        let after = plan::plan(&self.config.file, &observed, now, self.seed);
+        report.next_renewal = after.next_renewal;
+        // Conflicts and zones that could not be planned leave something not as configured.
+        report.converged = report.failures.is_empty()
+            && after.is_noop()
+            && after.conflicts.is_empty()
+            && after.zones.iter().all(|z| z.unavailable.is_none());
+        let states = plan::report::certificate_states(&self.config.file, &after, &observed, now, self.seed);
+        let addresses: Vec<String> = observed
+            .address
+            .iter()
+            .flat_map(|a| a.addresses().iter().map(|x| x.to_string()))
+            .collect();
+        self.metrics.record_state(&states, &addresses);
+    }
+}
