@@ -10,8 +10,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use support::bind::Bind;
@@ -22,23 +21,6 @@ use tlsward::dns::registry::diff;
 const ZONE: &str = "bench.example";
 const CHANGES: usize = 1000;
 const LATENCY_SAMPLES: usize = 50;
-
-fn nsupdate(bind: &Bind, lines: &str) {
-    let mut child = Command::new("nsupdate")
-        .arg("-k")
-        .arg(&bind.key_file)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    write!(
-        child.stdin.as_mut().unwrap(),
-        "server 127.0.0.1 {}\n{lines}send\n",
-        bind.port
-    )
-    .unwrap();
-    drop(child.stdin.take());
-    assert!(child.wait().unwrap().success());
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -78,7 +60,7 @@ fn main() {
 
     let t = Instant::now();
     for i in 0..CHANGES {
-        nsupdate(&bind, &format!("update add n{i}.{ZONE} 60 IN A 203.0.113.10\n"));
+        bind.nsupdate(&format!("update add n{i}.{ZONE} 60 IN A 203.0.113.10\n"));
     }
     let theirs = t.elapsed().as_secs_f64();
     println!(
@@ -119,10 +101,9 @@ fn main() {
     for i in 0..LATENCY_SAMPLES {
         let ip = format!("198.51.100.{}", i + 1);
         let start = Instant::now();
-        nsupdate(
-            &bind,
-            &format!("update delete base.{ZONE} A\nupdate add base.{ZONE} 60 IN A {ip}\n"),
-        );
+        bind.nsupdate(&format!(
+            "update delete base.{ZONE} A\nupdate add base.{ZONE} 60 IN A {ip}\n"
+        ));
         base.push(visible(&bind, &format!("base.{ZONE}"), &ip, start));
     }
     ours.sort_by(|a, b| a.partial_cmp(b).unwrap());

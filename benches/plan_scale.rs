@@ -62,7 +62,7 @@ fn main() {
         let host = format!("site-{i}.bench.example");
         observed.credentials.insert(
             site.clone(),
-            ObservedCredential {
+            std::sync::Arc::new(ObservedCredential {
                 site: site.clone(),
                 issuer: "internal".into(),
                 server: CertificateFacts {
@@ -78,7 +78,7 @@ fn main() {
                 client_ca_not_after: None,
                 clients: vec![],
                 format: Default::default(),
-            },
+            }),
         );
         records.push(RecordSet::new(
             host.clone(),

@@ -111,13 +111,22 @@ pub fn from_spec(spec: &AddressSpec) -> Result<Box<dyn AddressSource>, AddressEr
 pub struct ServiceAddress {
     api: kube::Api<k8s_openapi::api::core::v1::Service>,
     name: String,
+    /// The address as the Service watch last saw it (read without a request).
+    watched: Option<tokio::sync::watch::Receiver<Option<GatewayAddress>>>,
 }
 
 impl ServiceAddress {
-    pub fn new(client: kube::Client, namespace: &str, name: &str) -> Self {
+    /// `watched`: the value `watch_service` keeps; until it has one, the Service is read.
+    pub fn new(
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+        watched: Option<tokio::sync::watch::Receiver<Option<GatewayAddress>>>,
+    ) -> Self {
         ServiceAddress {
             api: kube::Api::namespaced(client, namespace),
             name: name.to_string(),
+            watched,
         }
     }
 }
@@ -146,6 +155,9 @@ pub fn service_addresses(service: &k8s_openapi::api::core::v1::Service) -> Gatew
 #[async_trait]
 impl AddressSource for ServiceAddress {
     async fn current(&self) -> Result<GatewayAddress, AddressError> {
+        if let Some(seen) = self.watched.as_ref().and_then(|w| w.borrow().clone()) {
+            return Ok(seen);
+        }
         let service = self.api.get(&self.name).await.map_err(|e| AddressError::Service {
             service: self.name.clone(),
             detail: e.to_string(),
@@ -154,22 +166,30 @@ impl AddressSource for ServiceAddress {
     }
 }
 
-/// Watches the gateway Service and bumps `changes` whenever its load balancer
-/// addresses change: DNS follows without waiting for a timer.
+/// Watches the gateway Service and publishes its load balancer addresses in `changes`
+/// whenever they change: DNS follows without waiting for a timer, and a pass reads the
+/// address from memory.
 pub async fn watch_service(
     client: kube::Client,
     namespace: String,
     name: String,
-    changes: tokio::sync::watch::Sender<u64>,
+    changes: tokio::sync::watch::Sender<Option<GatewayAddress>>,
 ) {
     use futures::StreamExt;
     use kube::runtime::watcher;
     let api: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::namespaced(client, &namespace);
     let mut last: Option<GatewayAddress> = None;
-    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = watcher(api, config).boxed();
     while let Some(event) = stream.next().await {
         let service = match event {
             Ok(watcher::Event::Apply(s)) | Ok(watcher::Event::InitApply(s)) => s,
+            Ok(watcher::Event::Delete(_)) => {
+                // Gone: a pass reads the Service again (and reports it missing).
+                last = None;
+                changes.send_replace(None);
+                continue;
+            }
             Ok(_) => continue,
             Err(e) => {
                 tracing::warn!(service = %name, error = %e, "watching the gateway Service failed; retrying");
@@ -185,8 +205,8 @@ pub async fn watch_service(
             if last.is_some() {
                 tracing::info!(service = %name, address = ?now.addresses().iter().map(|a| a.to_string()).collect::<Vec<_>>(), "load balancer address changed");
             }
-            last = Some(now);
-            changes.send_modify(|n| *n += 1);
+            last = Some(now.clone());
+            changes.send_replace(Some(now));
         }
     }
 }

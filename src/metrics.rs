@@ -25,6 +25,7 @@ pub const LEADER: &str = "tlsward_leader";
 pub const CONFIG_RELOADS: &str = "tlsward_config_reloads";
 pub const BUILD_INFO: &str = "tlsward_build_info";
 pub const RECONCILE: &str = "tlsward_reconcile";
+pub const RECONCILE_DURATION: &str = "tlsward_reconcile_duration_seconds";
 
 /// Outcomes of looking at the config file again, as `tlsward_config_reloads_total{result}`
 /// names them: `applied`, `invalid` (kept the running one), `unusable` (valid but its
@@ -39,6 +40,7 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 }
 
 /// One site's certificates, as the record step computes them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CertificateState {
     pub site: String,
     pub issuer: String,
@@ -72,6 +74,11 @@ pub struct Metrics {
     leader: Gauge,
     config_reloads: Family<Labels, Counter>,
     reconciles: Family<Labels, Counter>,
+    reconcile_duration: Histogram,
+    /// What `record_state` last set (a keyed digest of the certificates, and the
+    /// addresses): the same state again changes no series.
+    recorded: Mutex<(u64, Vec<String>)>,
+    digest_key: std::collections::hash_map::RandomState,
 }
 
 impl Default for Metrics {
@@ -95,6 +102,9 @@ impl Metrics {
             leader: Gauge::default(),
             config_reloads: Family::default(),
             reconciles: Family::default(),
+            reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            recorded: Mutex::default(),
+            digest_key: Default::default(),
             registry: Registry::default(),
             lock: Mutex::new(()),
         };
@@ -149,6 +159,11 @@ impl Metrics {
             m.config_reloads.clone(),
         );
         registry.register(RECONCILE, "Passes run, by what woke the daemon", m.reconciles.clone());
+        registry.register(
+            RECONCILE_DURATION,
+            "Time one pass takes: observe, plan, apply and record",
+            m.reconcile_duration.clone(),
+        );
         for reason in crate::daemon::WakeReason::ALL {
             let _ = m.reconciles.get_or_create(&labels(&[("reason", reason.as_str())]));
         }
@@ -197,6 +212,10 @@ impl Metrics {
     }
 
     /// Counts a pass by why it ran.
+    pub fn reconciled_in(&self, seconds: f64) {
+        self.reconcile_duration.observe(seconds);
+    }
+
     pub fn reconcile(&self, reason: &str) {
         self.reconciles.get_or_create(&labels(&[("reason", reason)])).inc();
     }
@@ -208,10 +227,23 @@ impl Metrics {
     /// Replaces the certificate and address gauges with the state after a pass.
     pub fn record_state(&self, certificates: &[CertificateState], addresses: &[String]) {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        if recorded.1 != addresses {
+            self.address.clear();
+            for a in addresses {
+                self.address.get_or_create(&labels(&[("address", a)])).set(1);
+            }
+            recorded.1 = addresses.to_vec();
+        }
+        // The same certificates again change no series (10,000 sites: a no-op pass).
+        let digest = std::hash::BuildHasher::hash_one(&self.digest_key, certificates);
+        if recorded.0 == digest && digest != 0 {
+            return;
+        }
+        recorded.0 = digest;
         self.expiration.clear();
         self.renewal.clear();
         self.ready.clear();
-        self.address.clear();
         for c in certificates {
             let site = labels(&[("site", &c.site), ("issuer", &c.issuer)]);
             self.ready.get_or_create(&site).set(i64::from(c.ready));
@@ -257,9 +289,6 @@ impl Metrics {
                     self.renewal.get_or_create(&series).set(*at as f64);
                 }
             }
-        }
-        for a in addresses {
-            self.address.get_or_create(&labels(&[("address", a)])).set(1);
         }
     }
 

@@ -160,15 +160,26 @@ fn dns01_issues_a_wildcard_and_removes_its_challenge_records() {
 fn a_badnonce_storm_converges() {
     let s = setup(&[("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_WFE_NONCEREJECT", "60")]);
     s.w.write_config(&s.config("{http01: {}}", "shop.foocorp.example"));
-    // With 60% of nonces rejected a pass may still fail; the next ones converge.
+    // With 60% of nonces rejected a pass may still fail (each request of an order may be
+    // refused; an order is tried 4 times); the next ones converge.
     let mut converged = false;
-    for _ in 0..5 {
-        if s.run_once().status.success() {
+    let mut errors = Vec::new();
+    for _ in 0..10 {
+        let out = s.run_once();
+        if out.status.success() {
             converged = true;
             break;
         }
+        errors.push(
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" | "),
+        );
     }
-    assert!(converged, "no convergence under a badNonce storm");
+    assert!(converged, "no convergence under a badNonce storm: {errors:#?}");
     s.verify_chain(&["shop.foocorp.example"]);
 }
 

@@ -84,25 +84,6 @@ fn a_dead_server_is_an_error_naming_it_and_the_next_pass_converges() {
     assert_foreign_intact(&BindBackend(&bind, bind.key_file.clone()));
 }
 
-/// Adds a record with BIND's own client, as another tool would.
-fn nsupdate(bind: &Bind, line: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("nsupdate")
-        .arg("-k")
-        .arg(&bind.key_file)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    write!(
-        child.stdin.as_mut().unwrap(),
-        "server 127.0.0.1 {}\n{line}\nsend\n",
-        bind.port
-    )
-    .unwrap();
-    drop(child.stdin.take());
-    assert!(child.wait().unwrap().success());
-}
-
 #[tokio::test]
 async fn a_change_made_after_tlsward_read_the_zone_fails_the_update_and_survives() {
     use tlsward::dns::DnsProvider;
@@ -121,7 +102,7 @@ async fn a_change_made_after_tlsward_read_the_zone_fails_the_update_and_survives
     // Planned while `new` was free; someone takes it before the update lands.
     let current = provider.records().await.unwrap();
     let stale = diff("me", 60, &[want("new.foocorp.example")], &current);
-    nsupdate(&bind, "update add new.foocorp.example 300 IN A 198.51.100.99");
+    bind.nsupdate("update add new.foocorp.example 300 IN A 198.51.100.99\n");
     let err = provider.apply(&stale).await.unwrap_err().to_string();
     assert!(err.contains("the zone changed since tlsward read it"), "{err}");
     assert_eq!(bind.dig("new.foocorp.example", "A"), vec!["198.51.100.99"]);
@@ -137,9 +118,7 @@ async fn a_change_made_after_tlsward_read_the_zone_fails_the_update_and_survives
     let owned = provider.records().await.unwrap();
     let moved = diff("me", 60, &[], &owned);
     assert_eq!(moved.changes.len(), 2, "{:?}", moved.changes);
-    nsupdate(
-        &bind,
-        "update delete _tlsward.shop.foocorp.example TXT\nupdate add _tlsward.shop.foocorp.example 60 IN TXT \"heritage=tlsward,tlsward/owner=someone-else\"",
+    bind.nsupdate("update delete _tlsward.shop.foocorp.example TXT\nupdate add _tlsward.shop.foocorp.example 60 IN TXT \"heritage=tlsward,tlsward/owner=someone-else\"\n",
     );
     let err = provider.apply(&moved).await.unwrap_err().to_string();
     assert!(err.contains("the zone changed since tlsward read it"), "{err}");

@@ -489,3 +489,69 @@ fn kubectl_apply_works_with_validation_on() {
     let (code, out) = kubectl_stdin(&emu, &["apply", "--server-side", "-f", "-"], &gateway);
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn kubectl_lists_in_pages_and_sees_every_object_once() {
+    let emu = Running::start();
+    for i in 0..7 {
+        let (code, out) = kubectl_stdin(&emu, &["create", "-f", "-"], &secret_yaml(&format!("s{i}"), "YQ=="));
+        assert_eq!(code, 0, "{out}");
+    }
+    // `--chunk-size` makes kubectl follow `continue` tokens, two objects per page.
+    let out = emu
+        .kubectl(&["get", "secrets", "-n", "default", "--chunk-size=2", "-o", "name"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let expected: Vec<String> = (0..7).map(|i| format!("secret/s{i}")).collect();
+    assert_eq!(names, expected);
+    let pages = emu
+        .emulator
+        .reads()
+        .iter()
+        .filter(|r| r.verb == "list" && r.resource == "secrets")
+        .count();
+    assert_eq!(pages, 4, "7 objects in pages of 2");
+}
+
+#[test]
+fn an_object_over_etcds_limit_and_a_body_over_3_mib_are_refused() {
+    let emu = Running::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let api: Api<Secret> = Api::namespaced(emu.client().await, "default");
+        let sized = |bytes: usize| -> Secret {
+            serde_json::from_value(json!({
+                "metadata": {"name": "big", "namespace": "default"},
+                "stringData": {"k": "a".repeat(bytes)},
+            }))
+            .unwrap()
+        };
+        // Stored as base64: 1.2 MB of text is 1.6 MB in the object, over etcd's 1.5 MiB.
+        let err = api
+            .create(&PostParams::default(), &sized(1_200_000))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(&err, kube::Error::Api(s) if s.code == 500 && s.message.contains("request is too large")),
+            "{}",
+            err.to_string().chars().take(300).collect::<String>()
+        );
+        let err = api
+            .create(&PostParams::default(), &sized(3_200_000))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(&err, kube::Error::Api(s) if s.code == 413),
+            "{}",
+            err.to_string().chars().take(300).collect::<String>()
+        );
+        api.create(&PostParams::default(), &sized(1_000_000)).await.unwrap();
+    });
+}

@@ -208,28 +208,8 @@ fn removing_a_site_deletes_only_what_tlsward_owns() {
     assert!(last_gateway < secret_deleted);
 }
 
-/// Creates the gateway Service, or sets its load balancer status, through the kube API.
 fn set_load_balancer(emu: &Running, ingress: Value) {
-    use k8s_openapi::api::core::v1::Service;
-    use kube::api::{Api, PostParams};
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let api: Api<Service> = Api::namespaced(emu.client().await, NS);
-        let svc: Service = serde_json::from_value(json!({
-            "metadata": {"name": "istio-ingressgateway", "namespace": NS},
-            "spec": {"type": "LoadBalancer", "ports": [{"name": "https", "port": 443}]},
-        }))
-        .unwrap();
-        let current = match api.get_opt("istio-ingressgateway").await.unwrap() {
-            Some(s) => s,
-            None => api.create(&PostParams::default(), &svc).await.unwrap(),
-        };
-        let mut with_status = current.clone();
-        with_status.status = Some(serde_json::from_value(json!({"loadBalancer": {"ingress": ingress}})).unwrap());
-        api.replace_status("istio-ingressgateway", &PostParams::default(), &with_status)
-            .await
-            .unwrap();
-    });
+    emu.set_load_balancer(NS, ingress);
 }
 
 #[test]
@@ -269,6 +249,15 @@ fn the_load_balancer_is_followed_by_its_watch_without_a_timer() {
     });
 
     // The next renewal is weeks away: only the Service watch can bring these.
+    let passes = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with("tlsward_reconcile_duration_seconds_count"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = http_get(port, "/metrics").map(|(_, m)| passes(&m)).unwrap_or(0);
+    let reads_before = emu.emulator.reads().len();
     let t = std::time::Instant::now();
     set_load_balancer(&emu, json!([{"ip": "203.0.113.20"}, {"ip": "203.0.113.21"}]));
     wait_for(timeout, "the new A records", || {
@@ -279,6 +268,19 @@ fn the_load_balancer_is_followed_by_its_watch_without_a_timer() {
         "took {:?}",
         t.elapsed()
     );
+    wait_for(timeout, "the pass to be recorded", || {
+        http_get(port, "/metrics")
+            .filter(|(_, m)| passes(m) > before)
+            .map(|_| ())
+    });
+    // That pass read the world from its watches: no Service, credential Secret, Gateway
+    // or VirtualService was read again (only tlsward's own CA state, by name).
+    let reads: Vec<String> = emu.emulator.reads()[reads_before..]
+        .iter()
+        .filter(|r| r.verb != "watch" && !r.name.starts_with("tlsward-state-"))
+        .map(|r| format!("{} {}/{}", r.verb, r.resource, r.name))
+        .collect();
+    assert!(reads.is_empty(), "the pass read again: {reads:?}");
 
     set_load_balancer(&emu, json!([{"hostname": "lb-1.elb.example.net"}]));
     wait_for(timeout, "the CNAME", || {
@@ -608,4 +610,67 @@ fn a_secret_the_live_gateway_still_names_is_never_deleted() {
             "the Gateway names a missing {name}"
         );
     }
+}
+
+#[test]
+fn a_reload_keeps_the_watches_and_another_service_to_follow_starts_new_ones() {
+    let emu = Running::start();
+    set_load_balancer(&emu, json!([{"ip": "203.0.113.10"}]));
+    let w = Workdir::new();
+    w.write_config(&config(false));
+    let port = free_port();
+    let mut daemon = w
+        .daemon(port, &[])
+        .env("KUBECONFIG", emu.kubeconfig.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let timeout = std::time::Duration::from_secs(20);
+    let reloads = |result: &str| {
+        http_get(port, "/metrics")
+            .and_then(|(_, m)| {
+                let prefix = format!("tlsward_config_reloads_total{{result=\"{result}\"}} ");
+                m.lines().find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            })
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    wait_for(timeout, "the first pass", || {
+        secret(&emu, "frontend-credential").map(|_| ())
+    });
+    wait_for(timeout, "/readyz", || {
+        http_get(port, "/readyz").filter(|(s, _)| *s == 200)
+    });
+    let listed = |from: usize| -> Vec<String> {
+        emu.emulator.reads()[from..]
+            .iter()
+            .filter(|r| r.verb != "get")
+            .map(|r| format!("{} {}/{}", r.verb, r.resource, r.namespace))
+            .collect()
+    };
+    // A new site: the same namespaces, owner and Service, so the same watches.
+    let before = emu.emulator.reads().len();
+    w.write_config(&config(true));
+    wait_for(timeout, "the reload", || (reloads("applied") >= 1).then_some(()));
+    wait_for(timeout, "the new site's credential", || {
+        secret(&emu, "inventory-credential").map(|_| ())
+    });
+    let again = listed(before);
+    assert!(again.is_empty(), "the reload listed or watched again: {again:?}");
+    // Another Service to follow: the cluster wiring is rebuilt, its watches start anew.
+    let before = emu.emulator.reads().len();
+    w.write_config(&config(true).replace(
+        "gateway: {namespace: istio-system}",
+        "gateway: {namespace: istio-system, service: other-gateway}",
+    ));
+    wait_for(timeout, "the second reload", || (reloads("applied") >= 2).then_some(()));
+    wait_for(timeout, "the new watches", || {
+        listed(before)
+            .iter()
+            .any(|r| r.starts_with("list secrets"))
+            .then_some(())
+    });
+    let _ = daemon.kill();
+    let _ = daemon.wait();
 }

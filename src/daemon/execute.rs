@@ -151,6 +151,7 @@ impl Runtime {
             let Some(provider) = self.providers.get(&zone.provider) else {
                 continue;
             };
+            let started = Instant::now();
             let result: Result<(), DnsError> = provider.apply(&zone.diff).await;
             self.health.progressed();
             let outcome = if result.is_ok() { "success" } else { "failure" };
@@ -159,7 +160,7 @@ impl Runtime {
             match result {
                 Ok(()) => {
                     report.dns_changes += zone.diff.changes.len();
-                    tracing::info!(provider = %zone.provider, changes = zone.diff.changes.len(), "dns updated");
+                    tracing::info!(provider = %zone.provider, changes = zone.diff.changes.len(), took_ms = started.elapsed().as_millis() as u64, "dns updated");
                 }
                 Err(e) => report.failures.push(Failure::new(
                     Stage::Dns,
@@ -171,19 +172,8 @@ impl Runtime {
 
         // In a cluster, HTTP-01 challenges are answered through the Gateway: route them
         // before the orders start (the final objects below take the routes away again).
-        let usable_now = |site: &str| {
-            observed
-                .credentials
-                .get(site)
-                .is_some_and(|o| o.key_matches && now < o.server.not_after)
-        };
-        // A usable credential keeps serving until (and unless) its renewal lands.
-        let mut ready: BTreeSet<String> = plan
-            .credentials
-            .iter()
-            .filter(|c| c.blocked.is_none() && usable_now(&c.site))
-            .map(|c| c.site.clone())
-            .collect();
+        // A serving credential keeps serving until (and unless) its renewal lands.
+        let mut ready = plan.serving();
         let mut owned_now: Vec<String> = observed.owned_objects.clone();
         if !plan.challenge_routes.is_empty() {
             let routed = crate::render::objects_iter(&self.config.file, &ready, &plan.challenge_routes);
@@ -210,6 +200,19 @@ impl Runtime {
             }
         }
         let issuers = &issuers;
+        let stored = if due.is_empty() {
+            Arc::default()
+        } else {
+            match self.stored(stored).await {
+                Ok(stored) => stored,
+                Err(e) => {
+                    report
+                        .failures
+                        .push(Failure::new(Stage::Observe, "store", e.to_string()));
+                    return self.finish(report);
+                }
+            }
+        };
         let stored = &stored;
         let results: Vec<(&CredentialPlan, Option<Result<(), Failure>>)> = futures::stream::iter(due)
             .map(|c| async move {
@@ -252,19 +255,32 @@ impl Runtime {
             return self.finish(report);
         }
         // Objects after credentials: a Gateway server never names a missing credential.
-        let no_challenges = BTreeMap::new();
-        let last = crate::render::objects_iter(&self.config.file, &ready, &no_challenges);
-        wrote |= self.apply_objects(last, &mut report, &mut owned_now).await;
-        // What tlsward owned when the pass began (or routed for a challenge since), and no
-        // longer wants.
-        owned_now.sort();
-        owned_now.dedup();
-        let wanted = crate::render::object_keys(&self.config.file, &ready, &BTreeSet::new());
-        for key in crate::render::unwanted(&wanted, &owned_now) {
-            wrote = true;
-            if let Err(e) = self.store.delete_object(&key).await {
-                report.failures.push(Failure::new(Stage::Objects, key, e.to_string()));
+        // When neither the inputs (config, ready sites) nor the watched objects changed
+        // since a pass that left every object as wanted, there is nothing to compare.
+        let inputs = self.memory.objects_inputs(self.generation, &ready);
+        let settled = self.store.objects_generation().map(|g| (inputs, g));
+        let unchanged =
+            settled.is_some() && *self.memory.objects_settled.lock().unwrap_or_else(|e| e.into_inner()) == settled;
+        if !unchanged {
+            let failures_before = report.failures.len();
+            let no_challenges = BTreeMap::new();
+            let last = crate::render::objects_iter(&self.config.file, &ready, &no_challenges);
+            wrote |= self.apply_objects(last, &mut report, &mut owned_now).await;
+            // What tlsward owned when the pass began (or routed for a challenge since), and
+            // no longer wants.
+            owned_now.sort();
+            owned_now.dedup();
+            let wanted = crate::render::object_keys(&self.config.file, &ready, &BTreeSet::new());
+            for key in crate::render::unwanted(&wanted, &owned_now) {
+                wrote = true;
+                if let Err(e) = self.store.delete_object(&key).await {
+                    report.failures.push(Failure::new(Stage::Objects, key, e.to_string()));
+                }
             }
+            let now_settled = (report.failures.len() == failures_before)
+                .then(|| self.store.objects_generation().map(|g| (inputs, g)))
+                .flatten();
+            *self.memory.objects_settled.lock().unwrap_or_else(|e| e.into_inner()) = now_settled;
         }
         if cancel.is_cancelled() {
             return self.finish(report);
@@ -273,18 +289,22 @@ impl Runtime {
         // read back: an apply that failed (another manager holds spec.servers) leaves
         // the live Gateway naming them still.
         let named = if plan.removed_credentials.is_empty() {
-            BTreeSet::new()
+            BTreeMap::new()
         } else {
-            match self
-                .store
-                .credentials_named_by_gateway(&self.config.file.gateway.name)
-                .await
-            {
+            // Every Gateway tlsward had or wants (a shard may have just been emptied).
+            let gateways: BTreeSet<String> = owned_now
+                .iter()
+                .chain(&plan.objects)
+                .filter_map(|k| k.strip_prefix("gateway/"))
+                .map(str::to_string)
+                .collect();
+            let gateways: Vec<String> = gateways.into_iter().collect();
+            match self.store.credentials_named_by_gateways(&gateways).await {
                 Ok(named) => named,
                 Err(e) => {
                     report.failures.push(Failure::new(
                         Stage::Store,
-                        format!("Gateway {}", self.config.file.gateway.name),
+                        format!("Gateways {}", gateways.join(", ")),
                         format!("credentials of removed sites kept: cannot read the live Gateway: {e}"),
                     ));
                     return self.finish(report);
@@ -293,13 +313,12 @@ impl Runtime {
         };
         for site in &plan.removed_credentials {
             let secret = crate::model::names::credential_secret(site);
-            if named.contains(&secret) {
+            if let Some(gateway) = named.get(&secret) {
                 report.failures.push(Failure::new(
                     Stage::Store,
                     format!("site {site}"),
                     format!(
-                        "the credential of a removed site is kept: the live Gateway {} still names {secret}",
-                        self.config.file.gateway.name
+                        "the credential of a removed site is kept: the live Gateway {gateway} still names {secret}"
                     ),
                 ));
                 continue;
@@ -313,7 +332,7 @@ impl Runtime {
         }
         wrote |= report.dns_changes > 0 || !report.issued.is_empty() || !plan.removed_credentials.is_empty();
         if !wrote {
-            report.unchanged = Some(observed);
+            report.unchanged = Some((observed, plan));
         }
         self.finish(report)
     }

@@ -115,6 +115,7 @@ pub struct PassReport {
     pub converged: bool,
     /// Conflicts that left something untouched (not failures, but reported).
     pub conflicts: Vec<String>,
-    /// The pass's own observation, when it wrote nothing: still the world as it is.
-    pub unchanged: Option<Observed>,
+    /// The pass's own observation and plan, when it wrote nothing: still the world as
+    /// it is, and what to do about it.
+    pub unchanged: Option<(Observed, crate::plan::Plan)>,
 }

@@ -3,9 +3,11 @@
 //! and never decides.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use time::OffsetDateTime;
 
+use super::wiring::SeenCredentials;
 use super::{Failure, Runtime, Stage};
 use crate::config::{IssuerSpec, TlsMode};
 use crate::issuer::acme::{AcmeIssuer, Solver};
@@ -20,26 +22,99 @@ impl Runtime {
         &self,
         failures: &mut Vec<Failure>,
         with_dns: bool,
-    ) -> Result<(Observed, StoredCredentials), StoreError> {
+    ) -> Result<(Observed, Option<Arc<StoredCredentials>>), StoreError> {
         let file = &self.config.file;
         let sites: Vec<String> = file.sites.iter().map(|s| s.name.clone()).collect();
-        let stored = self.store.credentials(&sites).await?;
-        let mut observed = Observed {
-            foreign_credentials: stored.foreign.clone(),
-            unreadable_credentials: stored.unreadable.clone(),
+        // Read before the credentials: a change while they are read is seen next time.
+        let generation = self.store.credentials_generation();
+        let seen = generation.and_then(|g| {
+            let seen = self.memory.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.as_ref()
+                .filter(|s| s.generation == g && s.sites == sites)
+                .map(|s| (s.foreign.clone(), s.unreadable.clone()))
+        });
+        if let Some((foreign, unreadable)) = seen {
+            // The watched Secrets did not change: what was observed of them still holds,
+            // and their bundles are read only if the pass needs them.
+            let credentials = (self.memory.parsed.lock().unwrap_or_else(|e| e.into_inner()))
+                .iter()
+                .map(|(site, (_, c))| (site.clone(), c.clone()))
+                .collect();
+            let observed = Observed {
+                foreign_credentials: foreign,
+                unreadable_credentials: unreadable,
+                credentials,
+                owned_objects: self.store.owned_objects().await?,
+                ..Observed::default()
+            };
+            return self.observe_the_rest(observed, None, failures, with_dns).await;
+        }
+        // One credential at a time, each observed and dropped; one unchanged since the
+        // last pass is not parsed again.
+        let mut parsed = std::mem::take(&mut *self.memory.parsed.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut now_parsed = BTreeMap::new();
+        let mut credentials = BTreeMap::new();
+        let mut unreadable = BTreeMap::new();
+        let mut observe_one = |bundle: CredentialBundle| {
+            let digest = self.memory.digest(&bundle);
+            let known = parsed
+                .remove(&bundle.site)
+                .filter(|(d, _)| *d == digest)
+                .map(|(_, c)| c);
+            match known.map(Ok).unwrap_or_else(|| bundle.observe().map(Arc::new)) {
+                Ok(c) => {
+                    credentials.insert(bundle.site.clone(), c.clone());
+                    now_parsed.insert(bundle.site, (digest, c));
+                }
+                Err(e) => {
+                    unreadable.insert(bundle.site, e.to_string());
+                }
+            }
+        };
+        let summary = self.store.credentials_each(&sites, &mut observe_one).await?;
+        *self.memory.parsed.lock().unwrap_or_else(|e| e.into_inner()) = now_parsed;
+        unreadable.extend(summary.unreadable);
+        let observed = Observed {
+            foreign_credentials: summary.foreign,
+            unreadable_credentials: unreadable,
+            credentials,
             owned_objects: self.store.owned_objects().await?,
             ..Observed::default()
         };
-        for (site, bundle) in &stored.owned {
-            match bundle.observe() {
-                Ok(c) => {
-                    observed.credentials.insert(site.clone(), c);
-                }
-                Err(e) => {
-                    observed.unreadable_credentials.insert(site.clone(), e.to_string());
-                }
+        if let Some(generation) = generation {
+            *self.memory.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(SeenCredentials {
+                generation,
+                sites,
+                foreign: observed.foreign_credentials.clone(),
+                unreadable: observed.unreadable_credentials.clone(),
+            });
+        }
+        self.observe_the_rest(observed, None, failures, with_dns).await
+    }
+
+    /// The stored bundles: those `observe` read, else read now.
+    pub(super) async fn stored(
+        &self,
+        read: Option<Arc<StoredCredentials>>,
+    ) -> Result<Arc<StoredCredentials>, StoreError> {
+        match read {
+            Some(stored) => Ok(stored),
+            None => {
+                let sites: Vec<String> = self.config.file.sites.iter().map(|s| s.name.clone()).collect();
+                Ok(Arc::new(self.store.credentials(&sites).await?))
             }
         }
+    }
+
+    /// CA state, the address, the zones and the renewal windows.
+    async fn observe_the_rest(
+        &self,
+        mut observed: Observed,
+        mut stored: Option<Arc<StoredCredentials>>,
+        failures: &mut Vec<Failure>,
+        with_dns: bool,
+    ) -> Result<(Observed, Option<Arc<StoredCredentials>>), StoreError> {
+        let file = &self.config.file;
         for (name, spec) in &file.issuers {
             if let IssuerSpec::Ca(_) = spec
                 && let Some(fp) = CaIssuer::stored_signer_fingerprint(name, self.store.as_ref()).await?
@@ -69,14 +144,19 @@ impl Runtime {
             }
         }
         for (name, provider) in self.providers.iter().filter(|_| with_dns) {
+            let started = std::time::Instant::now();
             let records = provider.records().await.map_err(|e| e.to_string());
+            tracing::debug!(provider = %name, took_ms = started.elapsed().as_millis() as u64, "zone read");
             if let Err(e) = &records {
                 failures.push(Failure::new(Stage::Dns, format!("dns provider {name}"), e.clone()));
             }
             observed.zones.insert(name.clone(), records);
         }
-        if with_dns {
-            observed.renewal_windows = self.renewal_windows(&stored).await;
+        let asks_ari = file.issuers.values().any(|i| i.acme().is_some());
+        if with_dns && asks_ari {
+            let bundles = self.stored(stored.take()).await?;
+            observed.renewal_windows = self.renewal_windows(&bundles).await;
+            stored = Some(bundles);
         }
         Ok((observed, stored))
     }

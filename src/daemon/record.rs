@@ -24,14 +24,16 @@ impl Runtime {
         let mut ignored = Vec::new();
         // After a failed pass the zones are not read again: it would only repeat the
         // failure (a refused key, a dead server) without changing the outcome.
-        let observed = match report.unchanged.take() {
-            Some(observed) => observed,
+        let (observed, after) = match report.unchanged.take() {
+            Some(unchanged) => unchanged,
             None => match self.observe(&mut ignored, report.failures.is_empty()).await {
-                Ok((observed, _)) => observed,
+                Ok((observed, _)) => {
+                    let after = plan::plan(&self.config.file, &observed, now, self.seed);
+                    (observed, after)
+                }
                 Err(_) => return,
             },
         };
-        let after = plan::plan(&self.config.file, &observed, now, self.seed);
         report.next_renewal = after.next_renewal;
         // Conflicts and zones that could not be planned leave something not as configured.
         report.converged = report.failures.is_empty()

@@ -104,20 +104,20 @@ pub async fn run(
         None => None,
     };
     let memory = Arc::new(Memory::default());
-    let mut runtime = Runtime::new(config, metrics.clone(), http01.clone())
+    let mut runtime = Runtime::build(config, metrics.clone(), http01.clone(), memory.clone(), true)
         .await?
-        .watched_by(health.clone())
-        .remembering(memory.clone());
+        .watched_by(health.clone());
     let mut failures_in_row = 0u32;
     let mut config_text = std::fs::read_to_string(&runtime.config.path).unwrap_or_default();
     let mut reason = WakeReason::Start;
     // Subscribed across passes, so a change during a pass still wakes the next one.
-    let mut address_changed = runtime.address_changes.subscribe();
+    let mut address_changed = runtime.address_changes.clone();
     loop {
         let is_leader = leading.as_ref().is_none_or(|l| *l.borrow());
         metrics.set_leader(is_leader);
         metrics.reconcile(reason.as_str());
         health.pass_started(runtime.config.file.deadlines.pass.to_std());
+        let started = std::time::Instant::now();
         let mut report = if is_leader {
             // Writes stop at once when the lease is lost, as on shutdown.
             let token = shutdown.child_token();
@@ -142,6 +142,8 @@ pub async fn run(
             PassReport::default()
         };
         runtime.record(&mut report).await;
+        let took = started.elapsed();
+        metrics.reconciled_in(took.as_secs_f64());
         health.pass_finished();
         health.ready.store(true, Ordering::Relaxed);
         if shutdown.is_cancelled() {
@@ -182,6 +184,7 @@ pub async fn run(
             dns_changes = report.dns_changes,
             failures = report.failures.len(),
             converged = report.converged,
+            took_ms = took.as_millis() as u64,
             next_pass_in_s = wait.as_secs(),
             reason = reason.as_str(),
             next_reason = timer.as_str(),
@@ -213,7 +216,7 @@ pub async fn run(
                     }
                     config_text = text;
                     match Config::load(&runtime.config.path) {
-                        Ok(new) => match Runtime::new(new, metrics.clone(), http01.clone()).await {
+                        Ok(new) => match Runtime::build(new, metrics.clone(), http01.clone(), memory.clone(), true).await {
                             Ok(r) => {
                                 // The first HTTP-01 issuer needs the answer endpoint.
                                 if r.config.file.uses_http01()
@@ -223,9 +226,10 @@ pub async fn run(
                                 }
                                 tracing::info!(config = %runtime.config.path.display(), "config changed: reloaded");
                                 metrics.config_reload("applied");
-                                runtime = r.watched_by(health.clone()).remembering(memory.clone());
+                                runtime = r.watched_by(health.clone());
                                 reason = WakeReason::ConfigChanged;
-                                address_changed = runtime.address_changes.subscribe();
+                                address_changed = runtime.address_changes.clone();
+                                address_changed.mark_unchanged();
                                 break;
                             }
                             Err(e) => {

@@ -33,6 +33,151 @@ pub struct Memory {
     pub(super) ari: std::sync::Mutex<BTreeMap<String, (OffsetDateTime, OffsetDateTime, OffsetDateTime)>>,
     /// ACME issuers whose directory offers no renewal information.
     pub(super) ari_unsupported: std::sync::Mutex<BTreeSet<String>>,
+    /// The cluster wiring and its watches, reused by the next config while it names the
+    /// same namespaces, owner and Service.
+    cluster: std::sync::Mutex<Option<Arc<Cluster>>>,
+    /// Observations of stored credentials, by site, with a digest of what they were made
+    /// from: a credential unchanged since the last pass is not parsed again.
+    pub(super) parsed: std::sync::Mutex<BTreeMap<String, (u64, Arc<crate::model::ObservedCredential>)>>,
+    hash_key: std::collections::hash_map::RandomState,
+    /// The stored credentials as last read and observed, reused while the watched
+    /// Secrets keep their generation.
+    pub(super) seen: std::sync::Mutex<Option<SeenCredentials>>,
+    /// The inputs and the watched objects' generation after the last pass that left
+    /// every object as wanted.
+    pub(super) objects_settled: std::sync::Mutex<Option<(u64, u64)>>,
+}
+
+/// The stored credentials of one generation of the watched Secrets, and what was
+/// observed of them.
+pub(super) struct SeenCredentials {
+    pub(super) generation: u64,
+    /// The configured sites they were read for.
+    pub(super) sites: Vec<String>,
+    /// Observed credentials are in `Memory::parsed`.
+    pub(super) foreign: BTreeMap<String, String>,
+    pub(super) unreadable: BTreeMap<String, String>,
+}
+
+/// Distinguishes one runtime (one config) from the next.
+static RUNTIMES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Memory {
+    /// A digest of what the objects are rendered from: the runtime (its config) and the
+    /// ready sites.
+    pub(super) fn objects_inputs(&self, runtime: u64, ready: &BTreeSet<String>) -> u64 {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = self.hash_key.build_hasher();
+        runtime.hash(&mut h);
+        ready.hash(&mut h);
+        h.finish()
+    }
+
+    /// A digest of everything a credential's observation is made from, keyed per process
+    /// (so that nobody who can write a Secret can aim for a collision).
+    pub(super) fn digest(&self, bundle: &crate::store::CredentialBundle) -> u64 {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = self.hash_key.build_hasher();
+        bundle.server.chain_pem.hash(&mut h);
+        bundle.server.key.expose().hash(&mut h);
+        bundle.client_ca_pem.hash(&mut h);
+        for (name, pair) in &bundle.clients {
+            name.hash(&mut h);
+            pair.chain_pem.hash(&mut h);
+            pair.key.expose().hash(&mut h);
+        }
+        bundle.issuer.hash(&mut h);
+        (bundle.format as u8).hash(&mut h);
+        h.finish()
+    }
+}
+
+/// What a cluster wiring is built from: a reload that keeps all of it keeps the watches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ClusterKey {
+    namespace: String,
+    state_namespace: String,
+    owner: String,
+    /// The gateway Service followed (none when `gateway.address` is given).
+    service: Option<String>,
+    http01: bool,
+    deadline: std::time::Duration,
+    /// Whether Secrets and Istio objects are watched (the daemon) or read per pass (`--once`).
+    watch_store: bool,
+}
+
+/// The Kubernetes side of the wiring: the store, and the watches that keep its mirrors,
+/// the gateway address and the shared HTTP-01 answers current. Its tasks stop when the
+/// last runtime using it is gone.
+struct Cluster {
+    key: ClusterKey,
+    client: kube::Client,
+    store: Arc<KubeStore>,
+    /// The load balancer address as the Service watch last saw it.
+    address: tokio::sync::watch::Receiver<Option<crate::model::GatewayAddress>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Cluster {
+    async fn start(key: ClusterKey, http01: &Arc<Http01Challenges>) -> Result<Cluster, SetupError> {
+        // In-cluster config, or $KUBECONFIG, like every kube-rs controller.
+        let cluster = |e: String| SetupError::Unsupported(format!("store.kubernetes: cannot reach the cluster: {e}"));
+        let (client, server) = crate::deadline::kube_client(key.deadline, KubeUse::Requests)
+            .await
+            .map_err(cluster)?;
+        let store = Arc::new(KubeStore::new(
+            client.clone(),
+            &server,
+            &key.namespace,
+            &key.state_namespace,
+            &key.owner,
+        ));
+        let (address_changes, address) = tokio::sync::watch::channel(None);
+        let mut tasks = Vec::new();
+        if key.service.is_some() || key.http01 || key.watch_store {
+            // One client for every watch.
+            let watches = crate::deadline::kube_client(key.deadline, KubeUse::Watches)
+                .await
+                .map_err(cluster)?
+                .0;
+            if let Some(svc) = &key.service {
+                tasks.push(tokio::spawn(address::watch_service(
+                    watches.clone(),
+                    key.namespace.clone(),
+                    svc.clone(),
+                    address_changes,
+                )));
+            }
+            if key.http01 {
+                // The CA may ask any replica behind the solver Service: the leader
+                // publishes its answers, every replica serves what it sees published.
+                tasks.push(tokio::spawn(crate::store::kubernetes::watch_http01_answers(
+                    watches.clone(),
+                    key.state_namespace.clone(),
+                    key.owner.clone(),
+                    http01.clone(),
+                )));
+            }
+            if key.watch_store {
+                tasks.extend(store.watch(watches, key.deadline));
+            }
+        }
+        Ok(Cluster {
+            key,
+            client,
+            store,
+            address,
+            tasks,
+        })
+    }
 }
 
 /// The adapters for one config.
@@ -47,22 +192,16 @@ pub struct Runtime {
     pub http01: Arc<Http01Challenges>,
     /// One DNS-01 challenge update at a time per provider.
     pub(super) dns_locks: BTreeMap<String, Arc<tokio::sync::Mutex<()>>>,
-    /// Bumped by the gateway Service watch when the load balancer's address changes.
-    pub(super) address_changes: tokio::sync::watch::Sender<u64>,
-    /// Watches this runtime started (the gateway Service, the shared HTTP-01 answers).
-    pub(super) watch_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Changes when the gateway Service watch sees a new load balancer address.
+    pub(super) address_changes: tokio::sync::watch::Receiver<Option<crate::model::GatewayAddress>>,
+    /// The cluster wiring this runtime uses (kept in `memory` for the next one).
+    _cluster: Option<Arc<Cluster>>,
     /// What outlives a reload (backoff, ARI answers).
     pub(super) memory: Arc<Memory>,
     /// Told of every step a pass completes (the stuck-pass watchdog).
     pub(super) health: Health,
-}
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        for t in &self.watch_tasks {
-            t.abort();
-        }
-    }
+    /// This runtime among those built (a reload builds a new one).
+    pub(super) generation: u64,
 }
 
 /// Where the HTTP-01 self-check reaches the gateway: its first address, on `port`.
@@ -83,67 +222,67 @@ pub fn seed_for(owner: &str) -> u64 {
 }
 
 impl Runtime {
+    /// The adapters for `config`, reading the world on every pass (`run --once`, `plan`).
     pub async fn new(
         config: Config,
         metrics: Arc<Metrics>,
         http01: Arc<Http01Challenges>,
     ) -> Result<Runtime, SetupError> {
+        Runtime::build(config, metrics, http01, Arc::default(), false).await
+    }
+
+    /// The adapters for `config`, with the state that outlives a reload; `watch_store`:
+    /// keep the stored credentials and objects in memory through watches (the daemon).
+    pub async fn build(
+        config: Config,
+        metrics: Arc<Metrics>,
+        http01: Arc<Http01Challenges>,
+        memory: Arc<Memory>,
+        watch_store: bool,
+    ) -> Result<Runtime, SetupError> {
         let file = &config.file;
-        let (address_changes, _) = tokio::sync::watch::channel(0u64);
-        let mut watch_tasks = Vec::new();
         // Only the Kubernetes wiring below shares answers between replicas.
         http01.set_board(None);
         let mut service_source: Option<Box<dyn AddressSource>> = None;
+        let mut address_changes = tokio::sync::watch::channel(None).1;
+        let mut cluster = None;
         let store: Arc<dyn Store> = match &file.store.files {
             Some(files) => Arc::new(FilesStore::new(PathBuf::from(&files.dir), &file.owner_id)),
             None => {
-                // In-cluster config, or $KUBECONFIG, like every kube-rs controller.
-                let deadline = file.deadlines.request.to_std();
-                let cluster =
-                    |e: String| SetupError::Unsupported(format!("store.kubernetes: cannot reach the cluster: {e}"));
-                let (client, server) = crate::deadline::kube_client(deadline, KubeUse::Requests)
-                    .await
-                    .map_err(cluster)?;
-                let follow_service = file.gateway.address.is_none();
-                // One client for every watch this runtime starts.
-                let watches = if follow_service || file.uses_http01() {
-                    Some(
-                        crate::deadline::kube_client(deadline, KubeUse::Watches)
-                            .await
-                            .map_err(cluster)?
-                            .0,
-                    )
-                } else {
-                    None
+                let key = ClusterKey {
+                    namespace: file.gateway.namespace.clone(),
+                    state_namespace: file.state_namespace().to_string(),
+                    owner: file.owner_id.clone(),
+                    service: file.gateway.address.is_none().then(|| file.gateway.service.clone()),
+                    http01: file.uses_http01(),
+                    deadline: file.deadlines.request.to_std(),
+                    watch_store,
                 };
-                if let (true, Some(watches)) = (follow_service, &watches) {
-                    let (ns, svc) = (file.gateway.namespace.clone(), file.gateway.service.clone());
-                    service_source = Some(Box::new(address::ServiceAddress::new(client.clone(), &ns, &svc)));
-                    watch_tasks.push(tokio::spawn(address::watch_service(
-                        watches.clone(),
-                        ns,
+                let mut kept = memory.cluster.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if kept.as_ref().is_none_or(|c| c.key != key) {
+                    // Dropped here (its watches stop) unless a running runtime still uses it.
+                    kept = Some(Arc::new(Cluster::start(key, &http01).await?));
+                    memory
+                        .cluster
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone_from(&kept);
+                }
+                let c = kept.expect("set above");
+                if let Some(svc) = &c.key.service {
+                    service_source = Some(Box::new(address::ServiceAddress::new(
+                        c.client.clone(),
+                        &c.key.namespace,
                         svc,
-                        address_changes.clone(),
+                        Some(c.address.clone()),
                     )));
+                    address_changes = c.address.clone();
                 }
-                let store = Arc::new(KubeStore::new(
-                    client,
-                    &server,
-                    &file.gateway.namespace,
-                    file.state_namespace(),
-                    &file.owner_id,
-                ));
-                if let (true, Some(watches)) = (file.uses_http01(), watches) {
-                    // The CA may ask any replica behind the solver Service: the leader
-                    // publishes its answers, every replica serves what it sees published.
-                    http01.set_board(Some(store.clone()));
-                    watch_tasks.push(tokio::spawn(crate::store::kubernetes::watch_http01_answers(
-                        watches,
-                        file.state_namespace().to_string(),
-                        file.owner_id.clone(),
-                        http01.clone(),
-                    )));
+                if c.key.http01 {
+                    http01.set_board(Some(c.store.clone()));
                 }
+                let store: Arc<dyn Store> = c.store.clone();
+                cluster = Some(c);
                 store
             }
         };
@@ -176,9 +315,10 @@ impl Runtime {
             http01,
             dns_locks,
             address_changes,
-            watch_tasks,
-            memory: Arc::default(),
+            _cluster: cluster,
+            memory,
             health: Health::default(),
+            generation: RUNTIMES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -191,12 +331,6 @@ impl Runtime {
     /// The earliest moment a backed-off site may be tried again.
     pub fn next_retry(&self) -> Option<OffsetDateTime> {
         self.memory.backoff.earliest()
-    }
-
-    /// Carries the long-lived state over from the runtime this one replaces.
-    pub fn remembering(mut self, memory: Arc<Memory>) -> Runtime {
-        self.memory = memory;
-        self
     }
 
     /// Opens every internal CA (publishing its root) and the ACME issuers in `acme_needed`.

@@ -22,7 +22,8 @@ use crate::render;
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
     /// tlsward's stored credentials by site.
-    pub credentials: BTreeMap<String, ObservedCredential>,
+    /// Shared with the daemon's memory of what it parsed (10,000 sites, one copy).
+    pub credentials: BTreeMap<String, std::sync::Arc<ObservedCredential>>,
     /// Sites whose credential location holds something tlsward does not own, with what.
     pub foreign_credentials: BTreeMap<String, String>,
     /// Owned credentials that could not be read, with why.
@@ -124,6 +125,10 @@ pub struct CredentialPlan {
     /// Set when the credential's place holds something foreign: nothing is done.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
+    /// The stored credential can serve now (its key matches its certificate, which has
+    /// not expired): the Gateway keeps serving it until, and unless, a renewal lands.
+    #[serde(skip)]
+    pub serving: bool,
 }
 
 impl CredentialPlan {
@@ -163,6 +168,10 @@ pub struct Plan {
     pub removed_credentials: Vec<String>,
     /// Objects (`kind/name`) wanted when every credential becomes ready.
     pub objects: Vec<String>,
+    /// Objects (`kind/name`) while this pass's HTTP-01 challenges are pending: the
+    /// serving sites' objects and the challenge routes (empty without challenges).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub objects_during_challenges: Vec<String>,
     /// In a cluster, sites whose HTTP-01 challenges this pass answers through the
     /// Gateway, with the solver Service (host, port) their challenge route points to.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -181,6 +190,16 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The sites whose stored credential can serve now (the Gateway's servers before any
+    /// issuance of this pass lands).
+    pub fn serving(&self) -> BTreeSet<String> {
+        self.credentials
+            .iter()
+            .filter(|c| c.serving)
+            .map(|c| c.site.clone())
+            .collect()
+    }
+
     /// Whether a pass would change nothing at all.
     pub fn is_noop(&self) -> bool {
         self.credentials.iter().all(|c| !c.needs_write())
@@ -285,12 +304,14 @@ fn plan_credential(
         dropped: Vec::new(),
         reformat: None,
         blocked: None,
+        serving: false,
     };
     if let Some(what) = observed.foreign_credentials.get(&site.name) {
         plan.blocked = Some(what.clone());
         return plan;
     }
     let stored = observed.credentials.get(&site.name);
+    plan.serving = stored.is_some_and(|o| o.key_matches && now < o.server.not_after);
     let is_ca = config
         .issuers
         .get(&site.issuer)
@@ -554,6 +575,16 @@ pub fn plan(config: &ConfigFile, observed: &Observed, now: OffsetDateTime, seed:
         .collect();
     let objects = render::object_keys(config, &ready, &BTreeSet::new());
     let challenge_routes = challenge_routes(config, &credentials);
+    let objects_during_challenges = if challenge_routes.is_empty() {
+        Vec::new()
+    } else {
+        let serving: BTreeSet<String> = credentials
+            .iter()
+            .filter(|c| c.serving)
+            .map(|c| c.site.clone())
+            .collect();
+        render::object_keys(config, &serving, &challenge_routes.keys().cloned().collect())
+    };
     let objects_to_delete = render::unwanted(&objects, &observed.owned_objects);
     let zones = plan_zones(config, observed, &mut conflicts);
     Plan {
@@ -561,6 +592,7 @@ pub fn plan(config: &ConfigFile, observed: &Observed, now: OffsetDateTime, seed:
         credentials,
         removed_credentials,
         objects,
+        objects_during_challenges,
         objects_to_delete,
         zones,
         conflicts,

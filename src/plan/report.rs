@@ -70,10 +70,7 @@ pub fn certificate_states(
                 hosts: stored.map(|o| o.server.dns_names.clone()).unwrap_or_default(),
                 not_after: stored.map(|o| o.server.not_after.unix_timestamp()),
                 renew_at,
-                ready: c.blocked.is_none()
-                    && !c.server.is_issue()
-                    && stored.is_some_and(|o| o.key_matches && now < o.server.not_after)
-                    && clients_usable,
+                ready: c.serving && !c.server.is_issue() && clients_usable,
                 client_ca_not_after: stored.and_then(|o| o.client_ca_not_after.map(|t| t.unix_timestamp())),
                 clients,
             }

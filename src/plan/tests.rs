@@ -77,7 +77,7 @@ fn observed_with(creds: Vec<ObservedCredential>) -> Observed {
     o.signers.insert("internal".into(), "sig-internal".into());
     o.zones.insert("local".into(), Ok(vec![]));
     for c in creds {
-        o.credentials.insert(c.site.clone(), c);
+        o.credentials.insert(c.site.clone(), c.into());
     }
     o
 }
@@ -714,9 +714,47 @@ fn a_lapsed_client_certificate_makes_the_site_not_ready() {
             .unwrap()
             .ready
     };
-    o.credentials.insert("inv".into(), inv.clone());
+    o.credentials.insert("inv".into(), inv.clone().into());
     assert!(ready(&o));
     inv.clients[0].1.not_after = NOW - Duration::hours(1);
-    o.credentials.insert("inv".into(), inv);
+    o.credentials.insert("inv".into(), inv.into());
     assert!(!ready(&o), "an expired client certificate left the site ready");
+}
+
+#[test]
+fn a_credential_serves_until_its_renewal_lands_and_an_expired_one_does_not() {
+    let cfg = config(
+        "  - {name: old, hosts: [old.z.example], issuer: internal, dns: local, route: {to: old.default, port: 80}}\n  - {name: bad, hosts: [bad.z.example], issuer: internal, dns: local, route: {to: bad.default, port: 80}}\n  - {name: new, hosts: [new.z.example], issuer: internal, dns: local, route: {to: new.default, port: 80}}\n",
+    );
+    // shop: inside its renewal window, still valid; old: expired; bad: key mismatch.
+    let mut bad = stored("bad", &["bad.z.example"], NOW - Duration::days(1));
+    bad.key_matches = false;
+    let p = plan(
+        &cfg,
+        &observed_with(vec![
+            stored("shop", &["shop.z.example"], NOW - Duration::days(25)),
+            stored("old", &["old.z.example"], NOW - Duration::days(40)),
+            bad,
+        ]),
+        NOW,
+        SEED,
+    );
+    assert!(server_of(&p, "shop").is_issue(), "shop is due");
+    assert_eq!(p.serving(), BTreeSet::from(["shop".to_string()]));
+    let states = report::certificate_states(&cfg, &p, &observed_with(vec![]), NOW, SEED);
+    assert!(states.iter().all(|s| !s.ready), "nothing stored is ready");
+}
+
+#[test]
+fn while_challenges_are_pending_only_serving_sites_and_the_routes_are_wanted() {
+    let cfg = cluster_acme("{}");
+    let p = plan(&cfg, &observed_with(vec![]), NOW, SEED);
+    assert!(!p.challenge_routes.is_empty());
+    let during: BTreeSet<&str> = p.objects_during_challenges.iter().map(String::as_str).collect();
+    assert!(during.contains("virtualservice/acme-shop"), "{during:?}");
+    assert!(
+        !during.contains("virtualservice/shop"),
+        "shop serves nothing yet: {during:?}"
+    );
+    assert!(p.objects.contains(&"virtualservice/shop".to_string()));
 }

@@ -30,13 +30,70 @@ fn hosts(site: &SiteSpec) -> Vec<String> {
         .collect()
 }
 
-/// The one Gateway: per ready site an HTTPS server on 443 and a redirecting HTTP
-/// server on 80. A site whose credential is not ready has no HTTPS server at all. A site
-/// with an HTTP-01 challenge pending keeps its HTTP server without the blanket redirect,
-/// so that its `acme-<site>` VirtualService can answer the challenge path first.
-pub fn gateway(config: &ConfigFile, ready: &BTreeSet<String>, challenged: &BTreeSet<String>) -> Value {
-    let mut servers = Vec::new();
+/// Sites per Gateway object. A Gateway carries two servers per site, and the API server
+/// stores no object over 1.5 MiB (etcd's limit); 1,000 sites keep one near 0.5 MiB.
+pub const SITES_PER_GATEWAY: usize = 1000;
+
+/// How many Gateways the sites are spread over: one up to `SITES_PER_GATEWAY` sites,
+/// then a power of two, so that when the count doubles only half of the sites move.
+pub fn gateway_shards(config: &ConfigFile) -> usize {
+    config
+        .sites
+        .len()
+        .div_ceil(SITES_PER_GATEWAY)
+        .max(1)
+        .next_power_of_two()
+}
+
+/// The Gateway that serves `site`: `gateway.name`, or `gateway.name-<n>` once the sites
+/// are spread over several (by a stable hash of the site's name).
+pub fn gateway_of(config: &ConfigFile, shards: usize, site: &str) -> String {
+    let shard = if shards <= 1 {
+        0
+    } else {
+        (crate::plan::renewal::jitter_for(GATEWAY_SHARD_SEED, site) * (1u64 << 53) as f64) as usize & (shards - 1)
+    };
+    match shard {
+        0 => config.gateway.name.clone(),
+        n => format!("{}-{n}", config.gateway.name),
+    }
+}
+
+const GATEWAY_SHARD_SEED: u64 = 0x6761_7465_7761_7973;
+
+/// The sites each Gateway serves (a ready site, or one with an HTTP-01 challenge
+/// pending), by Gateway name; a Gateway without such a site is not rendered at all
+/// (Istio's webhook rejects a Gateway without servers).
+fn gateway_sites<'a>(
+    config: &'a ConfigFile,
+    ready: &BTreeSet<String>,
+    challenged: &BTreeSet<String>,
+) -> BTreeMap<String, Vec<&'a SiteSpec>> {
+    let shards = gateway_shards(config);
+    let mut out: BTreeMap<String, Vec<&SiteSpec>> = BTreeMap::new();
     for site in &config.sites {
+        if ready.contains(&site.name) || challenged.contains(&site.name) {
+            out.entry(gateway_of(config, shards, &site.name))
+                .or_default()
+                .push(site);
+        }
+    }
+    out
+}
+
+/// One Gateway: per ready site an HTTPS server on 443 and a redirecting HTTP server on
+/// 80. A site whose credential is not ready has no HTTPS server at all. A site with an
+/// HTTP-01 challenge pending keeps its HTTP server without the blanket redirect, so that
+/// its `acme-<site>` VirtualService can answer the challenge path first.
+fn gateway(
+    config: &ConfigFile,
+    name: &str,
+    sites: &[&SiteSpec],
+    ready: &BTreeSet<String>,
+    challenged: &BTreeSet<String>,
+) -> Value {
+    let mut servers = Vec::with_capacity(2 * sites.len());
+    for site in sites {
         let (is_ready, is_challenged) = (ready.contains(&site.name), challenged.contains(&site.name));
         if is_ready {
             servers.push(json!({
@@ -61,7 +118,7 @@ pub fn gateway(config: &ConfigFile, ready: &BTreeSet<String>, challenged: &BTree
     json!({
         "apiVersion": ISTIO_API,
         "kind": "Gateway",
-        "metadata": {"name": config.gateway.name, "namespace": config.gateway.namespace, "labels": labels(config, None)},
+        "metadata": {"name": name, "namespace": config.gateway.namespace, "labels": labels(config, None)},
         "spec": {"selector": config.gateway.selector, "servers": servers},
     })
 }
@@ -69,6 +126,7 @@ pub fn gateway(config: &ConfigFile, ready: &BTreeSet<String>, challenged: &BTree
 /// While a site's HTTP-01 challenge is pending: the challenge path on port 80 goes to
 /// tlsward's solver Service, everything else on port 80 is still redirected to HTTPS.
 pub fn challenge_virtual_service(config: &ConfigFile, site: &SiteSpec, solver: (&str, u16)) -> Value {
+    let gateway = gateway_of(config, gateway_shards(config), &site.name);
     json!({
         "apiVersion": ISTIO_API,
         "kind": "VirtualService",
@@ -79,7 +137,7 @@ pub fn challenge_virtual_service(config: &ConfigFile, site: &SiteSpec, solver: (
         },
         "spec": {
             "hosts": hosts(site),
-            "gateways": [config.gateway.name],
+            "gateways": [gateway],
             "http": [
                 {
                     "match": [{"uri": {"prefix": "/.well-known/acme-challenge/"}, "port": 80}],
@@ -92,14 +150,14 @@ pub fn challenge_virtual_service(config: &ConfigFile, site: &SiteSpec, solver: (
 }
 
 /// The VirtualService routing a site's hosts, through the Gateway, to its backend.
-pub fn virtual_service(config: &ConfigFile, site: &SiteSpec) -> Value {
+pub fn virtual_service(config: &ConfigFile, shards: usize, site: &SiteSpec) -> Value {
     json!({
         "apiVersion": ISTIO_API,
         "kind": "VirtualService",
         "metadata": {"name": site.name, "namespace": config.gateway.namespace, "labels": labels(config, Some(&site.name))},
         "spec": {
             "hosts": hosts(site),
-            "gateways": [config.gateway.name],
+            "gateways": [gateway_of(config, shards, &site.name)],
             "http": [{"route": [{"destination": {"host": crate::config::service_host(&site.route.to).unwrap_or_else(|| site.route.to.clone()), "port": {"number": site.route.port}}}]}],
         },
     })
@@ -158,12 +216,15 @@ pub fn objects_iter<'a>(
     challenged: &'a BTreeMap<String, (String, u16)>,
 ) -> impl Iterator<Item = Value> + 'a {
     let names: BTreeSet<String> = challenged.keys().cloned().collect();
-    // Istio's webhook rejects a Gateway without servers: none is rendered then.
-    let gateway = has_servers(config, ready, &names).then(|| gateway(config, ready, &names));
-    gateway.into_iter().chain(config.sites.iter().flat_map(move |site| {
+    let shards = gateway_shards(config);
+    // One Gateway at a time: 10,000 sites' servers need not be in memory at once.
+    let gateways = gateway_sites(config, ready, &names)
+        .into_iter()
+        .map(move |(name, sites)| gateway(config, &name, &sites, ready, &names));
+    gateways.chain(config.sites.iter().flat_map(move |site| {
         let mut out = Vec::new();
         if ready.contains(&site.name) {
-            out.push(virtual_service(config, site));
+            out.push(virtual_service(config, shards, site));
             out.push(secret_metadata(config, site));
         }
         if let Some((host, port)) = challenged.get(&site.name) {
@@ -176,10 +237,10 @@ pub fn objects_iter<'a>(
 /// The `kind/name` of every object `objects` renders, without rendering them (the
 /// plan needs only the names; rendering 10,000 sites' objects is the apply step's cost).
 pub fn object_keys(config: &ConfigFile, ready: &BTreeSet<String>, challenged: &BTreeSet<String>) -> Vec<String> {
-    let mut out = Vec::new();
-    if has_servers(config, ready, challenged) {
-        out.push(format!("gateway/{}", config.gateway.name));
-    }
+    let mut out: Vec<String> = gateway_sites(config, ready, challenged)
+        .keys()
+        .map(|g| format!("gateway/{g}"))
+        .collect();
     for site in &config.sites {
         if ready.contains(&site.name) {
             out.push(format!("virtualservice/{}", site.name));
@@ -190,15 +251,6 @@ pub fn object_keys(config: &ConfigFile, ready: &BTreeSet<String>, challenged: &B
         }
     }
     out
-}
-
-/// Whether the Gateway has any server: a ready site (443 and its redirect) or a
-/// pending HTTP-01 challenge (80).
-fn has_servers(config: &ConfigFile, ready: &BTreeSet<String>, challenged: &BTreeSet<String>) -> bool {
-    config
-        .sites
-        .iter()
-        .any(|s| ready.contains(&s.name) || challenged.contains(&s.name))
 }
 
 /// Owned objects (`kind/name`) that `wanted` no longer names.
@@ -232,5 +284,80 @@ mod tests {
                 "secret/b-credential"
             ]
         );
+    }
+
+    fn many_sites(n: usize) -> ConfigFile {
+        let mut text = String::from("owner_id: o\nstore: {files: {dir: out}}\nissuers: {ca1: {ca: {}}}\nsites:\n");
+        for i in 0..n {
+            text.push_str(&format!(
+                "  - {{name: site-{i}, hosts: [site-{i}.example.com, www.site-{i}.example.com], issuer: ca1, route: {{to: s.default, port: 80}}}}\n"
+            ));
+        }
+        crate::config::Config::parse("t.yaml", &text).unwrap()
+    }
+
+    #[test]
+    fn many_sites_are_spread_over_gateways_each_small_enough_to_store() {
+        assert_eq!(gateway_shards(&many_sites(SITES_PER_GATEWAY)), 1);
+        let config = many_sites(2_500);
+        assert_eq!(gateway_shards(&config), 4);
+        let ready: BTreeSet<String> = config.sites.iter().map(|s| s.name.clone()).collect();
+        let objects = objects(&config, &ready, &BTreeMap::new());
+        let keys: Vec<String> = objects.iter().map(crate::store::object_key).collect();
+        assert_eq!(object_keys(&config, &ready, &BTreeSet::new()), keys);
+        let gateways: BTreeMap<String, &Value> = objects
+            .iter()
+            .filter(|o| o["kind"] == "Gateway")
+            .map(|o| (o["metadata"]["name"].as_str().unwrap().to_string(), o))
+            .collect();
+        assert_eq!(
+            gateways.keys().collect::<Vec<_>>(),
+            [
+                "tlsward-gateway",
+                "tlsward-gateway-1",
+                "tlsward-gateway-2",
+                "tlsward-gateway-3"
+            ]
+        );
+        for (name, g) in &gateways {
+            let bytes = serde_json::to_vec(g).unwrap().len();
+            // etcd stores nothing over 1.5 MiB; stay far below it.
+            assert!(bytes < 512 * 1024, "{name}: {bytes} bytes");
+        }
+        // Every VirtualService names the Gateway that serves its hosts.
+        for vs in objects.iter().filter(|o| o["kind"] == "VirtualService") {
+            let gateway = gateways[vs["spec"]["gateways"][0].as_str().unwrap()];
+            let host = &vs["spec"]["hosts"][0];
+            assert!(
+                gateway["spec"]["servers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|s| s["hosts"][0] == *host),
+                "{host} is not served by the Gateway its VirtualService names"
+            );
+        }
+    }
+
+    #[test]
+    fn doubling_the_gateways_moves_a_site_only_to_its_new_twin() {
+        let (before, after) = (many_sites(2_500), many_sites(5_000));
+        let (n, m) = (gateway_shards(&before), gateway_shards(&after));
+        assert_eq!((n, m), (4, 8));
+        let index = |config: &ConfigFile, shards: usize, site: &str| -> usize {
+            gateway_of(config, shards, site)
+                .strip_prefix("tlsward-gateway")
+                .unwrap()
+                .trim_start_matches('-')
+                .parse()
+                .unwrap_or(0)
+        };
+        let mut moved = 0;
+        for site in &before.sites {
+            let (was, now) = (index(&before, n, &site.name), index(&after, m, &site.name));
+            assert!(now == was || now == was + n, "{}: {was} -> {now}", site.name);
+            moved += usize::from(now != was);
+        }
+        assert!((900..1600).contains(&moved), "{moved} of 2,500 sites moved");
     }
 }

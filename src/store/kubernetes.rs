@@ -10,7 +10,7 @@
 //! pass makes no write calls.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use k8s_openapi::ByteString;
@@ -19,9 +19,8 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::{ApiResource, GroupVersionKind, ObjectMeta};
 use serde_json::Value;
 
-use super::{
-    CredentialBundle, KeyPairPem, Notice, StateFile, Store, StoreError, StoredCredentials, object_key, verify_bundle,
-};
+use super::mirror::{Freshness, Mirror};
+use super::{CredentialBundle, KeyPairPem, Notice, StateFile, Store, StoreError, StoredCredentials, verify_bundle};
 use crate::config::SecretFormat;
 use crate::model::names;
 use crate::pki::PrivateKeyPem;
@@ -47,8 +46,15 @@ pub struct KubeStore {
     by_name: std::sync::atomic::AtomicBool,
     /// One index update at a time: concurrent issuances must not lose each other's entry.
     index_lock: tokio::sync::Mutex<()>,
-    /// The objects seen by the last `owned_objects`, to skip writes that change nothing.
-    seen: Mutex<BTreeMap<String, Value>>,
+    /// Credential Secrets (with their `-cacert` and client siblings) as last seen: fed
+    /// by a watch where the Role allows it, else by each pass's own reads.
+    secrets: Arc<Mirror<SecretView>>,
+    /// tlsward's Gateways and VirtualServices by name (without bookkeeping) as last
+    /// seen, to skip writes that change nothing; fed by watches, else by each LIST.
+    gateways: Arc<Mirror<ObjectView>>,
+    virtual_services: Arc<Mirror<ObjectView>>,
+    /// How long a pass waits for a watch's first list before reading the API itself.
+    sync_deadline: std::time::Duration,
     /// The served version of networking.istio.io, discovered once.
     istio_version: tokio::sync::OnceCell<&'static str>,
 }
@@ -71,12 +77,75 @@ fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
-fn text(secret: &Secret, key: &str) -> Option<String> {
-    secret
-        .data
-        .as_ref()?
-        .get(key)
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+/// What the store needs of a Secret that may hold a credential: its owner mark, type,
+/// issuer and data (text). A Secret without the owner mark keeps no data.
+#[derive(Clone, Debug)]
+pub struct SecretView {
+    owned: bool,
+    type_: Option<String>,
+    issuer: Option<String>,
+    data: BTreeMap<String, String>,
+}
+
+/// Whether a Secret's name is one a credential may occupy (see `credential_secret_names`).
+fn may_hold_credential(name: &str) -> bool {
+    name.ends_with("-credential") || name.ends_with("-credential-cacert") || name.ends_with(CLIENTS_SUFFIX)
+}
+
+/// The view of `secret` for `owner`, when its name may hold a credential.
+fn secret_view(owner: &str, secret: &Secret) -> Option<SecretView> {
+    let name = secret.metadata.name.as_deref()?;
+    if !may_hold_credential(name) {
+        return None;
+    }
+    let owned = secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(names::OWNER))
+        .map(String::as_str)
+        == Some(owner);
+    Some(SecretView {
+        owned,
+        type_: secret.type_.clone(),
+        issuer: secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ISSUER_ANNOTATION))
+            .cloned(),
+        data: match (owned, &secret.data) {
+            (true, Some(d)) => d
+                .iter()
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+                .collect(),
+            _ => BTreeMap::new(),
+        },
+    })
+}
+
+fn text(secret: &SecretView, key: &str) -> Option<String> {
+    secret.data.get(key).cloned()
+}
+
+/// An Istio object as compared before an apply, as compact JSON (10,000 of them fit in
+/// a few MiB, where parsed values would take tens).
+type ObjectView = Arc<str>;
+
+/// An Istio object as compared before an apply: no bookkeeping, no status.
+fn object_view(object: &DynamicObject) -> ObjectView {
+    Arc::from(object_fields(object).to_string())
+}
+
+fn object_fields(object: &DynamicObject) -> Value {
+    let mut v = serde_json::to_value(object).unwrap_or_default();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.retain(|k, _| matches!(k.as_str(), "name" | "namespace" | "labels" | "annotations"));
+    }
+    if let Some(m) = v.as_object_mut() {
+        m.remove("status");
+    }
+    v
 }
 
 /// tlsward's index of the credential Secrets it wrote (state `credentials`, file `sites`).
@@ -89,6 +158,27 @@ fn istio(version: &str, kind: &str) -> ApiResource {
 }
 
 const ISTIO_GROUP: &str = "networking.istio.io";
+const ISTIO_KINDS: [&str; 2] = ["Gateway", "VirtualService"];
+
+/// Objects per LIST page: a page, not the whole namespace, is in memory at once.
+const LIST_PAGE: u32 = 500;
+
+/// Lists every object `params` selects, page by page, handing each to `each`.
+async fn list_pages<K>(api: &Api<K>, params: ListParams, each: &mut impl FnMut(K)) -> Result<(), kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut params = params.limit(LIST_PAGE);
+    loop {
+        let page = api.list(&params).await?;
+        let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+        page.items.into_iter().for_each(&mut *each);
+        match next {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(()),
+        }
+    }
+}
 
 /// Whether every field of `wanted` already holds the same value in `current`.
 fn contains(current: &Value, wanted: &Value) -> bool {
@@ -171,7 +261,10 @@ impl KubeStore {
             by_name: std::sync::atomic::AtomicBool::new(false),
             index_lock: tokio::sync::Mutex::new(()),
             owner: owner.to_string(),
-            seen: Mutex::new(BTreeMap::new()),
+            secrets: Arc::default(),
+            gateways: Arc::default(),
+            virtual_services: Arc::default(),
+            sync_deadline: std::time::Duration::from_secs(30),
             istio_version: tokio::sync::OnceCell::new(),
         }
     }
@@ -311,22 +404,31 @@ impl KubeStore {
                         Ok(_) => {
                             tracing::info!(secret = %name, from = ?c.type_, to = ?secret.type_, "Secret type changed: replaced");
                             secret.metadata.resource_version = None;
-                            api.create(&params, &secret).await.map(|_| ())
+                            api.create(&params, &secret).await
                         }
                         Err(e) => Err(e),
                     }
                 }
                 Some(c) => {
                     secret.metadata.resource_version = c.metadata.resource_version;
-                    api.replace(&name, &params, &secret).await.map(|_| ())
+                    api.replace(&name, &params, &secret).await
                 }
                 None => {
                     secret.metadata.resource_version = None;
-                    api.create(&params, &secret).await.map(|_| ())
+                    api.create(&params, &secret).await
                 }
             };
             match result {
-                Ok(()) => return Ok(()),
+                Ok(written) => {
+                    if namespace == self.namespace {
+                        self.secrets.saw(
+                            &name,
+                            written.metadata.resource_version.as_deref(),
+                            secret_view(&self.owner, &written),
+                        );
+                    }
+                    return Ok(());
+                }
                 Err(e) if is_conflict(&e) && attempt < WRITE_ATTEMPTS => {
                     tracing::debug!(secret = %name, attempt, "changed meanwhile (409): reading it again");
                 }
@@ -345,12 +447,195 @@ impl KubeStore {
                 what,
                 owner: self.owner.clone(),
             }),
-            Some(_) => api
-                .delete(name, &DeleteParams::default())
-                .await
-                .map(|_| ())
-                .map_err(self.api_error(what)),
+            Some(_) => {
+                api.delete(name, &DeleteParams::default())
+                    .await
+                    .map_err(self.api_error(what))?;
+                self.secrets.saw(name, None, None);
+                Ok(())
+            }
         }
+    }
+
+    fn mirror_of(&self, kind: &str) -> Option<&Arc<Mirror<ObjectView>>> {
+        match kind {
+            "Gateway" => Some(&self.gateways),
+            "VirtualService" => Some(&self.virtual_services),
+            _ => None,
+        }
+    }
+
+    /// The names of tlsward's objects of `kind`: from the watch's mirror, else listed
+    /// (and remembered, to skip writes that change nothing).
+    async fn owned_of(&self, kind: &str) -> Result<Vec<String>, StoreError> {
+        let mirror = self.mirror_of(kind).expect("an Istio kind");
+        if self.mirrored(mirror).await {
+            return Ok(mirror.names());
+        }
+        let selector = format!("{}={}", names::OWNER, self.owner);
+        let version = self.istio_version().await?;
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.namespace, &istio(version, kind));
+        let mut seen: BTreeMap<String, (Option<String>, ObjectView)> = BTreeMap::new();
+        list_pages(
+            &api,
+            ListParams::default().labels(&selector),
+            &mut |o: DynamicObject| {
+                seen.insert(
+                    o.metadata.name.clone().unwrap_or_default(),
+                    (o.metadata.resource_version.clone(), object_view(&o)),
+                );
+            },
+        )
+        .await
+        .map_err(self.api_error(format!("{kind}s in {}", self.namespace)))?;
+        let names = seen.keys().cloned().collect();
+        mirror.replace(seen);
+        Ok(names)
+    }
+
+    /// Whether `mirror` can answer for the API server: a watch keeps it, and its first
+    /// list completed (waited for up to the request deadline).
+    async fn mirrored<T: Clone>(&self, mirror: &Mirror<T>) -> bool {
+        if !mirror.has_watch() {
+            return false;
+        }
+        match mirror.ready_within(self.sync_deadline).await {
+            Freshness::Synced => true,
+            Freshness::Forbidden => false,
+            Freshness::Syncing => {
+                tracing::warn!(namespace = %self.namespace, "a watch has not completed its first list: reading the API server");
+                false
+            }
+        }
+    }
+
+    /// Starts the watches that keep the credential Secrets and tlsward's Istio objects
+    /// in memory (`client`: one for long-lived requests). A watch the Role does not allow
+    /// leaves that read to each pass. Returns the tasks (abort them to stop).
+    pub fn watch(
+        self: &Arc<Self>,
+        client: kube::Client,
+        deadline: std::time::Duration,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        use kube::runtime::watcher;
+        let mut tasks = Vec::new();
+        let owner = self.owner.clone();
+        tasks.push(tokio::spawn(super::mirror::follow(
+            Api::<Secret>::namespaced(client.clone(), &self.namespace),
+            watcher::Config::default(),
+            self.secrets.clone(),
+            format!("Secrets in {}", self.namespace),
+            move |s: &Secret| secret_view(&owner, s),
+        )));
+        let store = self.clone();
+        // Marked before the version is known, so that a pass waits for these watches.
+        self.gateways.expect_watch();
+        self.virtual_services.expect_watch();
+        tasks.push(tokio::spawn(async move {
+            let version = loop {
+                match store.istio_version().await {
+                    Ok(v) => break v,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot watch the Istio objects yet; retrying");
+                        tokio::time::sleep(deadline.min(std::time::Duration::from_secs(10))).await;
+                    }
+                }
+            };
+            let selector = format!("{}={}", names::OWNER, store.owner);
+            let follow = |kind: &'static str| {
+                super::mirror::follow(
+                    Api::<DynamicObject>::namespaced_with(client.clone(), &store.namespace, &istio(version, kind)),
+                    watcher::Config::default().labels(&selector),
+                    store.mirror_of(kind).expect("an Istio kind").clone(),
+                    format!("{kind}s in {}", store.namespace),
+                    |o: &DynamicObject| Some(object_view(o)),
+                )
+            };
+            futures::join!(follow("Gateway"), follow("VirtualService"));
+        }));
+        tasks
+    }
+
+    /// The stored credentials, from the Secrets that may hold them.
+    fn assemble(&self, by_name: &BTreeMap<String, SecretView>) -> StoredCredentials {
+        let mut owned = BTreeMap::new();
+        let mut out = self.assemble_each(by_name, &mut |bundle| {
+            owned.insert(bundle.site.clone(), bundle);
+        });
+        out.owned = owned;
+        out
+    }
+
+    /// Builds each stored credential in turn and hands it to `each`; returns the sites
+    /// whose place is foreign or unreadable (`owned` left empty).
+    fn assemble_each(
+        &self,
+        by_name: &BTreeMap<String, SecretView>,
+        each: &mut dyn FnMut(CredentialBundle),
+    ) -> StoredCredentials {
+        let mut out = StoredCredentials::default();
+        for (name, secret) in by_name {
+            let Some(site) = name.strip_suffix("-credential") else {
+                continue;
+            };
+            if !secret.owned {
+                out.foreign.insert(
+                    site.to_string(),
+                    format!("Secret {}/{name} exists without tlsward's owner label", self.namespace),
+                );
+                continue;
+            }
+            let (crt, key) = match secret.type_.as_deref() {
+                Some(names::SECRET_TYPE_TLS) => (text(secret, names::TLS_CRT), text(secret, names::TLS_KEY)),
+                _ => (text(secret, names::GENERIC_CERT), text(secret, names::GENERIC_KEY)),
+            };
+            let (Some(chain_pem), Some(key)) = (crt, key) else {
+                out.unreadable.insert(
+                    site.to_string(),
+                    format!("Secret {}/{name} lacks its certificate or key", self.namespace),
+                );
+                continue;
+            };
+            let split_ca = by_name
+                .get(&format!("{name}-cacert"))
+                .and_then(|s| text(s, names::CA_CRT));
+            let client_ca_pem = text(secret, names::CA_CRT)
+                .or_else(|| text(secret, names::GENERIC_CACERT))
+                .or_else(|| split_ca.clone());
+            let mut clients = BTreeMap::new();
+            if let Some(cs) = by_name.get(&format!("{site}{CLIENTS_SUFFIX}")).filter(|s| s.owned) {
+                for k in cs.data.keys() {
+                    if let Some(client) = k.strip_suffix(".crt")
+                        && let (Some(c), Some(k)) = (text(cs, k), text(cs, &format!("{client}.key")))
+                    {
+                        clients.insert(
+                            client.to_string(),
+                            KeyPairPem {
+                                chain_pem: c,
+                                key: PrivateKeyPem::new(k),
+                            },
+                        );
+                    }
+                }
+            }
+            let issuer = secret.issuer.clone().unwrap_or_default();
+            each(CredentialBundle {
+                site: site.to_string(),
+                issuer,
+                server: KeyPairPem {
+                    chain_pem,
+                    key: PrivateKeyPem::new(key),
+                },
+                client_ca_pem,
+                clients,
+                format: match secret.type_.as_deref() {
+                    Some(names::SECRET_TYPE_TLS) if split_ca.is_some() => SecretFormat::Split,
+                    Some(names::SECRET_TYPE_TLS) => SecretFormat::Tls,
+                    _ => SecretFormat::Generic,
+                },
+            });
+        }
+        out
     }
 
     fn state_secret_name(name: &str) -> String {
@@ -388,101 +673,42 @@ impl Store for KubeStore {
         }
     }
 
-    async fn credentials(&self, sites: &[String]) -> Result<StoredCredentials, StoreError> {
-        // One LIST where the Role allows it; else each Secret by name (least privilege).
-        use std::sync::atomic::Ordering::Relaxed;
-        let items = match self.secrets().list(&ListParams::default()).await {
-            Ok(all) => {
-                self.by_name.store(false, Relaxed);
-                all.items
-            }
-            Err(kube::Error::Api(s)) if s.code == 403 => {
-                self.by_name.store(true, Relaxed);
-                self.secrets_by_name(sites).await?
-            }
-            Err(e) => return Err(self.api_error(format!("Secrets in {}", self.namespace))(e)),
-        };
-        let by_name: BTreeMap<String, &Secret> = items
-            .iter()
-            .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
-            .collect();
-        let mut out = StoredCredentials::default();
-        for (name, secret) in &by_name {
-            let Some(site) = name.strip_suffix("-credential") else {
-                continue;
-            };
-            if !self.owned(&secret.metadata) {
-                out.foreign.insert(
-                    site.to_string(),
-                    format!("Secret {}/{name} exists without tlsward's owner label", self.namespace),
-                );
-                continue;
-            }
-            let (crt, key) = match secret.type_.as_deref() {
-                Some(names::SECRET_TYPE_TLS) => (text(secret, names::TLS_CRT), text(secret, names::TLS_KEY)),
-                _ => (text(secret, names::GENERIC_CERT), text(secret, names::GENERIC_KEY)),
-            };
-            let (Some(chain_pem), Some(key)) = (crt, key) else {
-                out.unreadable.insert(
-                    site.to_string(),
-                    format!("Secret {}/{name} lacks its certificate or key", self.namespace),
-                );
-                continue;
-            };
-            let split_ca = by_name
-                .get(&format!("{name}-cacert"))
-                .and_then(|s| text(s, names::CA_CRT));
-            let client_ca_pem = text(secret, names::CA_CRT)
-                .or_else(|| text(secret, names::GENERIC_CACERT))
-                .or_else(|| split_ca.clone());
-            let mut clients = BTreeMap::new();
-            if let Some(cs) = by_name
-                .get(&format!("{site}{CLIENTS_SUFFIX}"))
-                .filter(|s| self.owned(&s.metadata))
-            {
-                for k in cs.data.iter().flat_map(|d| d.keys()) {
-                    if let Some(client) = k.strip_suffix(".crt")
-                        && let (Some(c), Some(k)) = (text(cs, k), text(cs, &format!("{client}.key")))
-                    {
-                        clients.insert(
-                            client.to_string(),
-                            KeyPairPem {
-                                chain_pem: c,
-                                key: PrivateKeyPem::new(k),
-                            },
-                        );
-                    }
-                }
-            }
-            let issuer = secret
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ISSUER_ANNOTATION))
-                .cloned()
-                .unwrap_or_default();
-            out.owned.insert(
-                site.to_string(),
-                CredentialBundle {
-                    site: site.to_string(),
-                    issuer,
-                    server: KeyPairPem {
-                        chain_pem,
-                        key: PrivateKeyPem::new(key),
-                    },
-                    client_ca_pem,
-                    clients,
-                    format: match secret.type_.as_deref() {
-                        Some(names::SECRET_TYPE_TLS) if split_ca.is_some() => SecretFormat::Split,
-                        Some(names::SECRET_TYPE_TLS) => SecretFormat::Tls,
-                        _ => SecretFormat::Generic,
-                    },
-                },
-            );
+    async fn credentials_each(
+        &self,
+        sites: &[String],
+        each: &mut (dyn FnMut(CredentialBundle) + Send),
+    ) -> Result<StoredCredentials, StoreError> {
+        if self.mirrored(&self.secrets).await {
+            return Ok(self.secrets.with(|all| self.assemble_each(all, each)));
         }
-        Ok(out)
+        let mut all = self.credentials(sites).await?;
+        std::mem::take(&mut all.owned).into_values().for_each(each);
+        Ok(all)
     }
 
+    async fn credentials(&self, sites: &[String]) -> Result<StoredCredentials, StoreError> {
+        if self.mirrored(&self.secrets).await {
+            return Ok(self.secrets.with(|all| self.assemble(all)));
+        }
+        // A LIST (in pages) where the Role allows it; else each Secret by name (least
+        // privilege).
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut views: BTreeMap<String, SecretView> = BTreeMap::new();
+        let mut keep = |s: Secret| {
+            if let (Some(name), Some(view)) = (s.metadata.name.clone(), secret_view(&self.owner, &s)) {
+                views.insert(name, view);
+            }
+        };
+        match list_pages(&self.secrets(), ListParams::default(), &mut keep).await {
+            Ok(()) => self.by_name.store(false, Relaxed),
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                self.by_name.store(true, Relaxed);
+                self.secrets_by_name(sites).await?.into_iter().for_each(keep);
+            }
+            Err(e) => return Err(self.api_error(format!("Secrets in {}", self.namespace))(e)),
+        }
+        Ok(self.assemble(&views))
+    }
     async fn write_credential(&self, bundle: &CredentialBundle) -> Result<(), StoreError> {
         verify_bundle(bundle)?;
         let site = &bundle.site;
@@ -617,33 +843,15 @@ impl Store for KubeStore {
     }
 
     async fn owned_objects(&self) -> Result<Vec<String>, StoreError> {
-        let selector = format!("{}={}", names::OWNER, self.owner);
-        let mut seen = BTreeMap::new();
-        let version = self.istio_version().await?;
-        for kind in ["Gateway", "VirtualService"] {
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(self.client.clone(), &self.namespace, &istio(version, kind));
-            let list = api
-                .list(&ListParams::default().labels(&selector))
-                .await
-                .map_err(self.api_error(format!("{kind}s in {}", self.namespace)))?;
-            for o in list.items {
-                let mut v = serde_json::to_value(&o).unwrap_or_default();
-                // Only what tlsward applies is compared: keep no bookkeeping or status.
-                if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-                    m.remove("managedFields");
-                }
-                if let Some(m) = v.as_object_mut() {
-                    m.remove("status");
-                }
-                seen.insert(
-                    format!("{}/{}", kind.to_ascii_lowercase(), o.metadata.name.unwrap_or_default()),
-                    v,
-                );
-            }
+        let mut keys = Vec::new();
+        for kind in ISTIO_KINDS {
+            keys.extend(
+                self.owned_of(kind)
+                    .await?
+                    .into_iter()
+                    .map(|name| format!("{}/{name}", kind.to_ascii_lowercase())),
+            );
         }
-        let keys = seen.keys().cloned().collect();
-        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
         Ok(keys)
     }
 
@@ -653,48 +861,69 @@ impl Store for KubeStore {
             // Credential Secrets are written whole by write_credential, never applied.
             return Ok(false);
         }
-        let key = object_key(object);
         let version = self.istio_version().await?;
         // Rendered as v1; the same schema is served as v1beta1 by older Istio.
         let mut object = object.clone();
         object["apiVersion"] = Value::String(format!("{ISTIO_GROUP}/{version}"));
         let object = &object;
-        let unchanged = self
-            .seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .is_some_and(|current| contains(current, object));
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let Some(seen) = self.mirror_of(kind) else {
+            return Ok(false);
+        };
+        let unchanged = seen.with(|seen| {
+            seen.get(name)
+                .and_then(|current| serde_json::from_str::<Value>(current).ok())
+                .is_some_and(|current| contains(&current, object))
+        });
         if unchanged {
             return Ok(false);
         }
-        let name = object["metadata"]["name"].as_str().unwrap_or_default();
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.namespace, &istio(version, kind));
         // Never forced: a field another manager owns is a conflict to report, not to take.
         let applied = api
             .patch(name, &PatchParams::apply(names::FIELD_MANAGER), &Patch::Apply(object))
             .await
             .map_err(self.api_error(format!("{kind} {}/{name}", self.namespace)))?;
-        let v = serde_json::to_value(&applied).unwrap_or_default();
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(key, v);
+        seen.saw(
+            name,
+            applied.metadata.resource_version.as_deref(),
+            Some(object_view(&applied)),
+        );
         Ok(true)
     }
 
-    async fn credentials_named_by_gateway(&self, name: &str) -> Result<std::collections::BTreeSet<String>, StoreError> {
+    async fn credentials_named_by_gateways(&self, gateways: &[String]) -> Result<BTreeMap<String, String>, StoreError> {
         let version = self.istio_version().await?;
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &self.namespace, &istio(version, "Gateway"));
-        let live = api
-            .get_opt(name)
-            .await
-            .map_err(self.api_error(format!("Gateway {}/{name}", self.namespace)))?;
-        let servers = live
-            .map(|g| g.data["spec"]["servers"].as_array().cloned().unwrap_or_default())
-            .unwrap_or_default();
-        Ok(servers
-            .iter()
-            .filter_map(|s| s["tls"]["credentialName"].as_str().map(str::to_string))
-            .collect())
+        let mut named = BTreeMap::new();
+        for name in gateways {
+            let live = api
+                .get_opt(name)
+                .await
+                .map_err(self.api_error(format!("Gateway {}/{name}", self.namespace)))?;
+            let servers = live
+                .map(|g| g.data["spec"]["servers"].as_array().cloned().unwrap_or_default())
+                .unwrap_or_default();
+            for credential in servers.iter().filter_map(|s| s["tls"]["credentialName"].as_str()) {
+                named.insert(credential.to_string(), name.clone());
+            }
+        }
+        Ok(named)
+    }
+
+    fn credentials_generation(&self) -> Option<u64> {
+        (self.secrets.has_watch() && self.secrets.freshness() == Freshness::Synced).then(|| self.secrets.generation())
+    }
+
+    fn objects_generation(&self) -> Option<u64> {
+        let synced = |m: &Mirror<ObjectView>| m.has_watch() && m.freshness() == Freshness::Synced;
+        (synced(&self.gateways) && synced(&self.virtual_services)).then(|| {
+            self.gateways
+                .generation()
+                .wrapping_mul(0x9e37_79b9)
+                .wrapping_add(self.virtual_services.generation())
+        })
     }
 
     async fn istio_api(&self) -> Result<Option<String>, StoreError> {
@@ -718,7 +947,9 @@ impl Store for KubeStore {
                 api.delete(name, &DeleteParams::default())
                     .await
                     .map_err(self.api_error(what))?;
-                self.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+                if let Some(seen) = self.mirror_of(kind) {
+                    seen.saw(name, None, None);
+                }
                 Ok(())
             }
             Some(_) => Err(StoreError::Foreign {

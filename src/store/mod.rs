@@ -6,8 +6,9 @@
 pub mod files;
 pub mod kubernetes;
 pub mod lease;
+pub mod mirror;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -105,6 +106,18 @@ pub trait Store: Send + Sync {
     /// The stored credentials, read back whole; `sites` are the configured ones (a store
     /// that cannot list reads theirs, and those it wrote before, by name).
     async fn credentials(&self, sites: &[String]) -> Result<StoredCredentials, StoreError>;
+    /// `credentials`, one at a time: each owned credential is handed to `each` instead of
+    /// being kept (10,000 sites need not be in memory at once); returns the foreign and
+    /// unreadable ones.
+    async fn credentials_each(
+        &self,
+        sites: &[String],
+        each: &mut (dyn FnMut(CredentialBundle) + Send),
+    ) -> Result<StoredCredentials, StoreError> {
+        let mut all = self.credentials(sites).await?;
+        std::mem::take(&mut all.owned).into_values().for_each(each);
+        Ok(all)
+    }
     /// Writes a site's credential whole, after checking every key against its certificate.
     async fn write_credential(&self, bundle: &CredentialBundle) -> Result<(), StoreError>;
     /// Removes an owned credential of a site no longer configured.
@@ -122,11 +135,26 @@ pub trait Store: Send + Sync {
     async fn apply_object(&self, object: &Value) -> Result<bool, StoreError>;
     /// Deletes an object tlsward owns (`kind/name`).
     async fn delete_object(&self, key: &str) -> Result<(), StoreError>;
-    /// The credential Secrets the live Gateway `name` names (`credentialName`), as read
-    /// back from the store; a credential named there is never deleted.
-    async fn credentials_named_by_gateway(&self, _name: &str) -> Result<BTreeSet<String>, StoreError> {
-        Ok(BTreeSet::new())
+    /// The credential Secrets the live `gateways` name (`credentialName` → the Gateway),
+    /// as read back from the store; a credential named there is never deleted.
+    async fn credentials_named_by_gateways(
+        &self,
+        _gateways: &[String],
+    ) -> Result<BTreeMap<String, String>, StoreError> {
+        Ok(BTreeMap::new())
     }
+    /// A number that changes whenever a Secret that may hold a credential changes, while
+    /// a watch keeps them in memory; `None` when they are read on every pass.
+    fn credentials_generation(&self) -> Option<u64> {
+        None
+    }
+
+    /// A number that changes whenever any object tlsward owns changes, while watches keep
+    /// them in memory; `None` when objects are read on every pass.
+    fn objects_generation(&self) -> Option<u64> {
+        None
+    }
+
     /// The apiVersion Istio objects are written with, where a server decides it
     /// (`networking.istio.io/v1`, or `v1beta1` before Istio 1.22); `None` for files.
     async fn istio_api(&self) -> Result<Option<String>, StoreError> {

@@ -16,6 +16,26 @@ pub struct Bind {
 }
 
 impl Bind {
+    /// Sends `lines` (nsupdate commands, each ending in a newline) in one TSIG-signed
+    /// UPDATE through the real `nsupdate`; panics unless it succeeds.
+    pub fn nsupdate(&self, lines: &str) {
+        use std::io::Write;
+        let mut child = Command::new("nsupdate")
+            .arg("-k")
+            .arg(&self.key_file)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        write!(
+            child.stdin.as_mut().unwrap(),
+            "server 127.0.0.1 {}\n{lines}send\n",
+            self.port
+        )
+        .unwrap();
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success());
+    }
+
     /// Starts named for `zone` with `records` (zone-file lines, names relative to the
     /// zone) besides the SOA and NS.
     pub fn start(dir: &Path, zone: &str, records: &str) -> Bind {

@@ -20,6 +20,9 @@
 //!   with shortNames (`ns`, `svc`, `ev`, `gw`, `vs`).
 //! - merge patch (RFC 7386) and JSON patch (RFC 6902) on every resource and on the
 //!   status subresource; applying another manager's field with the same value shares it.
+//! - a request body over 3 MiB is refused (413), an object over etcd's 1.5 MiB cannot be
+//!   stored (500 `etcdserver: request is too large`); a watcher that falls behind is
+//!   disconnected, never skipped over.
 //! - admission where tlsward or a kubectl user meets it: Secret `stringData` merged into
 //!   `data` and dropped, `type` defaulted to `Opaque` and immutable (422),
 //!   `kubernetes.io/tls` without `tls.crt`/`tls.key` (422), label keys and values
@@ -40,8 +43,10 @@
 //!   [system:anonymous], who may impersonate a ServiceAccount (`kubectl --as`);
 //!   authorization from Roles and RoleBindings only [also ClusterRoles, aggregation,
 //!   non-resource URLs].
-//! - watch bookmarks, `sendInitialEvents`, pagination (`limit`/`continue`) are not
-//!   served [they are]; `timeoutSeconds` ends a watch like the real server.
+//! - LIST pages (`limit`/`continue`) are cut from the current objects [from the snapshot
+//!   of the first page's resourceVersion]; the token is readable [opaque].
+//! - watch bookmarks and `sendInitialEvents` are not served [they are];
+//!   `timeoutSeconds` ends a watch like the real server.
 //! - compaction happens only when a test calls `compact()` [periodically].
 //! - the Istio kinds are opaque objects [validated against their CRD schema].
 
@@ -178,6 +183,15 @@ pub struct Write {
     pub changed: bool,
 }
 
+/// One read a client made: `get`, `list` or `watch`.
+#[derive(Clone, Debug)]
+pub struct Read {
+    pub verb: &'static str,
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+}
+
 #[derive(Default)]
 struct Db {
     /// Objects whose next replace meets a concurrent writer first (a test's hook).
@@ -185,6 +199,7 @@ struct Db {
     rv: u64,
     objects: BTreeMap<Key, Stored>,
     history: Vec<Event>,
+    reads: Vec<Read>,
     compacted: u64,
     writes: Vec<Write>,
     /// A fault (a test's hook): writes are accepted and never answered.
@@ -367,7 +382,26 @@ fn label_value_ok(v: &str) -> bool {
 /// user can meet it: Secret `stringData` merged into `data` and dropped, `type`
 /// defaulted and immutable, `kubernetes.io/tls` keys required, label keys and values
 /// validated, an Event's `note` at most 1024 bytes.
+/// kube-apiserver's limit on a request body (`--max-request-bytes` of its HTTP server).
+const MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024;
+/// etcd's default `--max-request-bytes`: a larger object cannot be stored.
+const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+
+/// Admission, then etcd's size limit on what would be stored.
 fn admit(t: &Target, name: &str, old: Option<&Value>, new: &mut Value) -> Result<(), Box<Response>> {
+    admit_fields(t, name, old, new)?;
+    let size = serde_json::to_vec(new).map(|b| b.len()).unwrap_or_default();
+    if size > MAX_OBJECT_BYTES {
+        return Err(Box::new(status(
+            500,
+            "InternalError",
+            "etcdserver: request is too large".into(),
+        )));
+    }
+    Ok(())
+}
+
+fn admit_fields(t: &Target, name: &str, old: Option<&Value>, new: &mut Value) -> Result<(), Box<Response>> {
     let mut causes = Vec::new();
     if let Some(labels) = new["metadata"]["labels"].as_object() {
         for (k, v) in labels {
@@ -525,6 +559,11 @@ impl Emulator {
     }
 
     /// Every write received so far, in order.
+    /// Every read so far (GET, LIST, WATCH), in order.
+    pub fn reads(&self) -> Vec<Read> {
+        self.db.lock().unwrap().reads.clone()
+    }
+
     pub fn writes(&self) -> Vec<Write> {
         self.db.lock().unwrap().writes.clone()
     }
@@ -548,7 +587,10 @@ impl Emulator {
     }
 
     pub fn router(&self) -> Router {
-        Router::new().fallback(handle).with_state(self.clone())
+        Router::new()
+            .fallback(handle)
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .with_state(self.clone())
     }
 
     /// Serves on `listener` until the returned handle is aborted or the runtime ends.
@@ -621,6 +663,13 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
+    if body.len() > MAX_REQUEST_BYTES {
+        return status(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {MAX_REQUEST_BYTES}"),
+        );
+    }
     if method != Method::GET {
         let stall = {
             let mut db = emu.db.lock().unwrap();
@@ -661,6 +710,19 @@ async fn handle(
     };
     if let Some(denied) = authorize(&emu, token, &method, &t, &q) {
         return denied;
+    }
+    if method == Method::GET {
+        let verb = match &t.name {
+            Some(_) => "get",
+            None if q.get("watch").is_some_and(|w| w == "1" || w == "true") => "watch",
+            None => "list",
+        };
+        emu.db.lock().unwrap().reads.push(Read {
+            verb,
+            resource: t.resource.resource.into(),
+            namespace: t.namespace.clone(),
+            name: t.name.clone().unwrap_or_default(),
+        });
     }
     match (method.as_str(), &t.name) {
         ("GET", None) if q.get("watch").is_some_and(|w| w == "1" || w == "true") => watch(&emu, &t, &q),
@@ -819,21 +881,45 @@ fn not_found(t: &Target, name: &str) -> Response {
 fn list(emu: &Emulator, t: &Target, q: &BTreeMap<String, String>) -> Response {
     let db = emu.db.lock().unwrap();
     let selector = q.get("labelSelector").cloned().unwrap_or_default();
-    let items: Vec<Value> = db
+    // Pages: `limit` items, then a `continue` token naming where the next page starts.
+    let limit: usize = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let after: Option<(String, String)> = q
+        .get("continue")
+        .and_then(|c| c.split_once('/'))
+        .map(|(ns, name)| (ns.to_string(), name.to_string()));
+    let mut matching = db
         .objects
         .iter()
-        .filter(|((av, r, ns, _), _)| {
+        .filter(|((av, r, ns, name), _)| {
             *av == t.resource.api_version()
                 && r == t.resource.resource
                 && (t.namespace.is_empty() || *ns == t.namespace)
+                && after.as_ref().is_none_or(|(a_ns, a_name)| (ns, name) > (a_ns, a_name))
         })
-        .map(|(_, s)| render(s))
-        .filter(|o| label_selector_matches(&selector, o["metadata"]["labels"].as_object().unwrap_or(&Map::new())))
-        .collect();
+        .map(|((_, _, ns, name), s)| ((ns, name), render(s)))
+        .filter(|(_, o)| label_selector_matches(&selector, o["metadata"]["labels"].as_object().unwrap_or(&Map::new())));
+    let mut items = Vec::new();
+    let mut last = None;
+    for (at, o) in matching.by_ref().take(limit) {
+        items.push(o);
+        last = Some(at);
+    }
+    let remaining = matching.count();
+    let mut metadata = json!({"resourceVersion": db.rv.to_string()});
+    if remaining > 0
+        && let Some((ns, name)) = last
+    {
+        metadata["continue"] = json!(format!("{ns}/{name}"));
+        metadata["remainingItemCount"] = json!(remaining);
+    }
     let body = json!({
         "kind": format!("{}List", t.resource.kind),
         "apiVersion": t.resource.api_version(),
-        "metadata": {"resourceVersion": db.rv.to_string()},
+        "metadata": metadata,
         "items": items,
     });
     ok_json(StatusCode::OK, &body)
@@ -905,7 +991,10 @@ fn watch(emu: &Emulator, t: &Target, q: &BTreeMap<String, String>) -> Response {
                         let bytes = Bytes::from(format!("{}\n", json!({"type": e.kind, "object": e.object})));
                         return Some((Ok::<Bytes, std::io::Error>(bytes), (rx, closed, matches)));
                     }
-                    Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+                    Ok(Ok(_)) => continue,
+                    // A watcher too slow to keep up is closed, never silently skipped:
+                    // it resumes from its last resourceVersion (the history replays).
+                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => return None,
                     _ => return None,
                 },
             }
@@ -1545,5 +1634,31 @@ impl Running {
             .await
             .unwrap();
         kube::Client::try_from(config).unwrap()
+    }
+
+    /// Creates the gateway Service `istio-ingressgateway` in `namespace` if needed and
+    /// sets its load balancer `ingress` by a status patch (the caller reads nothing, so
+    /// that the reads of the process under test can be counted).
+    pub fn set_load_balancer(&self, namespace: &str, ingress: Value) {
+        use k8s_openapi::api::core::v1::Service;
+        use kube::api::{Api, Patch, PatchParams, PostParams};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let api: Api<Service> = Api::namespaced(self.client().await, namespace);
+            let status = Patch::Merge(json!({"status": {"loadBalancer": {"ingress": ingress}}}));
+            let name = "istio-ingressgateway";
+            if api.patch_status(name, &PatchParams::default(), &status).await.is_err() {
+                let svc: Service = serde_json::from_value(json!({
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": {"type": "LoadBalancer", "ports": [{"name": "https", "port": 443}]},
+                }))
+                .unwrap();
+                api.create(&PostParams::default(), &svc).await.unwrap();
+                api.patch_status(name, &PatchParams::default(), &status).await.unwrap();
+            }
+        });
     }
 }
