@@ -10,7 +10,7 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use tlsward::config::AcmeSpec;
 use tlsward::issuer::acme::{AcmeIssuer, Solver};
 use tlsward::store::files::FilesStore;
-use tlsward::store::{StateFile, Store};
+use tlsward::store::{StateFile, StateStore};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// A stub ACME server: `/dir` and `/renewal-info/<id>` over TLS; records the ids asked.
@@ -129,7 +129,7 @@ fn leaf() -> (String, Vec<u8>, Vec<u8>) {
 async fn the_renewal_window_comes_from_the_cas_renewal_info_endpoint() {
     let stub = start_stub(("2026-12-01T00:00:00Z", "2026-12-02T00:00:00Z")).await;
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(FilesStore::new(dir.path(), "o"));
+    let store: Arc<dyn StateStore> = Arc::new(FilesStore::new(dir.path(), "o"));
     let files = FilesStore::new(dir.path(), "o");
     store_account(&files, &stub).await;
     let issuer = AcmeIssuer::restore(
@@ -159,7 +159,7 @@ async fn the_renewal_window_comes_from_the_cas_renewal_info_endpoint() {
 async fn restoring_creates_nothing_when_no_account_is_stored() {
     let stub = start_stub(("2026-12-01T00:00:00Z", "2026-12-02T00:00:00Z")).await;
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(FilesStore::new(dir.path(), "o"));
+    let store: Arc<dyn StateStore> = Arc::new(FilesStore::new(dir.path(), "o"));
     assert!(
         AcmeIssuer::restore(
             "stub",

@@ -15,7 +15,7 @@ use super::{IssueError, Issued, Issuer, ServerRequest};
 use crate::config::{CaSpec, KeyAlgorithm};
 use crate::model::Hostname;
 use crate::pki::{self, PrivateKeyPem};
-use crate::store::{StateFile, Store};
+use crate::store::{StateFile, StateStore};
 
 const ROOT_VALIDITY_DAYS: i64 = 3_650;
 const INTERMEDIATE_VALIDITY_DAYS: i64 = 1_825;
@@ -233,7 +233,7 @@ impl CaIssuer {
     pub async fn open(
         name: &str,
         spec: &CaSpec,
-        store: &dyn Store,
+        store: &dyn StateStore,
         now: OffsetDateTime,
     ) -> Result<CaIssuer, IssueError> {
         let location = issuer_state(name);
@@ -301,7 +301,7 @@ impl CaIssuer {
     /// The intermediate's fingerprint as stored, without creating anything.
     pub async fn stored_signer_fingerprint(
         name: &str,
-        store: &dyn Store,
+        store: &dyn StateStore,
     ) -> Result<Option<String>, crate::store::StoreError> {
         Ok(store
             .read_state(&issuer_state(name))
@@ -340,7 +340,7 @@ impl Issuer for CaIssuer {
 pub async fn open_client_ca(
     site: &str,
     alg: KeyAlgorithm,
-    store: &dyn Store,
+    store: &dyn StateStore,
     now: OffsetDateTime,
 ) -> Result<Authority, IssueError> {
     let location = client_ca_state(site);
@@ -383,7 +383,7 @@ pub async fn open_client_ca(
 /// The stored client CA's fingerprint, without creating anything.
 pub async fn stored_client_ca_fingerprint(
     site: &str,
-    store: &dyn Store,
+    store: &dyn StateStore,
 ) -> Result<Option<String>, crate::store::StoreError> {
     Ok(store
         .read_state(&client_ca_state(site))

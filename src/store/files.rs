@@ -16,7 +16,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{CredentialBundle, KeyPairPem, StateFile, Store, StoreError, StoredCredentials, object_key, verify_bundle};
+use super::{
+    CredentialBundle, CredentialStore, EventSink, KeyPairPem, ObjectStore, StateFile, StateStore, StoreError,
+    StoredCredentials, object_key, verify_bundle,
+};
 use crate::model::names;
 use crate::pki::PrivateKeyPem;
 
@@ -460,8 +463,11 @@ impl FilesStore {
     }
 }
 
+/// A directory has no place for events: they are only logged.
+impl EventSink for FilesStore {}
+
 #[async_trait]
-impl Store for FilesStore {
+impl CredentialStore for FilesStore {
     async fn credentials(&self, _sites: &[String]) -> Result<StoredCredentials, StoreError> {
         self.off_runtime(|s| s.credentials_now(&[])).await
     }
@@ -475,7 +481,10 @@ impl Store for FilesStore {
         let site = site.to_string();
         self.off_runtime(move |s| s.delete_credential_now(&site)).await
     }
+}
 
+#[async_trait]
+impl StateStore for FilesStore {
     async fn read_state(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, StoreError> {
         let name = name.to_string();
         self.off_runtime(move |s| s.read_state_now(&name)).await
@@ -490,7 +499,10 @@ impl Store for FilesStore {
         let (issuer, pem) = (issuer.to_string(), pem.to_string());
         self.off_runtime(move |s| s.write_trust_now(&issuer, &pem)).await
     }
+}
 
+#[async_trait]
+impl ObjectStore for FilesStore {
     async fn owned_objects(&self) -> Result<Vec<String>, StoreError> {
         self.off_runtime(|s| s.owned_objects_now()).await
     }

@@ -20,7 +20,10 @@ use kube::core::{ApiResource, GroupVersionKind, ObjectMeta};
 use serde_json::Value;
 
 use super::mirror::{Freshness, Mirror};
-use super::{CredentialBundle, KeyPairPem, Notice, StateFile, Store, StoreError, StoredCredentials, verify_bundle};
+use super::{
+    CredentialBundle, CredentialStore, EventSink, KeyPairPem, Notice, ObjectStore, StateFile, StateStore, StoreError,
+    StoredCredentials, verify_bundle,
+};
 use crate::config::SecretFormat;
 use crate::model::names;
 use crate::pki::PrivateKeyPem;
@@ -644,7 +647,7 @@ impl KubeStore {
 }
 
 #[async_trait]
-impl Store for KubeStore {
+impl EventSink for KubeStore {
     async fn notify(&self, site: &str, notice: Notice, message: &str) {
         use kube::runtime::events::{Event, EventType};
         let (type_, reason, action) = match notice {
@@ -672,7 +675,10 @@ impl Store for KubeStore {
             tracing::debug!(site = %site, error = %e, "event not recorded");
         }
     }
+}
 
+#[async_trait]
+impl CredentialStore for KubeStore {
     async fn credentials_each(
         &self,
         sites: &[String],
@@ -709,6 +715,7 @@ impl Store for KubeStore {
         }
         Ok(self.assemble(&views))
     }
+
     async fn write_credential(&self, bundle: &CredentialBundle) -> Result<(), StoreError> {
         verify_bundle(bundle)?;
         let site = &bundle.site;
@@ -803,6 +810,13 @@ impl Store for KubeStore {
         self.note_written(site, false).await
     }
 
+    fn credentials_generation(&self) -> Option<u64> {
+        (self.secrets.has_watch() && self.secrets.freshness() == Freshness::Synced).then(|| self.secrets.generation())
+    }
+}
+
+#[async_trait]
+impl StateStore for KubeStore {
     async fn read_state(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, StoreError> {
         let secret_name = Self::state_secret_name(name);
         let found = self
@@ -841,7 +855,10 @@ impl Store for KubeStore {
         // In a cluster the root lives in the issuer's state Secret (`root.crt`).
         Ok(false)
     }
+}
 
+#[async_trait]
+impl ObjectStore for KubeStore {
     async fn owned_objects(&self) -> Result<Vec<String>, StoreError> {
         let mut keys = Vec::new();
         for kind in ISTIO_KINDS {
@@ -910,10 +927,6 @@ impl Store for KubeStore {
             }
         }
         Ok(named)
-    }
-
-    fn credentials_generation(&self) -> Option<u64> {
-        (self.secrets.has_watch() && self.secrets.freshness() == Freshness::Synced).then(|| self.secrets.generation())
     }
 
     fn objects_generation(&self) -> Option<u64> {

@@ -1,4 +1,5 @@
-//! Where credentials, objects and tlsward's own state live, behind one trait: a
+//! Where credentials, objects and tlsward's own state live, behind four narrow traits
+//! (`CredentialStore`, `StateStore`, `ObjectStore`, `EventSink`; `Store` is all four): a
 //! directory (`files`) or the Kubernetes API (`kubernetes`). A store writes what it is given, whole,
 //! and refuses a key that does not match its certificate; it never touches what
 //! carries no tlsward ownership mark. It decides nothing else.
@@ -97,12 +98,23 @@ pub enum Notice {
     Conflict,
 }
 
+/// Everything a store is: four narrow seams, each used where only it is needed (an
+/// issuer keeps its state through `StateStore` and sees nothing else).
+pub trait Store: CredentialStore + StateStore + ObjectStore + EventSink {}
+
+impl<T: CredentialStore + StateStore + ObjectStore + EventSink> Store for T {}
+
+/// Where the people watching the cluster learn what happened to a credential.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait EventSink: Send + Sync {
     /// Tells what happened to a site's credential where the store's users look (the
     /// Kubernetes store records an Event on the credential Secret; files have no such place).
     async fn notify(&self, _site: &str, _notice: Notice, _message: &str) {}
+}
 
+/// The sites' credentials, read and written whole.
+#[async_trait]
+pub trait CredentialStore: Send + Sync {
     /// The stored credentials, read back whole; `sites` are the configured ones (a store
     /// that cannot list reads theirs, and those it wrote before, by name).
     async fn credentials(&self, sites: &[String]) -> Result<StoredCredentials, StoreError>;
@@ -122,12 +134,27 @@ pub trait Store: Send + Sync {
     async fn write_credential(&self, bundle: &CredentialBundle) -> Result<(), StoreError>;
     /// Removes an owned credential of a site no longer configured.
     async fn delete_credential(&self, site: &str) -> Result<(), StoreError>;
+    /// A number that changes whenever a Secret that may hold a credential changes, while
+    /// a watch keeps them in memory; `None` when they are read on every pass.
+    fn credentials_generation(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// tlsward's own state: CA keys, the ACME account, published trust.
+#[async_trait]
+pub trait StateStore: Send + Sync {
     /// Reads a set of state files, `None` when absent.
     async fn read_state(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, StoreError>;
     /// Writes a set of state files as one unit.
     async fn write_state(&self, name: &str, files: &[StateFile]) -> Result<(), StoreError>;
     /// Publishes the root clients of an issuer trust; returns whether it changed.
     async fn write_trust(&self, issuer: &str, pem: &str) -> Result<bool, StoreError>;
+}
+
+/// The Gateways and VirtualServices (and Secret metadata) tlsward owns.
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
     /// Names (`kind/name`) of the objects tlsward owns in the store.
     async fn owned_objects(&self) -> Result<Vec<String>, StoreError>;
     /// Creates or updates an object (Gateway, VirtualService, Secret metadata); returns
@@ -143,18 +170,11 @@ pub trait Store: Send + Sync {
     ) -> Result<BTreeMap<String, String>, StoreError> {
         Ok(BTreeMap::new())
     }
-    /// A number that changes whenever a Secret that may hold a credential changes, while
-    /// a watch keeps them in memory; `None` when they are read on every pass.
-    fn credentials_generation(&self) -> Option<u64> {
-        None
-    }
-
     /// A number that changes whenever any object tlsward owns changes, while watches keep
     /// them in memory; `None` when objects are read on every pass.
     fn objects_generation(&self) -> Option<u64> {
         None
     }
-
     /// The apiVersion Istio objects are written with, where a server decides it
     /// (`networking.istio.io/v1`, or `v1beta1` before Istio 1.22); `None` for files.
     async fn istio_api(&self) -> Result<Option<String>, StoreError> {

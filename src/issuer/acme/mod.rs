@@ -30,7 +30,7 @@ use crate::dns::DnsProvider;
 use crate::dns::registry::{CHALLENGE_LABEL, DesiredName, diff_within};
 use crate::model::{RecordSet, RecordType};
 use crate::pki::PrivateKeyPem;
-use crate::store::{StateFile, Store};
+use crate::store::{StateFile, StateStore};
 
 const ACCOUNT_FILE: &str = "account.json";
 const ATTEMPTS: u32 = 4;
@@ -141,7 +141,7 @@ pub struct AcmeIssuer {
     name: String,
     spec: AcmeSpec,
     deadlines: DeadlinesSpec,
-    store: Arc<dyn Store>,
+    store: Arc<dyn StateStore>,
     /// Replaced when the server no longer knows the stored account.
     account: tokio::sync::RwLock<Account>,
     solver: Solver,
@@ -219,7 +219,7 @@ impl AcmeIssuer {
         name: &str,
         spec: &AcmeSpec,
         deadlines: DeadlinesSpec,
-        store: Arc<dyn Store>,
+        store: Arc<dyn StateStore>,
         solver: Solver,
     ) -> Result<AcmeIssuer, IssueError> {
         let account = match stored_account(name, spec, deadlines, store.as_ref()).await? {
@@ -246,7 +246,7 @@ impl AcmeIssuer {
         name: &str,
         spec: &AcmeSpec,
         deadlines: DeadlinesSpec,
-        store: Arc<dyn Store>,
+        store: Arc<dyn StateStore>,
         solver: Solver,
     ) -> Result<Option<AcmeIssuer>, IssueError> {
         Ok(stored_account(name, spec, deadlines, store.as_ref())
@@ -258,7 +258,7 @@ impl AcmeIssuer {
         name: &str,
         spec: &AcmeSpec,
         deadlines: DeadlinesSpec,
-        store: Arc<dyn Store>,
+        store: Arc<dyn StateStore>,
         solver: Solver,
         account: Account,
     ) -> AcmeIssuer {
@@ -661,7 +661,7 @@ async fn stored_account(
     name: &str,
     spec: &AcmeSpec,
     deadlines: DeadlinesSpec,
-    store: &dyn Store,
+    store: &dyn StateStore,
 ) -> Result<Option<Account>, IssueError> {
     let stored = store
         .read_state(&account_state(name))
@@ -709,7 +709,7 @@ async fn create_account(
     name: &str,
     spec: &AcmeSpec,
     deadlines: DeadlinesSpec,
-    store: &dyn Store,
+    store: &dyn StateStore,
 ) -> Result<Account, IssueError> {
     let contact: Vec<String> = spec.email.iter().map(|e| format!("mailto:{e}")).collect();
     let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
