@@ -83,20 +83,23 @@ impl AddressSource for ResolvedAddress {
 
 /// The source a (validated) `gateway.address` describes.
 pub fn from_spec(spec: &AddressSpec) -> Result<Box<dyn AddressSource>, AddressError> {
-    if let Some(host) = &spec.resolve {
-        let resolver = TokioResolver::builder_tokio()
-            .and_then(|b| b.build())
-            .map_err(|e| AddressError::Resolve {
-                host: host.clone(),
-                detail: e.to_string(),
-            })?;
-        return Ok(Box::new(ResolvedAddress {
-            host: host.trim_end_matches('.').to_string(),
-            resolver,
-            valid_until: std::sync::Mutex::new(None),
-        }));
-    }
-    let list = spec.static_.clone().unwrap_or_default();
+    let list = match spec {
+        AddressSpec::Static(list) => list,
+        AddressSpec::Resolve(host) => {
+            let resolver =
+                TokioResolver::builder_tokio()
+                    .and_then(|b| b.build())
+                    .map_err(|e| AddressError::Resolve {
+                        host: host.clone(),
+                        detail: e.to_string(),
+                    })?;
+            return Ok(Box::new(ResolvedAddress {
+                host: host.trim_end_matches('.').to_string(),
+                resolver,
+                valid_until: std::sync::Mutex::new(None),
+            }));
+        }
+    };
     let addresses = list
         .iter()
         .map(|entry| match entry.parse() {
@@ -225,11 +228,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_resolved_address_reports_when_to_look_again() {
-        let source = from_spec(&AddressSpec {
-            static_: None,
-            resolve: Some("localhost".into()),
-        })
-        .unwrap();
+        let source = from_spec(&AddressSpec::Resolve("localhost".into())).unwrap();
         assert_eq!(
             source.look_again_in(),
             Some(Duration::from_secs(5)),
@@ -241,11 +240,7 @@ mod tests {
             again >= Duration::from_secs(5) && again <= Duration::from_secs(300),
             "{again:?}"
         );
-        let fixed = from_spec(&AddressSpec {
-            static_: Some(vec!["203.0.113.10".into()]),
-            resolve: None,
-        })
-        .unwrap();
+        let fixed = from_spec(&AddressSpec::Static(vec!["203.0.113.10".into()])).unwrap();
         assert_eq!(fixed.look_again_in(), None);
     }
 }

@@ -89,16 +89,42 @@ fn default_renew_before() -> RenewBefore {
     RenewBefore::Percent(33.0)
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+/// Where credentials and objects go: `{kubernetes: {...}}` or `{files: {dir}}`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum StoreSpec {
+    Kubernetes(KubernetesStoreSpec),
+    Files(FilesStoreSpec),
+}
+
+// The schema of `StoreSpec` (see `ProviderFields`).
+#[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
-pub struct StoreSpec {
+#[schemars(rename = "StoreSpec", extend("minProperties" = 1, "maxProperties" = 1))]
+#[allow(dead_code)]
+struct StoreFields {
     /// In-cluster config or `$KUBECONFIG`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kubernetes: Option<KubernetesStoreSpec>,
+    kubernetes: Option<KubernetesStoreSpec>,
     /// A directory, for setups without a cluster.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub files: Option<FilesStoreSpec>,
+    files: Option<FilesStoreSpec>,
+}
+
+schema_as!(StoreSpec, StoreFields);
+
+impl StoreSpec {
+    pub fn files(&self) -> Option<&FilesStoreSpec> {
+        match self {
+            StoreSpec::Files(f) => Some(f),
+            StoreSpec::Kubernetes(_) => None,
+        }
+    }
+
+    pub fn kubernetes(&self) -> Option<&KubernetesStoreSpec> {
+        match self {
+            StoreSpec::Kubernetes(k) => Some(k),
+            StoreSpec::Files(_) => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
@@ -160,17 +186,29 @@ fn default_gateway_name() -> String {
     "tlsward-gateway".into()
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
-pub struct AddressSpec {
-    /// IPs (A/AAAA records) or one hostname (CNAME record).
-    #[serde(rename = "static", default, skip_serializing_if = "Option::is_none")]
-    pub static_: Option<Vec<String>>,
-    /// A hostname looked up on every pass; its IPs become A/AAAA records.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resolve: Option<String>,
+/// The load balancer's address without a Service to follow: `{static: [...]}` or
+/// `{resolve: HOST}`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum AddressSpec {
+    Static(Vec<String>),
+    Resolve(String),
 }
+
+// The schema of `AddressSpec` (see `ProviderFields`).
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "AddressSpec", extend("minProperties" = 1, "maxProperties" = 1))]
+#[allow(dead_code)]
+struct AddressFields {
+    /// IPs (A/AAAA records) or one hostname (CNAME record).
+    #[serde(rename = "static")]
+    static_: Option<Vec<String>>,
+    /// A hostname looked up on every pass; its IPs become A/AAAA records.
+    resolve: Option<String>,
+}
+
+schema_as!(AddressSpec, AddressFields);
 
 /// One issuer: the internal CA or an ACME account, written `{ca: {...}}` or `{acme: {...}}`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -519,8 +557,7 @@ impl ConfigFile {
     /// Where tlsward keeps its own state, Lease and shared HTTP-01 answers in a cluster.
     pub fn state_namespace(&self) -> &str {
         self.store
-            .kubernetes
-            .as_ref()
+            .kubernetes()
             .and_then(|k| k.state_namespace.as_deref())
             .unwrap_or(&self.gateway.namespace)
     }

@@ -126,8 +126,8 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
     }
 
     let store: Option<StoreSpec> = piece(root, "/store");
-    let files_store = store.as_ref().is_some_and(|s| s.files.is_some());
-    if let Some(files) = store.as_ref().and_then(|s| s.files.as_ref())
+    let files_store = store.as_ref().is_some_and(|s| s.files().is_some());
+    if let Some(files) = store.as_ref().and_then(|s| s.files())
         && files.dir.trim().is_empty()
     {
         c.at("/store/files/dir", "must not be empty");
@@ -374,7 +374,7 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
 
 /// Returns whether the address is a hostname (published as a CNAME).
 fn check_address(c: &mut Checker, addr: &AddressSpec) -> bool {
-    if let Some(list) = &addr.static_ {
+    if let AddressSpec::Static(list) = addr {
         if list.is_empty() {
             c.at("/gateway/address/static", "list at least one IP or one hostname");
         }
@@ -406,7 +406,7 @@ fn check_address(c: &mut Checker, addr: &AddressSpec) -> bool {
         return names > 0 && ips == 0;
     }
     // Resolved through the system resolver, so a short name (search domains, hosts file) is fine.
-    if let Some(host) = &addr.resolve
+    if let AddressSpec::Resolve(host) = addr
         && let Some(e) = host.trim_end_matches('.').split('.').find_map(|l| check_label(l).err())
     {
         c.at("/gateway/address/resolve", format!("`{host}` is not a host name: {e}"));

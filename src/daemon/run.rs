@@ -82,7 +82,7 @@ pub async fn run(
 ) -> Result<(), SetupError> {
     let mut leading = match leader {
         Some(l) => {
-            if config.file.store.kubernetes.is_none() {
+            if config.file.store.kubernetes().is_none() {
                 return Err(SetupError::Unsupported(
                     "leader election needs store.kubernetes (it uses a Lease)".into(),
                 ));

@@ -246,7 +246,7 @@ impl Runtime {
         let mut service_source: Option<Box<dyn AddressSource>> = None;
         let mut address_changes = tokio::sync::watch::channel(None).1;
         let mut cluster = None;
-        let store: Arc<dyn Store> = match &file.store.files {
+        let store: Arc<dyn Store> = match file.store.files() {
             Some(files) => Arc::new(FilesStore::new(PathBuf::from(&files.dir), &file.owner_id)),
             None => {
                 let key = ClusterKey {
@@ -286,12 +286,7 @@ impl Runtime {
                 store
             }
         };
-        let files_root = file
-            .store
-            .files
-            .as_ref()
-            .map(|f| PathBuf::from(&f.dir))
-            .unwrap_or_default();
+        let files_root = file.store.files().map(|f| PathBuf::from(&f.dir)).unwrap_or_default();
         let mut providers: BTreeMap<String, Arc<dyn DnsProvider>> = BTreeMap::new();
         for (name, spec) in &file.dns.providers {
             providers.insert(

@@ -376,7 +376,7 @@ fn plan_credential(
     };
 
     // Only Secrets have a layout; a credential reissued anyway is written in the new one.
-    if config.store.kubernetes.is_some()
+    if config.store.kubernetes().is_some()
         && let Some(c) = stored
         && !plan.server.is_issue()
     {
@@ -525,7 +525,7 @@ fn plan_zones(config: &ConfigFile, observed: &Observed, conflicts: &mut Vec<Conf
 /// Sites that need an ACME HTTP-01 order in this pass, when the Gateway must carry the
 /// challenge (a cluster; on the files store the solver port alone answers).
 fn challenge_routes(config: &ConfigFile, credentials: &[CredentialPlan]) -> BTreeMap<String, (String, u16)> {
-    if config.store.kubernetes.is_none() {
+    if config.store.kubernetes().is_none() {
         return BTreeMap::new();
     }
     credentials
