@@ -23,8 +23,9 @@ use crate::store::files::FilesStore;
 use crate::store::kubernetes::KubeStore;
 
 /// What a config reload must not forget: which sites are backing off after a failed
-/// issuance, and the renewal windows ACME CAs suggested. Adapters are rebuilt on reload;
-/// this is handed from one runtime to the next.
+/// issuance, the renewal windows ACME CAs suggested, the cluster wiring with its watches,
+/// and what was parsed and settled. Adapters are rebuilt on reload; this is handed from
+/// one runtime to the next.
 #[derive(Default)]
 pub struct Memory {
     /// Sites whose last issuance failed.
@@ -39,22 +40,22 @@ pub struct Memory {
     /// Observations of stored credentials, by site, with a digest of what they were made
     /// from: a credential unchanged since the last pass is not parsed again.
     pub(super) parsed: std::sync::Mutex<BTreeMap<String, (u64, Arc<crate::model::ObservedCredential>)>>,
+    /// Keys the digests above and below, per process.
     hash_key: std::collections::hash_map::RandomState,
-    /// The stored credentials as last read and observed, reused while the watched
-    /// Secrets keep their generation.
+    /// The foreign and unreadable credentials as last read, reused (with `parsed`) while
+    /// the watched Secrets keep their generation.
     pub(super) seen: std::sync::Mutex<Option<SeenCredentials>>,
     /// The inputs and the watched objects' generation after the last pass that left
     /// every object as wanted.
     pub(super) objects_settled: std::sync::Mutex<Option<(u64, u64)>>,
 }
 
-/// The stored credentials of one generation of the watched Secrets, and what was
-/// observed of them.
+/// What one generation of the watched Secrets held besides the observed credentials
+/// (those are in `Memory::parsed`).
 pub(super) struct SeenCredentials {
     pub(super) generation: u64,
     /// The configured sites they were read for.
     pub(super) sites: Vec<String>,
-    /// Observed credentials are in `Memory::parsed`.
     pub(super) foreign: BTreeMap<String, String>,
     pub(super) unreadable: BTreeMap<String, String>,
 }
