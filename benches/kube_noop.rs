@@ -61,17 +61,9 @@ fn run_measured(mut cmd: std::process::Command, log: &std::path::Path) -> (i32, 
 
 /// `tlsward_reconcile_duration_seconds` (sum, count) from a metrics page.
 fn pass_durations(metrics: &str) -> (f64, u64) {
-    let value = |name: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
     (
-        value("tlsward_reconcile_duration_seconds_sum"),
-        value("tlsward_reconcile_duration_seconds_count") as u64,
+        sample(metrics, "tlsward_reconcile_duration_seconds_sum"),
+        sample(metrics, "tlsward_reconcile_duration_seconds_count") as u64,
     )
 }
 

@@ -260,15 +260,6 @@ fn a_dns_conflict_is_counted_in_the_metrics() {
     assert_eq!(code, 0);
 }
 
-/// The value of one sample in an exposition text (0 when absent).
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn config_reloads(m: &str) -> [f64; 4] {
     tlsward::metrics::RELOAD_RESULTS.map(|r| sample(m, &format!("tlsward_config_reloads_total{{result=\"{r}\"}}")))
 }

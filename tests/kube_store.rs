@@ -212,6 +212,18 @@ fn set_load_balancer(emu: &Running, ingress: Value) {
     emu.set_load_balancer(NS, ingress);
 }
 
+/// `tlsward run` on the emulator, its endpoints on `port`; stopped when dropped.
+fn start_daemon(w: &Workdir, emu: &Running, port: u16) -> Proc {
+    Proc(
+        w.daemon(port, &[])
+            .env("KUBECONFIG", emu.kubeconfig.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 #[test]
 fn the_load_balancer_is_followed_by_its_watch_without_a_timer() {
     use support::webhook::Webhook;
@@ -230,13 +242,7 @@ fn the_load_balancer_is_followed_by_its_watch_without_a_timer() {
         .replace("issuer: internal, route", "issuer: internal, dns: hook, route");
     w.write_config(&text);
     let port = free_port();
-    let mut daemon = w
-        .daemon(port, &[])
-        .env("KUBECONFIG", emu.kubeconfig.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let _daemon = start_daemon(&w, &emu, port);
     let name = "frontend.foocorp.example";
     let timeout = std::time::Duration::from_secs(20);
     wait_for(timeout, "the first A record", || {
@@ -249,14 +255,8 @@ fn the_load_balancer_is_followed_by_its_watch_without_a_timer() {
     });
 
     // The next renewal is weeks away: only the Service watch can bring these.
-    let passes = |m: &str| {
-        m.lines()
-            .find(|l| l.starts_with("tlsward_reconcile_duration_seconds_count"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let before = http_get(port, "/metrics").map(|(_, m)| passes(&m)).unwrap_or(0);
+    let passes = || scrape(port, "tlsward_reconcile_duration_seconds_count");
+    let before = passes();
     let reads_before = emu.emulator.reads().len();
     let t = std::time::Instant::now();
     set_load_balancer(&emu, json!([{"ip": "203.0.113.20"}, {"ip": "203.0.113.21"}]));
@@ -268,11 +268,7 @@ fn the_load_balancer_is_followed_by_its_watch_without_a_timer() {
         "took {:?}",
         t.elapsed()
     );
-    wait_for(timeout, "the pass to be recorded", || {
-        http_get(port, "/metrics")
-            .filter(|(_, m)| passes(m) > before)
-            .map(|_| ())
-    });
+    wait_for(timeout, "the pass to be recorded", || (passes() > before).then_some(()));
     // That pass read the world from its watches: no Service, credential Secret, Gateway
     // or VirtualService was read again (only tlsward's own CA state, by name).
     let reads: Vec<String> = emu.emulator.reads()[reads_before..]
@@ -298,8 +294,6 @@ fn the_load_balancer_is_followed_by_its_watch_without_a_timer() {
         (hook.lookup(name, "A") == vec!["203.0.113.30"]).then_some(())
     });
     assert!(hook.lookup(name, "CNAME").is_empty());
-    let _ = daemon.kill();
-    let _ = daemon.wait();
 }
 
 #[test]
@@ -487,14 +481,7 @@ fn a_repeated_event_is_patched_into_a_series() {
     let w = Workdir::new();
     w.write_config(&config(false));
     let port = free_port();
-    let _daemon = Proc(
-        w.daemon(port, &[])
-            .env("KUBECONFIG", emu.kubeconfig.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _daemon = start_daemon(&w, &emu, port);
     let conflicts = || -> Vec<Value> {
         emu.emulator
             .list("events.k8s.io/v1", "events", NS)
@@ -619,23 +606,9 @@ fn a_reload_keeps_the_watches_and_another_service_to_follow_starts_new_ones() {
     let w = Workdir::new();
     w.write_config(&config(false));
     let port = free_port();
-    let mut daemon = w
-        .daemon(port, &[])
-        .env("KUBECONFIG", emu.kubeconfig.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let _daemon = start_daemon(&w, &emu, port);
     let timeout = std::time::Duration::from_secs(20);
-    let reloads = |result: &str| {
-        http_get(port, "/metrics")
-            .and_then(|(_, m)| {
-                let prefix = format!("tlsward_config_reloads_total{{result=\"{result}\"}} ");
-                m.lines().find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
-            })
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let reloads = |result: &str| scrape(port, &format!("tlsward_config_reloads_total{{result=\"{result}\"}}"));
     wait_for(timeout, "the first pass", || {
         secret(&emu, "frontend-credential").map(|_| ())
     });
@@ -652,7 +625,7 @@ fn a_reload_keeps_the_watches_and_another_service_to_follow_starts_new_ones() {
     // A new site: the same namespaces, owner and Service, so the same watches.
     let before = emu.emulator.reads().len();
     w.write_config(&config(true));
-    wait_for(timeout, "the reload", || (reloads("applied") >= 1).then_some(()));
+    wait_for(timeout, "the reload", || (reloads("applied") >= 1.0).then_some(()));
     wait_for(timeout, "the new site's credential", || {
         secret(&emu, "inventory-credential").map(|_| ())
     });
@@ -664,13 +637,13 @@ fn a_reload_keeps_the_watches_and_another_service_to_follow_starts_new_ones() {
         "gateway: {namespace: istio-system}",
         "gateway: {namespace: istio-system, service: other-gateway}",
     ));
-    wait_for(timeout, "the second reload", || (reloads("applied") >= 2).then_some(()));
+    wait_for(timeout, "the second reload", || {
+        (reloads("applied") >= 2.0).then_some(())
+    });
     wait_for(timeout, "the new watches", || {
         listed(before)
             .iter()
             .any(|r| r.starts_with("list secrets"))
             .then_some(())
     });
-    let _ = daemon.kill();
-    let _ = daemon.wait();
 }

@@ -12,8 +12,16 @@ use super::{Failure, Runtime, Stage};
 use crate::config::{IssuerSpec, TlsMode};
 use crate::issuer::acme::{AcmeIssuer, Solver};
 use crate::issuer::ca::{self, CaIssuer};
+use crate::model::ObservedCredential;
 use crate::plan::{self, Observed, Plan};
 use crate::store::{CredentialBundle, StoreError, StoredCredentials};
+
+/// Observed credentials by site, then the foreign and the unreadable ones.
+type ParsedCredentials = (
+    BTreeMap<String, Arc<ObservedCredential>>,
+    BTreeMap<String, String>,
+    BTreeMap<String, String>,
+);
 
 impl Runtime {
     /// Reads the world: stored credentials, CA state, the address, every zone.
@@ -23,8 +31,7 @@ impl Runtime {
         failures: &mut Vec<Failure>,
         with_dns: bool,
     ) -> Result<(Observed, Option<Arc<StoredCredentials>>), StoreError> {
-        let file = &self.config.file;
-        let sites: Vec<String> = file.sites.iter().map(|s| s.name.clone()).collect();
+        let sites = self.site_names();
         // Read before the credentials: a change while they are read is seen next time.
         let generation = self.store.credentials_generation();
         let seen = generation.and_then(|g| {
@@ -33,87 +40,35 @@ impl Runtime {
                 .filter(|s| s.generation == g && s.sites == sites)
                 .map(|s| (s.foreign.clone(), s.unreadable.clone()))
         });
-        if let Some((foreign, unreadable)) = seen {
+        let (credentials, foreign, unreadable) = match seen {
             // The watched Secrets did not change: what was observed of them still holds,
             // and their bundles are read only if the pass needs them.
-            let credentials = (self.memory.parsed.lock().unwrap_or_else(|e| e.into_inner()))
-                .iter()
-                .map(|(site, (_, c))| (site.clone(), c.clone()))
-                .collect();
-            let observed = Observed {
-                foreign_credentials: foreign,
-                unreadable_credentials: unreadable,
-                credentials,
-                owned_objects: self.store.owned_objects().await?,
-                ..Observed::default()
-            };
-            return self.observe_the_rest(observed, None, failures, with_dns).await;
-        }
-        // One credential at a time, each observed and dropped; one unchanged since the
-        // last pass is not parsed again.
-        let mut parsed = std::mem::take(&mut *self.memory.parsed.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut now_parsed = BTreeMap::new();
-        let mut credentials = BTreeMap::new();
-        let mut unreadable = BTreeMap::new();
-        let mut observe_one = |bundle: CredentialBundle| {
-            let digest = self.memory.digest(&bundle);
-            let known = parsed
-                .remove(&bundle.site)
-                .filter(|(d, _)| *d == digest)
-                .map(|(_, c)| c);
-            match known.map(Ok).unwrap_or_else(|| bundle.observe().map(Arc::new)) {
-                Ok(c) => {
-                    credentials.insert(bundle.site.clone(), c.clone());
-                    now_parsed.insert(bundle.site, (digest, c));
+            Some((foreign, unreadable)) => {
+                let parsed = self.memory.parsed.lock().unwrap_or_else(|e| e.into_inner());
+                let credentials = parsed.iter().map(|(site, (_, c))| (site.clone(), c.clone())).collect();
+                (credentials, foreign, unreadable)
+            }
+            None => {
+                let (credentials, foreign, unreadable) = self.parse_credentials(&sites).await?;
+                if let Some(generation) = generation {
+                    *self.memory.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(SeenCredentials {
+                        generation,
+                        sites,
+                        foreign: foreign.clone(),
+                        unreadable: unreadable.clone(),
+                    });
                 }
-                Err(e) => {
-                    unreadable.insert(bundle.site, e.to_string());
-                }
+                (credentials, foreign, unreadable)
             }
         };
-        let summary = self.store.credentials_each(&sites, &mut observe_one).await?;
-        *self.memory.parsed.lock().unwrap_or_else(|e| e.into_inner()) = now_parsed;
-        unreadable.extend(summary.unreadable);
-        let observed = Observed {
-            foreign_credentials: summary.foreign,
+        let mut observed = Observed {
+            foreign_credentials: foreign,
             unreadable_credentials: unreadable,
             credentials,
             owned_objects: self.store.owned_objects().await?,
             ..Observed::default()
         };
-        if let Some(generation) = generation {
-            *self.memory.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(SeenCredentials {
-                generation,
-                sites,
-                foreign: observed.foreign_credentials.clone(),
-                unreadable: observed.unreadable_credentials.clone(),
-            });
-        }
-        self.observe_the_rest(observed, None, failures, with_dns).await
-    }
-
-    /// The stored bundles: those `observe` read, else read now.
-    pub(super) async fn stored(
-        &self,
-        read: Option<Arc<StoredCredentials>>,
-    ) -> Result<Arc<StoredCredentials>, StoreError> {
-        match read {
-            Some(stored) => Ok(stored),
-            None => {
-                let sites: Vec<String> = self.config.file.sites.iter().map(|s| s.name.clone()).collect();
-                Ok(Arc::new(self.store.credentials(&sites).await?))
-            }
-        }
-    }
-
-    /// CA state, the address, the zones and the renewal windows.
-    async fn observe_the_rest(
-        &self,
-        mut observed: Observed,
-        mut stored: Option<Arc<StoredCredentials>>,
-        failures: &mut Vec<Failure>,
-        with_dns: bool,
-    ) -> Result<(Observed, Option<Arc<StoredCredentials>>), StoreError> {
+        let mut stored = None;
         let file = &self.config.file;
         for (name, spec) in &file.issuers {
             if let IssuerSpec::Ca(_) = spec
@@ -154,16 +109,65 @@ impl Runtime {
         }
         let asks_ari = file.issuers.values().any(|i| i.acme().is_some());
         if with_dns && asks_ari {
-            let bundles = self.stored(stored.take()).await?;
-            observed.renewal_windows = self.renewal_windows(&bundles).await;
+            let bundles = Arc::new(self.store.credentials(&self.site_names()).await?);
+            observed.renewal_windows = self.renewal_windows(&bundles, &observed.credentials).await;
             stored = Some(bundles);
         }
         Ok((observed, stored))
     }
 
+    /// The stored bundles: those `observe` read, else read now.
+    pub(super) async fn stored(
+        &self,
+        read: Option<Arc<StoredCredentials>>,
+    ) -> Result<Arc<StoredCredentials>, StoreError> {
+        match read {
+            Some(stored) => Ok(stored),
+            None => Ok(Arc::new(self.store.credentials(&self.site_names()).await?)),
+        }
+    }
+
+    fn site_names(&self) -> Vec<String> {
+        self.config.file.sites.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// The stored credentials, one at a time, each observed and dropped (10,000 need not
+    /// be in memory at once); one unchanged since the last pass is not parsed again.
+    /// Returns the observed, the foreign and the unreadable credentials.
+    async fn parse_credentials(&self, sites: &[String]) -> Result<ParsedCredentials, StoreError> {
+        let mut parsed = std::mem::take(&mut *self.memory.parsed.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut now_parsed = BTreeMap::new();
+        let mut credentials = BTreeMap::new();
+        let mut unreadable = BTreeMap::new();
+        let mut observe_one = |bundle: CredentialBundle| {
+            let digest = self.memory.digest(&bundle);
+            let known = parsed
+                .remove(&bundle.site)
+                .filter(|(d, _)| *d == digest)
+                .map(|(_, c)| c);
+            match known.map(Ok).unwrap_or_else(|| bundle.observe().map(Arc::new)) {
+                Ok(c) => {
+                    credentials.insert(bundle.site.clone(), c.clone());
+                    now_parsed.insert(bundle.site, (digest, c));
+                }
+                Err(e) => {
+                    unreadable.insert(bundle.site, e.to_string());
+                }
+            }
+        };
+        let summary = self.store.credentials_each(sites, &mut observe_one).await?;
+        *self.memory.parsed.lock().unwrap_or_else(|e| e.into_inner()) = now_parsed;
+        unreadable.extend(summary.unreadable);
+        Ok((credentials, summary.foreign, unreadable))
+    }
+
     /// The renewal windows ACME CAs suggest (ARI) for the stored certificates, asked
     /// again only after the server's Retry-After; nothing is created to ask them.
-    async fn renewal_windows(&self, stored: &StoredCredentials) -> BTreeMap<String, (OffsetDateTime, OffsetDateTime)> {
+    async fn renewal_windows(
+        &self,
+        stored: &StoredCredentials,
+        observed: &BTreeMap<String, Arc<ObservedCredential>>,
+    ) -> BTreeMap<String, (OffsetDateTime, OffsetDateTime)> {
         let now = OffsetDateTime::now_utc();
         let mut out = BTreeMap::new();
         for (name, spec) in &self.config.file.issuers {
@@ -182,9 +186,10 @@ impl Runtime {
             }
             let mut issuer = None;
             for (site, bundle) in sites {
-                let key = crate::pki::facts(&bundle.server.chain_pem)
-                    .map(|f| f.serial_hex)
-                    .unwrap_or_default();
+                // The serial as observed (an unreadable certificate is reissued, not asked about).
+                let Some(key) = observed.get(site).map(|c| c.server.serial_hex.clone()) else {
+                    continue;
+                };
                 let cached = self
                     .memory
                     .ari

@@ -140,6 +140,7 @@ impl Cluster {
             &key.namespace,
             &key.state_namespace,
             &key.owner,
+            key.deadline,
         ));
         let (address_changes, address) = tokio::sync::watch::channel(None);
         let mut tasks = Vec::new();
@@ -168,7 +169,7 @@ impl Cluster {
                 )));
             }
             if key.watch_store {
-                tasks.extend(store.watch(watches, key.deadline));
+                tasks.extend(store.watch(watches));
             }
         }
         Ok(Cluster {
@@ -197,7 +198,7 @@ pub struct Runtime {
     pub(super) address_changes: tokio::sync::watch::Receiver<Option<crate::model::GatewayAddress>>,
     /// The cluster wiring this runtime uses (kept in `memory` for the next one).
     _cluster: Option<Arc<Cluster>>,
-    /// What outlives a reload (backoff, ARI answers).
+    /// What outlives a reload (see `Memory`).
     pub(super) memory: Arc<Memory>,
     /// Told of every step a pass completes (the stuck-pass watchdog).
     pub(super) health: Health,

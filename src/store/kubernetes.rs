@@ -56,7 +56,8 @@ pub struct KubeStore {
     /// seen, to skip writes that change nothing; fed by watches, else by each LIST.
     gateways: Arc<Mirror<ObjectView>>,
     virtual_services: Arc<Mirror<ObjectView>>,
-    /// How long a pass waits for a watch's first list before reading the API itself.
+    /// How long a pass waits for a watch's first list before reading the API itself
+    /// (`deadlines.request`).
     sync_deadline: std::time::Duration,
     /// The served version of networking.istio.io, discovered once.
     istio_version: tokio::sync::OnceCell<&'static str>,
@@ -250,7 +251,14 @@ impl KubeStore {
 
     /// The store in `namespace` of the cluster at `server` (named in errors).
     /// Credentials in `namespace`, tlsward's own state in `state_namespace`.
-    pub fn new(client: kube::Client, server: &str, namespace: &str, state_namespace: &str, owner: &str) -> KubeStore {
+    pub fn new(
+        client: kube::Client,
+        server: &str,
+        namespace: &str,
+        state_namespace: &str,
+        owner: &str,
+        request_deadline: std::time::Duration,
+    ) -> KubeStore {
         let reporter = kube::runtime::events::Reporter {
             controller: names::FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -267,7 +275,7 @@ impl KubeStore {
             secrets: Arc::default(),
             gateways: Arc::default(),
             virtual_services: Arc::default(),
-            sync_deadline: std::time::Duration::from_secs(30),
+            sync_deadline: request_deadline,
             istio_version: tokio::sync::OnceCell::new(),
         }
     }
@@ -515,11 +523,7 @@ impl KubeStore {
     /// Starts the watches that keep the credential Secrets and tlsward's Istio objects
     /// in memory (`client`: one for long-lived requests). A watch the Role does not allow
     /// leaves that read to each pass. Returns the tasks (abort them to stop).
-    pub fn watch(
-        self: &Arc<Self>,
-        client: kube::Client,
-        deadline: std::time::Duration,
-    ) -> Vec<tokio::task::JoinHandle<()>> {
+    pub fn watch(self: &Arc<Self>, client: kube::Client) -> Vec<tokio::task::JoinHandle<()>> {
         use kube::runtime::watcher;
         let mut tasks = Vec::new();
         let owner = self.owner.clone();
@@ -540,7 +544,7 @@ impl KubeStore {
                     Ok(v) => break v,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot watch the Istio objects yet; retrying");
-                        tokio::time::sleep(deadline.min(std::time::Duration::from_secs(10))).await;
+                        tokio::time::sleep(store.sync_deadline.min(std::time::Duration::from_secs(10))).await;
                     }
                 }
             };
@@ -811,7 +815,7 @@ impl CredentialStore for KubeStore {
     }
 
     fn credentials_generation(&self) -> Option<u64> {
-        (self.secrets.has_watch() && self.secrets.freshness() == Freshness::Synced).then(|| self.secrets.generation())
+        self.secrets.watched_generation()
     }
 }
 
@@ -930,13 +934,12 @@ impl ObjectStore for KubeStore {
     }
 
     fn objects_generation(&self) -> Option<u64> {
-        let synced = |m: &Mirror<ObjectView>| m.has_watch() && m.freshness() == Freshness::Synced;
-        (synced(&self.gateways) && synced(&self.virtual_services)).then(|| {
+        // Generations are process-wide and increasing: the newer one moves with either.
+        Some(
             self.gateways
-                .generation()
-                .wrapping_mul(0x9e37_79b9)
-                .wrapping_add(self.virtual_services.generation())
-        })
+                .watched_generation()?
+                .max(self.virtual_services.watched_generation()?),
+        )
     }
 
     async fn istio_api(&self) -> Result<Option<String>, StoreError> {

@@ -34,7 +34,7 @@ pub struct Mirror<T> {
     state: tokio::sync::watch::Sender<Freshness>,
     /// Set once a watch runs: its entries are replaced by each (re)list.
     watched: AtomicBool,
-    /// Bumped by every change of an entry.
+    /// Set anew by every change of an entry (see `GENERATIONS`).
     generation: std::sync::atomic::AtomicU64,
 }
 
@@ -71,6 +71,11 @@ impl<T> Default for Mirror<T> {
     }
 }
 
+/// Generations are drawn from one process-wide counter: a number never names two states,
+/// not even of two mirrors (a reload that starts new watches cannot meet an old number),
+/// and the newest of several mirrors' generations changes whenever any of them does.
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A resourceVersion as a number for ordering: etcd revisions are; anything else
 /// sorts first (and is never preferred over a known version).
 fn revision(rv: Option<&str>) -> u64 {
@@ -94,8 +99,14 @@ impl<T: Clone> Mirror<T> {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// The generation, while a watch keeps this mirror and its first list completed.
+    pub fn watched_generation(&self) -> Option<u64> {
+        (self.has_watch() && self.freshness() == Freshness::Synced).then(|| self.generation())
+    }
+
     fn changed(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let next = GENERATIONS.fetch_add(1, Ordering::AcqRel) + 1;
+        self.generation.store(next, Ordering::Release);
     }
 
     /// Reads every entry (by name) under the lock.
@@ -257,6 +268,17 @@ mod tests {
         assert_eq!(m.get("a"), None);
     }
 
+    #[test]
+    fn generations_never_repeat_across_mirrors_and_the_newest_moves_with_any() {
+        let (a, b): (Mirror<u8>, Mirror<u8>) = (Mirror::default(), Mirror::default());
+        a.saw("x", Some("1"), Some(1));
+        b.saw("x", Some("1"), Some(1));
+        assert_ne!(a.generation(), b.generation(), "a new mirror met an old number");
+        let newest = a.generation().max(b.generation());
+        a.saw("y", Some("2"), Some(2));
+        assert!(a.generation() > newest);
+    }
+
     #[tokio::test]
     async fn a_mirror_reports_syncing_until_its_first_list() {
         let m: Mirror<u8> = Mirror::default();
@@ -264,5 +286,8 @@ mod tests {
         assert!(!m.has_watch());
         m.state.send_replace(Freshness::Synced);
         assert_eq!(m.ready_within(Duration::from_millis(10)).await, Freshness::Synced);
+        assert_eq!(m.watched_generation(), None, "no watch keeps it");
+        m.expect_watch();
+        assert_eq!(m.watched_generation(), Some(m.generation()));
     }
 }

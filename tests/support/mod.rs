@@ -142,6 +142,20 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// The value of one sample in an exposition text (0 when absent).
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// One sample of the daemon's `/metrics` on `port` (0 when absent or unreachable).
+pub fn scrape(port: u16, series: &str) -> f64 {
+    http_get(port, "/metrics").map_or(0.0, |(_, m)| sample(&m, series))
+}
+
 /// Publishes `text` as `tlsward.yaml` in `dir` the way kubelet updates a ConfigMap
 /// volume: a new timestamped directory `stamp`, a `..data` symlink to it swapped in by
 /// rename, the old directory removed, and `tlsward.yaml -> ..data/tlsward.yaml`.
