@@ -89,8 +89,107 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: PlanFormat,
     },
+    /// Explain misconfigurations behind a TLS ingress that fails (the "503 UF/UR"):
+    /// live through the config's store, DNS and TLS probes, or offline on manifests.
+    /// Exit 0: no error findings; 1: error findings; 2: doctor could not run.
+    Doctor {
+        /// The live setup this config describes.
+        #[arg(long, required_unless_present = "manifests", conflicts_with = "manifests")]
+        config: Option<PathBuf>,
+        /// YAML/JSON files or folders of Kubernetes objects (offline, no cluster).
+        #[arg(long, num_args = 1..)]
+        manifests: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: DoctorFormat,
+        /// Judge certificates as of this moment (RFC 3339) instead of now.
+        #[arg(long, value_parser = parse_time)]
+        at: Option<time::OffsetDateTime>,
+    },
     /// Print the config's JSON Schema.
     Schema,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DoctorFormat {
+    Text,
+    Json,
+}
+
+fn parse_time(text: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("`{text}` is not an RFC 3339 time such as 2027-01-01T00:00:00Z: {e}"))
+}
+
+/// Exit code when doctor could not run at all.
+const DOCTOR_FAILED: u8 = 2;
+
+fn doctor_manifests(paths: &[PathBuf], format: DoctorFormat, at: Option<time::OffsetDateTime>) -> ExitCode {
+    let inventory = match tlsward::doctor::read_manifests(paths) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(DOCTOR_FAILED);
+        }
+    };
+    let options = tlsward::doctor::Options {
+        now: at.unwrap_or_else(time::OffsetDateTime::now_utc),
+        renew_before: config::ConfigFile::default_renew_before(),
+        complete: false,
+        sees_workloads: true,
+    };
+    let report = tlsward::doctor::diagnose(&inventory, &options);
+    print_report(&report, format, inventory.object_count())
+}
+
+async fn doctor_live(path: &Path, format: DoctorFormat, at: Option<time::OffsetDateTime>) -> Result<ExitCode> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::from(DOCTOR_FAILED));
+        }
+    };
+    let runtime = match Runtime::new(config, Arc::new(Metrics::new()), Arc::default()).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            return Ok(ExitCode::from(DOCTOR_FAILED));
+        }
+    };
+    let live = match runtime.doctor(at.unwrap_or_else(time::OffsetDateTime::now_utc)).await {
+        Ok(live) => live,
+        Err(e) => {
+            eprintln!("error: {}", tlsward::deadline::chain(&e));
+            return Ok(ExitCode::from(DOCTOR_FAILED));
+        }
+    };
+    for note in &live.notes {
+        eprintln!("note: {note}");
+    }
+    Ok(print_report(&live.report, format, live.objects))
+}
+
+fn print_report(report: &tlsward::doctor::Report, format: DoctorFormat, objects: usize) -> ExitCode {
+    match format {
+        DoctorFormat::Text => print!("{}", report.text()),
+        DoctorFormat::Json => println!("{}", report.json()),
+    }
+    let ignored: usize = report.ignored.values().sum();
+    let kinds: Vec<String> = report.ignored.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    eprintln!(
+        "{} finding(s) in {objects} object(s){}",
+        report.findings.len(),
+        if ignored == 0 {
+            String::new()
+        } else {
+            format!("; {ignored} object(s) of other kinds ignored ({})", kinds.join(", "))
+        }
+    );
+    if report.has_errors() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Log timestamps as people read them: RFC 3339, UTC, whole seconds.
@@ -364,6 +463,18 @@ fn main() -> ExitCode {
             init_logging(&cli);
             tokio_main(plan(config, *format))
         }
+        Command::Doctor {
+            config,
+            manifests,
+            format,
+            at,
+        } => match config {
+            None => Ok(doctor_manifests(manifests, *format, *at)),
+            Some(path) => {
+                init_logging(&cli);
+                tokio_main(doctor_live(path, *format, *at))
+            }
+        },
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

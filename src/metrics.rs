@@ -26,6 +26,7 @@ pub const CONFIG_RELOADS: &str = "tlsward_config_reloads";
 pub const BUILD_INFO: &str = "tlsward_build_info";
 pub const RECONCILE: &str = "tlsward_reconcile";
 pub const RECONCILE_DURATION: &str = "tlsward_reconcile_duration_seconds";
+pub const DOCTOR_FINDINGS: &str = "tlsward_doctor_findings";
 
 /// Outcomes of looking at the config file again, as `tlsward_config_reloads_total{result}`
 /// names them: `applied`, `invalid` (kept the running one), `unusable` (valid but its
@@ -75,6 +76,7 @@ pub struct Metrics {
     config_reloads: Family<Labels, Counter>,
     reconciles: Family<Labels, Counter>,
     reconcile_duration: Histogram,
+    doctor: Family<Labels, Gauge>,
     /// What `record_state` last set (a keyed digest of the certificates, and the
     /// addresses): the same state again changes no series.
     recorded: Mutex<(u64, Vec<String>)>,
@@ -103,6 +105,7 @@ impl Metrics {
             config_reloads: Family::default(),
             reconciles: Family::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            doctor: Family::default(),
             recorded: Mutex::default(),
             digest_key: Default::default(),
             registry: Registry::default(),
@@ -164,6 +167,11 @@ impl Metrics {
             "Time one pass takes: observe, plan, apply and record",
             m.reconcile_duration.clone(),
         );
+        registry.register(
+            DOCTOR_FINDINGS,
+            "Findings of the last doctor run, by code and severity",
+            m.doctor.clone(),
+        );
         for reason in crate::daemon::WakeReason::ALL {
             let _ = m.reconciles.get_or_create(&labels(&[("reason", reason.as_str())]));
         }
@@ -183,6 +191,23 @@ impl Metrics {
             let _ = m.reconcile_errors.get_or_create(&labels(&[("stage", stage)]));
         }
         Metrics { registry, ..m }
+    }
+
+    /// The last doctor run's findings: every code and severity, 0 where there is none
+    /// (series appear with the first run, so "no series" means doctor has not run).
+    pub fn doctor_findings(
+        &self,
+        counts: &std::collections::BTreeMap<(crate::doctor::Code, crate::doctor::Severity), usize>,
+    ) {
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        for code in crate::doctor::Code::ALL {
+            for severity in crate::doctor::Severity::ALL {
+                let n = counts.get(&(*code, severity)).copied().unwrap_or(0);
+                self.doctor
+                    .get_or_create(&labels(&[("code", code.as_str()), ("severity", severity.as_str())]))
+                    .set(n as i64);
+            }
+        }
     }
 
     pub fn issued(&self, issuer: &str, ok: bool, seconds: f64) {

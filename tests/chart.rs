@@ -5,6 +5,8 @@
 mod support;
 
 use std::collections::BTreeSet;
+
+use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -70,10 +72,33 @@ fn helm_lints_and_renders_valid_objects_with_defaults_and_with_everything_on() {
         ] {
             assert!(kinds.contains(k), "{k} missing from {kinds:?}");
         }
-        assert!(
-            !kinds.contains("ClusterRole") && !kinds.contains("ClusterRoleBinding"),
-            "no cluster-wide grants"
-        );
+        // The one cluster-wide grant is doctor's: reads of what decides traffic (never
+        // Secrets) and Events; nothing else anywhere.
+        let cluster_roles: Vec<&Value> = objects.iter().filter(|o| o["kind"] == "ClusterRole").collect();
+        assert_eq!(cluster_roles.len(), 1, "{cluster_roles:?}");
+        for rule in cluster_roles[0]["rules"].as_array().unwrap() {
+            let resources: Vec<&str> = rule["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap())
+                .collect();
+            let verbs: Vec<&str> = rule["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            assert!(!resources.contains(&"secrets"), "{rule}");
+            if resources == ["events"] {
+                assert!(
+                    verbs.iter().all(|v| ["create", "patch", "update"].contains(v)),
+                    "{rule}"
+                );
+            } else {
+                assert_eq!(verbs, ["get", "list"], "{rule}");
+            }
+        }
         if values.is_some() {
             assert!(kinds.contains("ServiceMonitor"));
         }
@@ -170,7 +195,7 @@ fn promtool_checks_and_unit_tests_every_alert() {
         .args(["check", "rules", "charts/tlsward/files/alerts.yaml"])
         .current_dir(root()));
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
     let (code, out) = sh(Command::new("promtool")
         .args(["test", "rules", "tests/alerts/alerts_test.yaml"])
         .current_dir(root()));
@@ -199,7 +224,8 @@ fn the_metrics_the_rules_use_are_the_ones_tlsward_exports() {
     let mut child = w.daemon(port, &[]).stderr(std::process::Stdio::null()).spawn().unwrap();
     let metrics = wait_for(Duration::from_secs(30), "metrics", || {
         http_get(port, "/metrics")
-            .filter(|(_, m)| m.contains("tlsward_certificate_ready"))
+            // The doctor's series appear with its first run, right after the first pass.
+            .filter(|(_, m)| m.contains("tlsward_certificate_ready") && m.contains("tlsward_doctor_findings"))
             .map(|(_, m)| m)
     });
     let _ = child.kill();

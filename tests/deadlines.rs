@@ -355,31 +355,13 @@ fn a_powerdns_api_that_never_answers_ends_at_the_deadline() {
 fn a_tls_failure_reaching_the_acme_server_shows_the_verdict() {
     let w = Workdir::new();
     let (cert, key) = (w.path().join("ca-as-server.pem"), w.path().join("ca-as-server.key"));
-    let (code, out) = sh(Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-        ])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert));
-    assert_eq!(code, 0, "{out}");
+    openssl_self_signed(
+        &cert,
+        &key,
+        2,
+        "/CN=127.0.0.1",
+        &["subjectAltName=IP:127.0.0.1", "basicConstraints=critical,CA:TRUE"],
+    );
     let port = free_port();
     let _server = spawn_logged(
         {

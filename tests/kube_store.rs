@@ -248,9 +248,13 @@ fn the_load_balancer_is_followed_by_its_watch_without_a_timer() {
     wait_for(timeout, "the first A record", || {
         (hook.lookup(name, "A") == vec!["203.0.113.10"]).then_some(())
     });
-    wait_for(timeout, "the address metric", || {
+    // ...and doctor's first run (its cluster-wide reads are not the pass's) is over.
+    wait_for(timeout, "the address metric and the first doctor run", || {
         http_get(port, "/metrics")
-            .filter(|(_, m)| m.contains("tlsward_gateway_address_info{address=\"203.0.113.10\"} 1"))
+            .filter(|(_, m)| {
+                m.contains("tlsward_gateway_address_info{address=\"203.0.113.10\"} 1")
+                    && m.contains("tlsward_doctor_findings")
+            })
             .map(|_| ())
     });
 
@@ -615,6 +619,7 @@ fn a_reload_keeps_the_watches_and_another_service_to_follow_starts_new_ones() {
     wait_for(timeout, "/readyz", || {
         http_get(port, "/readyz").filter(|(s, _)| *s == 200)
     });
+    first_doctor_run(port);
     let listed = |from: usize| -> Vec<String> {
         emu.emulator.reads()[from..]
             .iter()

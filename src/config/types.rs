@@ -47,6 +47,44 @@ pub struct ConfigFile {
     /// How long tlsward waits on the outside world before it gives up and moves on.
     #[serde(default)]
     pub deadlines: DeadlinesSpec,
+    /// The daemon's periodic `doctor` run, and how the live checks reach DNS and the gateway.
+    #[serde(default)]
+    pub doctor: DoctorSpec,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DoctorSpec {
+    /// Whether the daemon runs doctor's checks (the leader, on `interval`), exports
+    /// `tlsward_doctor_findings` and records Events on the objects concerned.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_doctor_interval")]
+    pub interval: Duration,
+    /// A resolver to ask whether each published host (and a hostname load balancer)
+    /// resolves to the load balancer: `system` (resolv.conf) or `IP:PORT`. Unset: no
+    /// resolver is asked (the providers' records are still checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<String>,
+    /// The port the load balancer's TLS probes connect to, when it is not the Gateway
+    /// server's own port number (a port-mapped load balancer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_port: Option<u16>,
+}
+
+impl Default for DoctorSpec {
+    fn default() -> Self {
+        DoctorSpec {
+            enabled: true,
+            interval: default_doctor_interval(),
+            resolver: None,
+            https_port: None,
+        }
+    }
+}
+
+fn default_doctor_interval() -> Duration {
+    Duration::from_secs(5 * 60)
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
@@ -553,6 +591,11 @@ impl IssuerSpec {
 }
 
 impl ConfigFile {
+    /// `renew_before` when the config does not set it.
+    pub fn default_renew_before() -> RenewBefore {
+        default_renew_before()
+    }
+
     /// Whether any issuer answers HTTP-01 challenges (so the solver endpoint must run).
     /// Where tlsward keeps its own state, Lease and shared HTTP-01 answers in a cluster.
     pub fn state_namespace(&self) -> &str {

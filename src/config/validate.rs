@@ -125,6 +125,16 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
         c.at("/owner_id", p);
     }
 
+    if let Some(Value::String(resolver)) = root.pointer("/doctor/resolver")
+        && resolver != "system"
+        && resolver.parse::<SocketAddr>().is_err()
+    {
+        c.at(
+            "/doctor/resolver",
+            format!("`{resolver}` is neither `system` nor an IP:PORT such as 10.96.0.10:53"),
+        );
+    }
+
     let store: Option<StoreSpec> = piece(root, "/store");
     let files_store = store.as_ref().is_some_and(|s| s.files().is_some());
     if let Some(files) = store.as_ref().and_then(|s| s.files())

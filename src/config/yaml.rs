@@ -67,15 +67,74 @@ pub fn parse(text: &str) -> Result<(Value, Positions), SyntaxError> {
     let mut loader = Loader {
         parser: Parser::new_from_str(text),
         positions: Positions::default(),
+        record: true,
         anchors: HashMap::new(),
     };
     let value = loader.document()?;
     Ok((value, loader.positions))
 }
 
+/// Every document of a multi-document stream (`---` between them), one at a time,
+/// each with the position where it starts; empty documents are skipped. Positions
+/// inside a document are not kept: a stream can be large, and only one document's
+/// values are alive at once.
+pub fn documents(text: &str) -> Documents<'_> {
+    Documents {
+        loader: Loader {
+            parser: Parser::new_from_str(text),
+            positions: Positions::default(),
+            record: false,
+            anchors: HashMap::new(),
+        },
+        start: Pos::START,
+        done: false,
+    }
+}
+
+pub struct Documents<'a> {
+    loader: Loader<'a>,
+    start: Pos,
+    done: bool,
+}
+
+impl Iterator for Documents<'_> {
+    type Item = Result<(Value, Pos), SyntaxError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            let (ev, span) = match self.loader.next() {
+                Ok(next) => next,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            };
+            match ev {
+                Event::StreamStart | Event::DocumentEnd | Event::Nothing => {}
+                Event::StreamEnd => self.done = true,
+                Event::DocumentStart(_) => {
+                    self.start = Pos::of(&span);
+                    self.loader.anchors.clear();
+                }
+                ev => match self.loader.node(ev, span, "") {
+                    Ok(Value::Null) => {}
+                    Ok(value) => return Some(Ok((value, self.start))),
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                },
+            }
+        }
+        None
+    }
+}
+
 struct Loader<'a> {
     parser: Parser<'a, StrInput<'a>>,
     positions: Positions,
+    /// Whether to keep the position of every value (one config) or not (a stream).
+    record: bool,
     anchors: HashMap<usize, Value>,
 }
 
@@ -114,7 +173,9 @@ impl<'a> Loader<'a> {
     }
 
     fn node(&mut self, ev: Event<'a>, span: Span, pointer: &str) -> Result<Value, SyntaxError> {
-        self.positions.values.insert(pointer.to_string(), Pos::of(&span));
+        if self.record {
+            self.positions.values.insert(pointer.to_string(), Pos::of(&span));
+        }
         let (value, anchor) = match ev {
             Event::Scalar(text, style, anchor, tag) => {
                 let forced_string = tag.as_ref().is_some_and(|t| t.suffix == "str");
@@ -127,7 +188,11 @@ impl<'a> Loader<'a> {
                     if matches!(ev, Event::SequenceEnd) {
                         break;
                     }
-                    let child = format!("{pointer}/{}", items.len());
+                    let child = if self.record {
+                        format!("{pointer}/{}", items.len())
+                    } else {
+                        String::new()
+                    };
                     items.push(self.node(ev, span, &child)?);
                 }
                 (Value::Array(items), anchor)
@@ -148,14 +213,20 @@ impl<'a> Loader<'a> {
                             });
                         }
                     };
-                    let child = format!("{pointer}/{}", escape_pointer(&key));
+                    let child = if self.record {
+                        format!("{pointer}/{}", escape_pointer(&key))
+                    } else {
+                        String::new()
+                    };
                     if map.contains_key(&key) {
                         return Err(SyntaxError {
                             pos: Pos::of(&key_span),
                             message: format!("duplicate key `{key}`"),
                         });
                     }
-                    self.positions.keys.insert(child.clone(), Pos::of(&key_span));
+                    if self.record {
+                        self.positions.keys.insert(child.clone(), Pos::of(&key_span));
+                    }
                     let (ev, span) = self.next()?;
                     let value = self.node(ev, span, &child)?;
                     map.insert(key, value);

@@ -11,6 +11,7 @@
 //! It decides nothing the plan decides: what to issue, when to renew, which objects
 //! exist and which credentials serve are the plan's; this module only carries them out.
 
+mod doctor;
 mod execute;
 mod health;
 mod observe;
@@ -21,6 +22,7 @@ mod wiring;
 
 use time::OffsetDateTime;
 
+pub use doctor::LiveReport;
 pub use health::Health;
 pub use retry::backoff;
 pub use run::{LeaderSettings, WakeReason, run};

@@ -112,6 +112,8 @@ pub async fn run(
     let mut reason = WakeReason::Start;
     // Subscribed across passes, so a change during a pass still wakes the next one.
     let mut address_changed = runtime.address_changes.clone();
+    // doctor's first run comes right after the first pass, then every `doctor.interval`.
+    let mut next_doctor = tokio::time::Instant::now();
     loop {
         let is_leader = leading.as_ref().is_none_or(|l| *l.borrow());
         metrics.set_leader(is_leader);
@@ -192,10 +194,21 @@ pub async fn run(
         );
         let deadline = tokio::time::Instant::now() + wait;
         // Wait for the timer, a load balancer address change, or a config change that
-        // validates and can run.
+        // validates and can run; doctor runs in between when its time comes.
         loop {
+            let doctor = &runtime.config.file.doctor;
+            let doctor_due = doctor.enabled && leading.as_ref().is_none_or(|l| *l.borrow());
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(next_doctor), if doctor_due => {
+                    let interval = doctor.interval.to_std();
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = runtime.doctor_and_record(OffsetDateTime::now_utc()) => {}
+                    }
+                    next_doctor = tokio::time::Instant::now() + interval;
+                    continue;
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     reason = timer;
                     break;

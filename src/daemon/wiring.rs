@@ -48,6 +48,9 @@ pub struct Memory {
     /// The inputs and the watched objects' generation after the last pass that left
     /// every object as wanted.
     pub(super) objects_settled: std::sync::Mutex<Option<(u64, u64)>>,
+    /// The (code, object) of the last doctor run's findings: an Event is recorded when a
+    /// finding appears, not again on every run while it stays.
+    pub(super) doctor_seen: std::sync::Mutex<BTreeSet<(crate::doctor::Code, crate::mesh::ObjectRef)>>,
 }
 
 /// What one generation of the watched Secrets held besides the observed credentials

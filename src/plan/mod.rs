@@ -437,7 +437,7 @@ fn plan_credential(
 }
 
 /// The records tlsward wants for each site's hosts at the load balancer's address.
-fn desired_names(site: &SiteSpec, address: &GatewayAddress, ttl: u32) -> Vec<DesiredName> {
+pub fn desired_names(site: &SiteSpec, address: &GatewayAddress, ttl: u32) -> Vec<DesiredName> {
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
     let mut target = None;

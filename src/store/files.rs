@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    CredentialBundle, CredentialStore, EventSink, KeyPairPem, ObjectStore, StateFile, StateStore, StoreError,
+    CredentialBundle, CredentialStore, EventSink, KeyPairPem, MeshView, ObjectStore, StateFile, StateStore, StoreError,
     StoredCredentials, object_key, verify_bundle,
 };
 use crate::model::names;
@@ -437,6 +437,47 @@ impl FilesStore {
         Ok(out)
     }
 
+    /// The manifests written here, and each credential set as the Secret a gateway
+    /// would read it from (no namespace: the reader puts it where the gateway runs).
+    fn mesh_objects_now(&self) -> Result<Vec<Value>, StoreError> {
+        let mut objects = Vec::new();
+        let dir = self.root.join("manifests");
+        let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        paths.sort();
+        for path in paths.iter().filter(|p| p.extension().is_some_and(|e| e == "yaml")) {
+            let text = fs::read_to_string(path).map_err(io(path, "read"))?;
+            if let Ok((v, _)) = crate::config::yaml::parse(&text) {
+                objects.push(v);
+            }
+        }
+        let mut sites: Vec<PathBuf> = fs::read_dir(self.credentials_dir())
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        sites.sort();
+        for dir in sites {
+            let Some(files) = read_set(&dir)? else { continue };
+            let site = dir.file_name().unwrap_or_default().to_string_lossy().to_string();
+            let data: serde_json::Map<String, Value> = [names::TLS_CRT, names::TLS_KEY, names::CA_CRT]
+                .into_iter()
+                .filter_map(|k| {
+                    files
+                        .get(k)
+                        .map(|v| (k.to_string(), Value::String(String::from_utf8_lossy(v).into())))
+                })
+                .collect();
+            objects.push(serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": names::SECRET_TYPE_TLS,
+                "metadata": {"name": names::credential_secret(&site)},
+                "stringData": data,
+            }));
+        }
+        Ok(objects)
+    }
+
     fn apply_object_now(&self, object: &Value) -> Result<bool, StoreError> {
         let key = object_key(object);
         let path = self.manifest_path(&key);
@@ -515,6 +556,17 @@ impl ObjectStore for FilesStore {
     async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
         let key = key.to_string();
         self.off_runtime(move |s| s.delete_object_now(&key)).await
+    }
+
+    async fn mesh_objects(&self, each: &mut (dyn FnMut(Value) + Send)) -> Result<MeshView, StoreError> {
+        // A files store holds a few objects: read them all off the runtime, then hand them over.
+        let objects = self.off_runtime(|s| s.mesh_objects_now()).await?;
+        objects.into_iter().for_each(each);
+        Ok(MeshView {
+            complete: false,
+            sees_workloads: false,
+            notes: Vec::new(),
+        })
     }
 }
 

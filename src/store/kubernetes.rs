@@ -21,8 +21,8 @@ use serde_json::Value;
 
 use super::mirror::{Freshness, Mirror};
 use super::{
-    CredentialBundle, CredentialStore, EventSink, KeyPairPem, Notice, ObjectStore, StateFile, StateStore, StoreError,
-    StoredCredentials, verify_bundle,
+    CredentialBundle, CredentialStore, EventSink, KeyPairPem, MeshView, Notice, ObjectStore, StateFile, StateStore,
+    StoreError, StoredCredentials, verify_bundle,
 };
 use crate::config::SecretFormat;
 use crate::model::names;
@@ -162,6 +162,44 @@ fn istio(version: &str, kind: &str) -> ApiResource {
 }
 
 const ISTIO_GROUP: &str = "networking.istio.io";
+const SECURITY_GROUP: &str = "security.istio.io";
+
+/// What doctor reads of a Pod (labels, annotations, containers and their ports, service
+/// account, IP): a cluster's pods are many and the rest of each is large.
+fn slim_pod(pod: Value) -> Value {
+    let spec = &pod["spec"];
+    let containers: Vec<Value> = spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| serde_json::json!({"name": c["name"], "ports": c["ports"]}))
+        .collect();
+    let meta = &pod["metadata"];
+    let mut slim = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": meta["name"], "namespace": meta["namespace"],
+            "labels": meta["labels"], "annotations": meta["annotations"],
+        },
+        "spec": {"serviceAccountName": spec["serviceAccountName"], "containers": containers},
+        "status": {"podIP": pod["status"]["podIP"]},
+    });
+    drop_nulls(&mut slim);
+    slim
+}
+
+/// Removes null members (fields the object did not have), recursively.
+fn drop_nulls(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            map.retain(|_, x| !x.is_null());
+            map.values_mut().for_each(drop_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
 const ISTIO_KINDS: [&str; 2] = ["Gateway", "VirtualService"];
 
 /// Objects per LIST page: a page, not the whole namespace, is in memory at once.
@@ -298,26 +336,38 @@ impl KubeStore {
     }
 
     /// Every Secret of `sites` and of the sites tlsward wrote before, read one by one:
-    /// for a Role that grants only those names (no list). A name the Role does not grant
-    /// (a site removed since) reads as absent.
+    /// for a Role that grants only those names (no list).
     async fn secrets_by_name(&self, sites: &[String]) -> Result<Vec<Secret>, StoreError> {
         let mut all: std::collections::BTreeSet<String> = self.written_sites().await?;
         all.extend(sites.iter().cloned());
-        let api = self.secrets();
+        let names = all
+            .iter()
+            .flat_map(|site| Self::credential_secret_names(site))
+            .collect();
         let mut out = Vec::new();
-        for site in &all {
-            for name in Self::credential_secret_names(site) {
-                match api.get_opt(&name).await {
-                    Ok(Some(s)) => out.push(s),
-                    Ok(None) => {}
-                    Err(kube::Error::Api(s)) if s.code == 403 => {
-                        tracing::debug!(secret = %name, "not granted by the Role: read as absent");
-                    }
-                    Err(e) => return Err(self.api_error(format!("Secret {}/{name}", self.namespace))(e)),
+        self.named_secrets(&names, &mut |s| out.push(s)).await?;
+        Ok(out)
+    }
+
+    /// The Secrets of these names in the gateway namespace, one GET each; a name the Role
+    /// does not grant (a site removed since) reads as absent.
+    async fn named_secrets(
+        &self,
+        names: &std::collections::BTreeSet<String>,
+        keep: &mut (dyn FnMut(Secret) + Send),
+    ) -> Result<(), StoreError> {
+        let api = self.secrets();
+        for name in names {
+            match api.get_opt(name).await {
+                Ok(Some(s)) => keep(s),
+                Ok(None) => {}
+                Err(kube::Error::Api(s)) if s.code == 403 => {
+                    tracing::debug!(secret = %name, "not granted by the Role: read as absent");
                 }
+                Err(e) => return Err(self.api_error(format!("Secret {}/{name}", self.namespace))(e)),
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The sites whose credentials tlsward has written (its own index, in its state).
@@ -679,6 +729,39 @@ impl EventSink for KubeStore {
             tracing::debug!(site = %site, error = %e, "event not recorded");
         }
     }
+
+    async fn finding(&self, object: &crate::mesh::ObjectRef, code: &str, message: &str) {
+        use kube::runtime::events::{Event, EventType};
+        let api_version = match object.kind.as_str() {
+            "Secret" | "Service" | "Pod" | "Namespace" => "v1".to_string(),
+            "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" => "apps/v1".into(),
+            "Job" => "batch/v1".into(),
+            "Gateway" | "VirtualService" | "DestinationRule" => {
+                format!("{ISTIO_GROUP}/{}", self.istio_version().await.unwrap_or("v1"))
+            }
+            "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" => {
+                format!("{SECURITY_GROUP}/{}", self.istio_version().await.unwrap_or("v1"))
+            }
+            _ => return, // not a Kubernetes object (a DNS name)
+        };
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(api_version),
+            kind: Some(object.kind.clone()),
+            name: Some(object.name.clone()),
+            namespace: (!object.namespace.is_empty()).then(|| object.namespace.clone()),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: code.into(),
+            note: Some(event_note(message)),
+            action: "Diagnose".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &reference).await {
+            tracing::debug!(object = %object, error = %e, "event not recorded");
+        }
+    }
 }
 
 #[async_trait]
@@ -944,6 +1027,105 @@ impl ObjectStore for KubeStore {
 
     async fn istio_api(&self) -> Result<Option<String>, StoreError> {
         Ok(Some(format!("{ISTIO_GROUP}/{}", self.istio_version().await?)))
+    }
+
+    async fn mesh_objects(&self, each: &mut (dyn FnMut(Value) + Send)) -> Result<MeshView, StoreError> {
+        let version = self.istio_version().await?;
+        let mut out = MeshView {
+            complete: true,
+            sees_workloads: true,
+            notes: Vec::new(),
+        };
+        // (group, version, kind, plural, only the gateway namespace); Gateways before
+        // Secrets, so the credentials they name are known if Secrets must be read by name.
+        let kinds: [(&str, &str, &str, &str, bool); 10] = [
+            ("", "v1", "Namespace", "namespaces", false),
+            ("", "v1", "Pod", "pods", false),
+            ("", "v1", "Service", "services", false),
+            (ISTIO_GROUP, version, "Gateway", "gateways", false),
+            ("", "v1", "Secret", "secrets", true),
+            (ISTIO_GROUP, version, "VirtualService", "virtualservices", false),
+            (ISTIO_GROUP, version, "DestinationRule", "destinationrules", false),
+            (
+                SECURITY_GROUP,
+                version,
+                "PeerAuthentication",
+                "peerauthentications",
+                false,
+            ),
+            (
+                SECURITY_GROUP,
+                version,
+                "AuthorizationPolicy",
+                "authorizationpolicies",
+                false,
+            ),
+            (
+                SECURITY_GROUP,
+                version,
+                "RequestAuthentication",
+                "requestauthentications",
+                false,
+            ),
+        ];
+        let mut credential_names: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        for (group, version, kind, plural, namespaced) in kinds {
+            let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+            let api: Api<DynamicObject> = if namespaced {
+                Api::namespaced_with(self.client.clone(), &self.namespace, &resource)
+            } else {
+                Api::all_with(self.client.clone(), &resource)
+            };
+            let types = kube::core::TypeMeta {
+                api_version: resource.api_version.clone(),
+                kind: kind.to_string(),
+            };
+            // One page at a time is in memory, never the whole list.
+            let mut page = |mut o: DynamicObject| {
+                o.metadata.managed_fields = None;
+                // The object's fields are moved, not copied: a page of Secrets is large.
+                let mut v = std::mem::take(&mut o.data);
+                if !v.is_object() {
+                    return;
+                }
+                v["metadata"] = serde_json::to_value(&o.metadata).unwrap_or_default();
+                v["apiVersion"] = Value::String(types.api_version.clone());
+                v["kind"] = Value::String(types.kind.clone());
+                if kind == "Gateway" {
+                    for server in v["spec"]["servers"].as_array().into_iter().flatten() {
+                        if let Some(name) = server["tls"]["credentialName"].as_str() {
+                            credential_names.insert(name.to_string());
+                            credential_names.insert(format!("{name}-cacert"));
+                        }
+                    }
+                }
+                each(if kind == "Pod" { slim_pod(v) } else { v });
+            };
+            match list_pages(&api, ListParams::default(), &mut page).await {
+                Ok(()) => {}
+                // A kind the cluster does not serve (Istio's security CRDs absent) has no objects.
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                // The chart's default Role reads credential Secrets by name only.
+                Err(kube::Error::Api(status)) if status.code == 403 && kind == "Secret" => {
+                    self.named_secrets(&credential_names, &mut |mut secret| {
+                        secret.metadata.managed_fields = None;
+                        let mut v = serde_json::to_value(secret).unwrap_or_default();
+                        v["apiVersion"] = "v1".into();
+                        v["kind"] = "Secret".into();
+                        each(v);
+                    })
+                    .await?;
+                }
+                Err(kube::Error::Api(status)) if status.code == 403 => {
+                    out.complete = false;
+                    out.sees_workloads &= kind != "Pod";
+                    out.notes
+                        .push(format!("{kind}: not allowed to list ({})", status.message));
+                }
+                Err(e) => return Err(self.api_error(format!("listing {plural}"))(e)),
+            }
+        }
+        Ok(out)
     }
 
     async fn delete_object(&self, key: &str) -> Result<(), StoreError> {

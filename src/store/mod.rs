@@ -110,6 +110,9 @@ pub trait EventSink: Send + Sync {
     /// Tells what happened to a site's credential where the store's users look (the
     /// Kubernetes store records an Event on the credential Secret; files have no such place).
     async fn notify(&self, _site: &str, _notice: Notice, _message: &str) {}
+    /// Tells a doctor finding on the object it concerns (a Kubernetes Event of type
+    /// Warning, reason = the finding's code); objects outside the cluster have no such place.
+    async fn finding(&self, _object: &crate::mesh::ObjectRef, _code: &str, _message: &str) {}
 }
 
 /// The sites' credentials, read and written whole.
@@ -180,6 +183,22 @@ pub trait ObjectStore: Send + Sync {
     async fn istio_api(&self) -> Result<Option<String>, StoreError> {
         Ok(None)
     }
+    /// Every object `doctor` reads, as this store sees the mesh (a cluster's objects of
+    /// every kind that decides traffic; the files store's outputs), handed to `each` one
+    /// at a time (Secrets with their keys: never logged).
+    async fn mesh_objects(&self, each: &mut (dyn FnMut(Value) + Send)) -> Result<MeshView, StoreError>;
+}
+
+/// How much of the mesh a store could show `doctor`.
+#[derive(Default)]
+pub struct MeshView {
+    /// Whether these are all the objects of the kinds doctor reads (a cluster the
+    /// store could list everywhere), not a part of them.
+    pub complete: bool,
+    /// Whether the store sees the pods that run workloads at all.
+    pub sees_workloads: bool,
+    /// Kinds that could not be read, and why.
+    pub notes: Vec<String>,
 }
 
 /// `kind/name` of an object, as `owned_objects` lists them.

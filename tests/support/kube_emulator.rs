@@ -67,6 +67,7 @@ const RESOURCES: &[(&str, &str, &str, &str, bool, bool)] = &[
     ("", "v1", "secrets", "Secret", true, false),
     ("", "v1", "configmaps", "ConfigMap", true, false),
     ("", "v1", "services", "Service", true, true),
+    ("", "v1", "pods", "Pod", true, true),
     ("", "v1", "events", "Event", true, false),
     ("", "v1", "namespaces", "Namespace", false, false),
     ("coordination.k8s.io", "v1", "leases", "Lease", true, false),
@@ -86,6 +87,70 @@ const RESOURCES: &[(&str, &str, &str, &str, bool, bool)] = &[
         "v1",
         "virtualservices",
         "VirtualService",
+        true,
+        true,
+    ),
+    (
+        "networking.istio.io",
+        "v1",
+        "destinationrules",
+        "DestinationRule",
+        true,
+        true,
+    ),
+    (
+        "networking.istio.io",
+        "v1beta1",
+        "destinationrules",
+        "DestinationRule",
+        true,
+        true,
+    ),
+    (
+        "security.istio.io",
+        "v1",
+        "peerauthentications",
+        "PeerAuthentication",
+        true,
+        true,
+    ),
+    (
+        "security.istio.io",
+        "v1beta1",
+        "peerauthentications",
+        "PeerAuthentication",
+        true,
+        true,
+    ),
+    (
+        "security.istio.io",
+        "v1",
+        "authorizationpolicies",
+        "AuthorizationPolicy",
+        true,
+        true,
+    ),
+    (
+        "security.istio.io",
+        "v1beta1",
+        "authorizationpolicies",
+        "AuthorizationPolicy",
+        true,
+        true,
+    ),
+    (
+        "security.istio.io",
+        "v1",
+        "requestauthentications",
+        "RequestAuthentication",
+        true,
+        true,
+    ),
+    (
+        "security.istio.io",
+        "v1beta1",
+        "requestauthentications",
+        "RequestAuthentication",
         true,
         true,
     ),
@@ -117,7 +182,7 @@ pub fn istio_api() -> String {
 }
 
 fn served(group: &str, version: &str) -> bool {
-    group != "networking.istio.io" || istio_versions().contains(&version)
+    !group.ends_with(".istio.io") || istio_versions().contains(&version)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -534,27 +599,65 @@ impl Emulator {
 
     /// Stores an RBAC object (Role, RoleBinding) as an administrator would create it.
     pub fn load_rbac(&self, object: &Value) {
-        let plural = match object["kind"].as_str() {
-            Some("Role") => "roles",
-            Some("RoleBinding") => "rolebindings",
-            other => panic!("not an RBAC object: {other:?}"),
-        };
+        assert!(
+            matches!(object["kind"].as_str(), Some("Role" | "RoleBinding")),
+            "not an RBAC object: {object}"
+        );
+        self.put(object);
+    }
+
+    /// Creates or replaces any object the emulator serves (with its status), as test
+    /// setup: not a write under test, so it is not among `writes()`.
+    pub fn put(&self, object: &Value) {
+        let api_version = object["apiVersion"].as_str().expect("apiVersion");
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let kind = object["kind"].as_str().expect("kind");
+        let resource = RESOURCES
+            .iter()
+            .find(|r| r.0 == group && r.1 == version && r.3 == kind)
+            .and_then(|r| Resource::find(r.0, r.1, r.2))
+            .unwrap_or_else(|| panic!("the emulator does not serve {api_version} {kind}"));
+        let name = object["metadata"]["name"].as_str().expect("metadata.name").to_string();
         let t = Target {
-            resource: Resource::find("rbac.authorization.k8s.io", "v1", plural).unwrap(),
-            namespace: object["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("default")
-                .to_string(),
+            resource,
+            namespace: if resource.namespaced {
+                object["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("default")
+                    .to_string()
+            } else {
+                String::new()
+            },
             name: None,
             subresource: None,
         };
-        let response = create(self, &t, object.clone(), "helm".into());
+        let existing = self
+            .db
+            .lock()
+            .unwrap()
+            .objects
+            .get(&key(&t, &name))
+            .map(|s| s.object.clone());
+        let response = match existing {
+            None => create(self, &t, object.clone(), "setup".into()),
+            Some(current) => {
+                let mut v = object.clone();
+                v["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+                let response = replace(self, &t, &name, v.clone(), "setup".into());
+                if resource.status && v.get("status").is_some() {
+                    let mut db = self.db.lock().unwrap();
+                    if let Some(s) = db.objects.get_mut(&key(&t, &name)) {
+                        s.object["status"] = v["status"].clone();
+                    }
+                }
+                response
+            }
+        };
         assert!(
             response.status().is_success(),
-            "loading {plural}: {}",
+            "putting {kind} {name}: {}",
             response.status()
         );
-        // Setup, not a write under test.
         self.db.lock().unwrap().writes.pop();
     }
 
@@ -1375,6 +1478,17 @@ fn delete(emu: &Emulator, t: &Target, name: &str) -> Response {
     )
 }
 
+/// Keeps the first of equal items, wherever they stand (`dedup` only drops neighbours).
+fn first_of_each<T: PartialEq + Copy>(items: &mut Vec<T>) {
+    let mut kept: Vec<T> = Vec::with_capacity(items.len());
+    for item in items.iter() {
+        if !kept.contains(item) {
+            kept.push(*item);
+        }
+    }
+    *items = kept;
+}
+
 fn discovery(path: &str) -> Option<Value> {
     let resources_of = |group: &str, version: &str| -> Value {
         let list: Vec<Value> = RESOURCES
@@ -1408,7 +1522,7 @@ fn discovery(path: &str) -> Option<Value> {
         ),
         "/apis" => {
             let mut groups: Vec<&str> = RESOURCES.iter().map(|r| r.0).filter(|g| !g.is_empty()).collect();
-            groups.dedup();
+            first_of_each(&mut groups);
             let groups: Vec<Value> = groups
                 .iter()
                 .map(|g| {
@@ -1417,7 +1531,7 @@ fn discovery(path: &str) -> Option<Value> {
                         .filter(|r| r.0 == *g && served(r.0, r.1))
                         .map(|r| r.1)
                         .collect();
-                    versions.dedup();
+                    first_of_each(&mut versions);
                     let versions: Vec<Value> = versions
                         .iter()
                         .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
@@ -1435,7 +1549,7 @@ fn discovery(path: &str) -> Option<Value> {
                 .filter(|r| served(r.0, r.1))
                 .map(|r| (r.0, r.1))
                 .collect();
-            gvs.dedup();
+            first_of_each(&mut gvs);
             for (g, v) in gvs {
                 let key = if g.is_empty() {
                     format!("api/{v}")
@@ -1561,6 +1675,9 @@ pub struct Running {
     pub kubeconfig: tempfile::NamedTempFile,
     /// The administrator's kubeconfig, for the tests' own reads and writes.
     admin_kubeconfig: tempfile::NamedTempFile,
+    /// kubectl's discovery cache, this emulator's own: a cache shared through $HOME
+    /// would answer for an earlier emulator on the same port (another Istio version).
+    kubectl_home: tempfile::TempDir,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -1593,6 +1710,7 @@ impl Running {
             port,
             kubeconfig,
             admin_kubeconfig,
+            kubectl_home: tempfile::tempdir().unwrap(),
             _runtime: runtime,
         }
     }
@@ -1607,7 +1725,7 @@ impl Running {
         );
         let mut c = std::process::Command::new(bin);
         c.env("KUBECONFIG", self.kubeconfig.path())
-            .env("HOME", std::env::temp_dir())
+            .env("HOME", self.kubectl_home.path())
             .args(args);
         c
     }

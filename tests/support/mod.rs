@@ -156,6 +156,16 @@ pub fn scrape(port: u16, series: &str) -> f64 {
     http_get(port, "/metrics").map_or(0.0, |(_, m)| sample(&m, series))
 }
 
+/// Waits until the daemon on `port` has finished its first doctor run (its series
+/// appear then): that run's cluster-wide reads are not a pass's.
+pub fn first_doctor_run(port: u16) {
+    wait_for(Duration::from_secs(30), "the first doctor run", || {
+        http_get(port, "/metrics")
+            .filter(|(_, m)| m.contains("tlsward_doctor_findings"))
+            .map(|_| ())
+    });
+}
+
 /// Publishes `text` as `tlsward.yaml` in `dir` the way kubelet updates a ConfigMap
 /// volume: a new timestamped directory `stamp`, a `..data` symlink to it swapped in by
 /// rename, the old directory removed, and `tlsward.yaml -> ..data/tlsward.yaml`.
@@ -230,4 +240,58 @@ impl LoopbackTls {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         config
     }
+}
+
+/// The peak RSS (VmHWM, MiB) of a running process.
+pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = text
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Runs a command to its end; returns (exit code, peak RSS in MiB) of that process,
+/// sampled every 2 ms (rusage would count the pages the child shared with this large
+/// parent between fork and exec). Its log goes to `log`.
+pub fn run_measured(mut cmd: Command, log: &std::path::Path) -> (i32, f64) {
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut peak = 0f64;
+    loop {
+        peak = peak.max(peak_rss_mib(child.id()).unwrap_or(0.0));
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.code().unwrap_or(-1), peak);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A self-signed P-256 certificate and its key, made by the real openssl, valid `days`
+/// for `subject` with `extensions` (`-addext` values such as `subjectAltName=DNS:a`).
+pub fn openssl_self_signed(cert: &Path, key: &Path, days: u32, subject: &str, extensions: &[&str]) {
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ])
+    .args(["-days", &days.to_string(), "-subj", subject]);
+    for e in extensions {
+        cmd.args(["-addext", e]);
+    }
+    cmd.arg("-keyout").arg(key).arg("-out").arg(cert);
+    let (code, out) = sh(&mut cmd);
+    assert_eq!(code, 0, "{out}");
 }

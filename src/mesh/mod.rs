@@ -1,0 +1,15 @@
+//! The mesh as Istio sees it: the objects that decide what happens to traffic
+//! (`inventory`), host-name rules (`hosts`), and the one evaluator of effective policy
+//! (`effective`) that `doctor` explains and the mesh-policy writer consults.
+//!
+//! Pure: nothing here performs I/O or reads the clock.
+
+pub mod effective;
+pub mod hosts;
+pub mod inventory;
+
+pub use effective::{Client, ClientMode, Mesh, Refusal, Traffic};
+pub use inventory::{Inventory, ObjectError, ObjectRef, PeerMode};
+
+#[cfg(test)]
+mod tests;
