@@ -259,3 +259,24 @@ fn live_doctor_on_the_files_store_checks_its_outputs_and_probes_no_documentation
         "{text}"
     );
 }
+
+#[test]
+fn live_doctor_without_a_reachable_cluster_exits_2_naming_the_server() {
+    let w = Workdir::new();
+    w.write_config(&format!(
+        "owner_id: doctor-test\nstore: {{kubernetes: {{}}}}\ngateway: {{namespace: {NS}}}\nissuers: {{internal: {{ca: {{}}}}}}\n\
+         sites:\n  - {{name: frontend, hosts: [{HOST}], issuer: internal, route: {{to: fe.ux, port: 80}}}}\n"
+    ));
+    let port = free_port(); // nothing listens there
+    let kubeconfig = w.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, support::kube_emulator::kubeconfig(port)).unwrap();
+    let out = w
+        .command(&["doctor", "--config", "tlsward.yaml"])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(out.stdout.is_empty(), "no findings when doctor could not look");
+}
