@@ -111,16 +111,17 @@ fn live_doctor_finds_an_old_certificate_a_moved_record_and_an_mtls_conflict_and_
         emu.emulator.put(&object);
     }
     gateway_service(&emu, 443);
-    let config = |https_port: u16| {
+    let config_via = |https_port: u16, resolver: u16| {
         format!(
             "owner_id: doctor-test\nstore: {{kubernetes: {{}}}}\ngateway: {{namespace: {NS}}}\nissuers: {{internal: {{ca: {{}}}}}}\n\
              dns: {{providers: {{corp: {{rfc2136: {{server: \"127.0.0.1:{port}\", zone: foocorp.example., tsig: {{name: tlsward, algorithm: hmac-sha256, secret_file: {key}}}}}}}}}}}\n\
              sites:\n  - {{name: frontend, hosts: [{HOST}], issuer: internal, dns: corp, route: {{to: fe.ux.svc.cluster.local, port: 80}}}}\n\
-             doctor: {{resolver: \"127.0.0.1:{port}\", https_port: {https_port}}}\n",
+             doctor: {{resolver: \"127.0.0.1:{resolver}\", https_port: {https_port}}}\n",
             port = bind.port,
             key = bind.key_file.display(),
         )
     };
+    let config = |https_port: u16| config_via(https_port, bind.port);
     w.write_config(&config(443));
     let out = w
         .command(&["run", "--once", "--config", "tlsward.yaml"])
@@ -188,6 +189,25 @@ fn live_doctor_finds_an_old_certificate_a_moved_record_and_an_mtls_conflict_and_
         "{report:#}"
     );
     bind.nsupdate(&format!("update delete {HOST}. A\nupdate add {HOST}. 60 A 127.0.0.1\n"));
+
+    // The provider is right, but the resolver clients ask is served by another server
+    // with a stale copy of the zone.
+    let stale = Bind::start(&w.path().join("stale"), "foocorp.example", "frontend IN A 127.0.0.7\n");
+    w.write_config(&config_via(current_port, stale.port));
+    let (_, report, stderr) = doctor(&w, &emu);
+    assert_eq!(
+        codes(&report),
+        vec![finding("DnsNotAtGateway", "DNSName/corp/frontend.foocorp.example")],
+        "{report:#}\n{stderr}"
+    );
+    let message = report["findings"][0]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "a resolver answers 127.0.0.7 for frontend.foocorp.example, but the gateway's load balancer is at 127.0.0.1"
+        ),
+        "{message}"
+    );
+    w.write_config(&config(current_port));
 
     // STRICT in ux, and a DestinationRule that turns mutual TLS off toward fe.
     emu.emulator.put(
