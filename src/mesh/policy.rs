@@ -1,0 +1,530 @@
+//! Mesh policy from intent: which mutual TLS mode each namespace, service or port runs,
+//! which service accounts may call a service, and which ingress paths need a JWT —
+//! turned into PeerAuthentications, DestinationRules, AuthorizationPolicies and
+//! RequestAuthentications that cannot conflict, or refused with the reason.
+//!
+//! Pure: selectors come from the Services in an `Inventory`; what the objects would do
+//! is judged by the same evaluator and checks `doctor` runs, so nothing written here is
+//! ever flagged by doctor. It never writes and never reads a cluster itself.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::inventory::{Inventory, PeerMode, Service};
+use super::{Mesh, hosts};
+
+/// `mesh.mtls[]`: the most specific rule wins (port < service < namespace).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsRule {
+    pub namespace: String,
+    #[serde(default)]
+    pub service: Option<String>,
+    /// A Service port (its target port is what the PeerAuthentication names).
+    #[serde(default)]
+    pub port: Option<u32>,
+    pub mode: PeerModeSpec,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum PeerModeSpec {
+    #[serde(rename = "STRICT")]
+    Strict,
+    #[serde(rename = "PERMISSIVE")]
+    Permissive,
+    #[serde(rename = "DISABLE")]
+    Disable,
+}
+
+impl PeerModeSpec {
+    fn mode(self) -> PeerMode {
+        match self {
+            PeerModeSpec::Strict => PeerMode::Strict,
+            PeerModeSpec::Permissive => PeerMode::Permissive,
+            PeerModeSpec::Disable => PeerMode::Disable,
+        }
+    }
+}
+
+/// `mesh.allow[]`: only these service accounts (of `namespace`) reach Service `to`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRule {
+    pub namespace: String,
+    pub to: String,
+    pub from: Vec<String>,
+}
+
+/// The intent, as `mesh:` states it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MeshIntent {
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    #[serde(default = "default_root_namespace")]
+    pub root_namespace: String,
+    #[serde(default)]
+    pub mtls: Vec<MtlsRule>,
+    #[serde(default)]
+    pub allow: Vec<AllowRule>,
+}
+
+fn default_trust_domain() -> String {
+    super::inventory::DEFAULT_DOMAIN.into()
+}
+fn default_root_namespace() -> String {
+    super::inventory::DEFAULT_ROOT_NAMESPACE.into()
+}
+
+/// Who else reaches the services: the ingress gateway's identity is allowed to every
+/// Service a published site routes to.
+#[derive(Clone, Debug, Default)]
+pub struct Ingress {
+    pub namespace: String,
+    pub service_account: String,
+    /// (namespace, Service) of each published route target.
+    pub route_targets: Vec<(String, String)>,
+}
+
+/// Why an intent cannot be written as asked.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{rule}: {message}")]
+pub struct Refused {
+    /// Which rule (`mesh.mtls[2]`, `mesh.allow[0]`).
+    pub rule: String,
+    pub message: String,
+}
+
+const API_SECURITY: &str = "security.istio.io/v1";
+const API_NETWORKING: &str = "networking.istio.io/v1";
+
+fn object(api: &str, kind: &str, namespace: &str, name: &str, labels: &Value, spec: Value) -> Value {
+    json!({
+        "apiVersion": api,
+        "kind": kind,
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": spec,
+    })
+}
+
+fn service<'a>(inventory: &'a Inventory, namespace: &str, name: &str, rule: &str) -> Result<&'a Service, Refused> {
+    let svc = inventory
+        .services
+        .iter()
+        .find(|s| s.meta.namespace == namespace && s.meta.name == name)
+        .ok_or_else(|| Refused {
+            rule: rule.to_string(),
+            message: format!("Service {namespace}/{name} does not exist: its pods cannot be selected"),
+        })?;
+    if svc.selector.is_none() {
+        return Err(Refused {
+            rule: rule.to_string(),
+            message: format!("Service {namespace}/{name} has no selector: there are no pods to apply a policy to"),
+        });
+    }
+    Ok(svc)
+}
+
+fn selector(svc: &Service) -> Value {
+    json!({"matchLabels": svc.selector.clone().unwrap_or_default()})
+}
+
+/// The workload port a Service port reaches, when every selected pod agrees on it.
+fn target_port(mesh: &Mesh<'_>, svc: &Service, port: u32, rule: &str) -> Result<u32, Refused> {
+    if !svc.ports.iter().any(|p| p.port == port) {
+        return Err(Refused {
+            rule: rule.to_string(),
+            message: format!(
+                "Service {}/{} has no port {port} (it has {})",
+                svc.meta.namespace,
+                svc.meta.name,
+                svc.ports
+                    .iter()
+                    .map(|p| p.port.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    let workloads = mesh.workloads_of(svc);
+    let mut targets: Vec<u32> = workloads.iter().map(|w| Mesh::target_port(svc, port, w)).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    match targets.as_slice() {
+        [one] => Ok(*one),
+        // No pods yet: a numeric targetPort (or the port itself) is still known.
+        [] => Ok(
+            match svc
+                .ports
+                .iter()
+                .find(|p| p.port == port)
+                .and_then(|p| p.target_port.as_ref())
+            {
+                Some(Value::Number(n)) => n.as_u64().map_or(port, |n| n as u32),
+                Some(Value::String(name)) => {
+                    return Err(Refused {
+                        rule: rule.to_string(),
+                        message: format!(
+                            "port {port} targets the named port {name}, and no pod says which number that is"
+                        ),
+                    });
+                }
+                _ => port,
+            },
+        ),
+        several => Err(Refused {
+            rule: rule.to_string(),
+            message: format!("port {port} reaches different pod ports ({several:?}): name one Service per port"),
+        }),
+    }
+}
+
+/// The objects the intent needs, labelled with `labels`, or every reason it cannot be
+/// written. `inventory` is the mesh as it stands (its own previous policies included
+/// or not: they are replaced by these).
+pub fn objects(
+    intent: &MeshIntent,
+    inventory: &Inventory,
+    ingress: &Ingress,
+    labels: &Value,
+) -> Result<Vec<Value>, Vec<Refused>> {
+    let mesh = Mesh::new(inventory);
+    let mut out = Vec::new();
+    let mut refused = Vec::new();
+
+    // mTLS: one PeerAuthentication per namespace and per service (ports inside it).
+    type ServiceModes = (Option<PeerModeSpec>, BTreeMap<u32, (u32, PeerModeSpec)>); // (service mode, service port -> (target, mode))
+    let mut namespaces: BTreeMap<&str, PeerModeSpec> = BTreeMap::new();
+    let mut services: BTreeMap<(&str, &str), ServiceModes> = BTreeMap::new();
+    for (i, rule) in intent.mtls.iter().enumerate() {
+        let at = format!("mesh.mtls[{i}]");
+        match (&rule.service, rule.port) {
+            (None, None) => {
+                if namespaces.insert(&rule.namespace, rule.mode).is_some() {
+                    refused.push(Refused {
+                        rule: at,
+                        message: format!("namespace {} already has a mode", rule.namespace),
+                    });
+                }
+            }
+            (None, Some(_)) => refused.push(Refused {
+                rule: at,
+                message: "a port belongs to a service: name the service too".into(),
+            }),
+            (Some(name), port) => match service(inventory, &rule.namespace, name, &at) {
+                Err(e) => refused.push(e),
+                Ok(svc) => {
+                    let entry = services.entry((&rule.namespace, name)).or_default();
+                    match port {
+                        None => entry.0 = Some(rule.mode),
+                        Some(port) => match target_port(&mesh, svc, port, &at) {
+                            Ok(target) => {
+                                entry.1.insert(port, (target, rule.mode));
+                            }
+                            Err(e) => refused.push(e),
+                        },
+                    }
+                }
+            },
+        }
+    }
+    for (ns, mode) in &namespaces {
+        out.push(object(
+            API_SECURITY,
+            "PeerAuthentication",
+            ns,
+            "default",
+            labels,
+            json!({"mtls": {"mode": mode.mode().as_str()}}),
+        ));
+    }
+    for ((ns, name), (mode, ports)) in &services {
+        let Ok(svc) = service(inventory, ns, name, "") else {
+            continue;
+        };
+        let mut spec = json!({"selector": selector(svc)});
+        if let Some(mode) = mode {
+            spec["mtls"] = json!({"mode": mode.mode().as_str()});
+        }
+        if !ports.is_empty() {
+            let levels: serde_json::Map<String, Value> = ports
+                .values()
+                .map(|(target, mode)| (target.to_string(), json!({"mode": mode.mode().as_str()})))
+                .collect();
+            spec["portLevelMtls"] = Value::Object(levels);
+        }
+        out.push(object(API_SECURITY, "PeerAuthentication", ns, name, labels, spec));
+        // Clients keep sending mutual TLS to a port whose mTLS is off unless told: a
+        // DestinationRule in the Service's namespace, which every client without its own
+        // rule for this host uses.
+        let host = hosts::service_fqdn(svc, &inventory.domain);
+        let disabled: Vec<Value> = ports
+            .iter()
+            .filter(|(_, (_, m))| *m == PeerModeSpec::Disable)
+            .map(|(port, _)| json!({"port": {"number": port}, "tls": {"mode": "DISABLE"}}))
+            .collect();
+        let whole = *mode == Some(PeerModeSpec::Disable);
+        if whole || !disabled.is_empty() {
+            let mut policy = json!({});
+            if whole {
+                policy["tls"] = json!({"mode": "DISABLE"});
+            }
+            if !disabled.is_empty() {
+                policy["portLevelSettings"] = Value::Array(disabled);
+            }
+            out.push(object(
+                API_NETWORKING,
+                "DestinationRule",
+                ns,
+                &format!("{name}-mtls"),
+                labels,
+                json!({"host": host, "trafficPolicy": policy}),
+            ));
+        }
+    }
+
+    // Allow-lists: ALLOW with the callers' principals (and the ingress gateway's, where
+    // a published site routes to the service).
+    for (i, rule) in intent.allow.iter().enumerate() {
+        let at = format!("mesh.allow[{i}]");
+        let svc = match service(inventory, &rule.namespace, &rule.to, &at) {
+            Ok(s) => s,
+            Err(e) => {
+                refused.push(e);
+                continue;
+            }
+        };
+        let td = &intent.trust_domain;
+        let mut principals: Vec<String> = rule
+            .from
+            .iter()
+            .map(|sa| format!("{td}/ns/{}/sa/{sa}", rule.namespace))
+            .collect();
+        if ingress
+            .route_targets
+            .iter()
+            .any(|(ns, name)| ns == &rule.namespace && name == &rule.to)
+        {
+            principals.push(format!("{td}/ns/{}/sa/{}", ingress.namespace, ingress.service_account));
+        }
+        out.push(object(
+            API_SECURITY,
+            "AuthorizationPolicy",
+            &rule.namespace,
+            &format!("{}-allow", rule.to),
+            labels,
+            json!({
+                "selector": selector(svc),
+                "action": "ALLOW",
+                "rules": [{"from": [{"source": {"principals": principals}}]}],
+            }),
+        ));
+    }
+    if !refused.is_empty() {
+        return Err(refused);
+    }
+    refused.extend(judge(intent, inventory, &out));
+    if refused.is_empty() { Ok(out) } else { Err(refused) }
+}
+
+/// The mesh with these objects added, through doctor's checks: a finding (error or
+/// warning) that the mesh without them does not have refuses the intent.
+fn judge(intent: &MeshIntent, inventory: &Inventory, objects: &[Value]) -> Vec<Refused> {
+    let options = crate::doctor::Options {
+        now: time::OffsetDateTime::UNIX_EPOCH,
+        renew_before: crate::config::ConfigFile::default_renew_before(),
+        complete: true,
+        sees_workloads: true,
+    };
+    let findings = |inv: &Inventory| -> BTreeMap<(crate::doctor::Code, super::ObjectRef), String> {
+        crate::doctor::diagnose(inv, &options)
+            .findings
+            .into_iter()
+            .filter(|f| f.severity != crate::doctor::Severity::Info)
+            .map(|f| ((f.code, f.object), f.message))
+            .collect()
+    };
+    let mut before = inventory.clone();
+    before.root_namespace = intent.root_namespace.clone();
+    let mut after = before.clone();
+    for o in objects {
+        if let Err(e) = after.add(o.clone(), "default") {
+            return vec![Refused {
+                rule: "mesh".into(),
+                message: e.to_string(),
+            }];
+        }
+    }
+    let before = findings(&before);
+    findings(&after)
+        .into_iter()
+        .filter(|(key, _)| !before.contains_key(key))
+        .map(|((code, object), message)| Refused {
+            rule: "mesh".into(),
+            message: format!("{} {object}: {message}", code.as_str()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inventory(yaml: &str) -> Inventory {
+        let mut inv = Inventory::new();
+        for doc in crate::config::yaml::documents(yaml) {
+            inv.add(doc.unwrap().0, "default").unwrap();
+        }
+        inv
+    }
+
+    /// The strict-mTLS chapter's blog-app: six services, each with its own account.
+    fn blog_app(extra: &str) -> Inventory {
+        let mut text = String::from(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: blog-app, labels: {istio-injection: enabled}}\n",
+        );
+        for app in ["frontend", "posts", "reviews", "ratings", "users", "mongodb"] {
+            let port = if app == "mongodb" {
+                "{name: tcp-mongo, port: 27017}"
+            } else {
+                "{name: http, port: 80, targetPort: 8080}"
+            };
+            text.push_str(&format!(
+                "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {app}, namespace: blog-app}}\n\
+                 spec: {{template: {{metadata: {{labels: {{app: {app}}}}}, spec: {{serviceAccountName: {app}, containers: [{{name: {app}}}]}}}}}}\n\
+                 ---\napiVersion: v1\nkind: Service\nmetadata: {{name: {app}, namespace: blog-app}}\nspec: {{selector: {{app: {app}}}, ports: [{port}]}}\n"
+            ));
+        }
+        text.push_str(extra);
+        inventory(&text)
+    }
+
+    fn intent(yaml: &str) -> MeshIntent {
+        serde_json::from_value(crate::config::yaml::parse(yaml).unwrap().0).unwrap()
+    }
+
+    fn labels() -> Value {
+        json!({"tlsward.io/owner": "test"})
+    }
+
+    #[test]
+    fn the_blog_app_allow_list_becomes_strict_mtls_and_one_allow_policy_per_service() {
+        let inv = blog_app("");
+        let ingress = Ingress {
+            namespace: "istio-system".into(),
+            service_account: "istio-ingressgateway-service-account".into(),
+            route_targets: vec![("blog-app".into(), "frontend".into())],
+        };
+        let intent = intent(
+            "mtls: [{namespace: blog-app, mode: STRICT}]\n\
+             allow:\n  - {namespace: blog-app, to: posts, from: [frontend, reviews, users]}\n  - {namespace: blog-app, to: ratings, from: [reviews]}\n\
+             \x20 - {namespace: blog-app, to: mongodb, from: [posts, reviews, users, ratings]}\n  - {namespace: blog-app, to: frontend, from: []}\n",
+        );
+        let objects = objects(&intent, &inv, &ingress, &labels()).unwrap();
+        let names: Vec<String> = objects
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}/{}/{}",
+                    o["kind"].as_str().unwrap(),
+                    o["metadata"]["namespace"].as_str().unwrap(),
+                    o["metadata"]["name"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "PeerAuthentication/blog-app/default",
+                "AuthorizationPolicy/blog-app/posts-allow",
+                "AuthorizationPolicy/blog-app/ratings-allow",
+                "AuthorizationPolicy/blog-app/mongodb-allow",
+                "AuthorizationPolicy/blog-app/frontend-allow",
+            ]
+        );
+        assert_eq!(objects[0]["spec"], json!({"mtls": {"mode": "STRICT"}}));
+        assert_eq!(
+            objects[2]["spec"],
+            json!({"selector": {"matchLabels": {"app": "ratings"}}, "action": "ALLOW",
+                   "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/blog-app/sa/reviews"]}}]}]})
+        );
+        // The published frontend admits the ingress gateway's identity.
+        assert_eq!(
+            objects[4]["spec"]["rules"][0]["from"][0]["source"]["principals"],
+            json!(["cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"])
+        );
+        assert!(objects.iter().all(|o| o["metadata"]["labels"] == labels()));
+    }
+
+    #[test]
+    fn a_port_whose_mtls_is_off_gets_its_target_port_in_the_policy_and_a_rule_for_its_clients() {
+        let inv = blog_app("");
+        let intent = intent(
+            "mtls:\n  - {namespace: blog-app, mode: STRICT}\n  - {namespace: blog-app, service: posts, port: 80, mode: DISABLE}\n",
+        );
+        let objects = objects(&intent, &inv, &Ingress::default(), &labels()).unwrap();
+        assert_eq!(objects.len(), 3, "{objects:#?}");
+        assert_eq!(
+            objects[1]["spec"],
+            json!({"selector": {"matchLabels": {"app": "posts"}}, "portLevelMtls": {"8080": {"mode": "DISABLE"}}})
+        );
+        assert_eq!(objects[2]["kind"], "DestinationRule");
+        assert_eq!(
+            objects[2]["spec"],
+            json!({"host": "posts.blog-app.svc.cluster.local",
+                   "trafficPolicy": {"portLevelSettings": [{"port": {"number": 80}, "tls": {"mode": "DISABLE"}}]}})
+        );
+    }
+
+    #[test]
+    fn an_allow_list_on_a_permissive_workload_is_refused() {
+        let inv = blog_app("");
+        let intent = intent("allow: [{namespace: blog-app, to: ratings, from: [reviews]}]\n");
+        let refused = objects(&intent, &inv, &Ingress::default(), &labels()).unwrap_err();
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0]
+                .message
+                .starts_with("AuthorizationNeedsMTLS AuthorizationPolicy/blog-app/ratings-allow"),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn strict_mtls_that_a_caller_without_a_sidecar_must_reach_is_refused() {
+        let inv = blog_app(
+            "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: batch, namespace: blog-app}\n\
+             spec: {template: {metadata: {labels: {app: batch, sidecar.istio.io/inject: 'false'}}, spec: {serviceAccountName: batch, containers: [{name: batch}]}}}\n",
+        );
+        let intent = intent("mtls: [{namespace: blog-app, mode: STRICT}]\n");
+        let refused = objects(&intent, &inv, &Ingress::default(), &labels()).unwrap_err();
+        assert!(
+            refused
+                .iter()
+                .all(|r| r.message.starts_with("MTLSConflict Deployment/blog-app/batch")),
+            "{refused:?}"
+        );
+        assert!(!refused.is_empty());
+    }
+
+    #[test]
+    fn rules_naming_what_does_not_exist_are_refused_with_their_place() {
+        let inv = blog_app("");
+        let intent = intent(
+            "mtls:\n  - {namespace: blog-app, service: comments, mode: STRICT}\n  - {namespace: blog-app, service: posts, port: 81, mode: DISABLE}\n\
+             allow: [{namespace: blog-app, to: ghosts, from: [reviews]}]\n",
+        );
+        let refused = objects(&intent, &inv, &Ingress::default(), &labels()).unwrap_err();
+        let text: Vec<String> = refused.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            text,
+            [
+                "mesh.mtls[0]: Service blog-app/comments does not exist: its pods cannot be selected",
+                "mesh.mtls[1]: Service blog-app/posts has no port 81 (it has 80)",
+                "mesh.allow[0]: Service blog-app/ghosts does not exist: its pods cannot be selected",
+            ]
+        );
+    }
+}
