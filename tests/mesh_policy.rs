@@ -18,7 +18,8 @@ spec: {selector: {matchLabels: {app: reviews}}, template: {metadata: {labels: {a
 ---\napiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop}\nspec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}\n";
 
 const INTENT: &str = "mtls:\n  - {namespace: shop, mode: STRICT}\n  - {namespace: shop, service: ratings, port: 9900, mode: DISABLE}\n\
-allow:\n  - {namespace: shop, to: reviews, from: []}\n";
+allow:\n  - {namespace: shop, to: reviews, from: []}\n\
+ingress_jwt: [{site: shop, issuer: https://auth.foocorp.example, jwks_uri: https://auth.foocorp.example/jwks, paths: [/api/*]}]\n";
 
 fn generated() -> Vec<Value> {
     policy_for(INTENT).unwrap()
@@ -33,16 +34,19 @@ fn policy_for(intent: &str) -> Result<Vec<Value>, Vec<policy::Refused>> {
     let ingress = Ingress {
         namespace: "istio-system".into(),
         service_account: "istio-ingressgateway-service-account".into(),
+        selector: [("istio".to_string(), "ingressgateway".to_string())].into(),
         route_targets: vec![("shop".into(), "reviews".into())],
+        sites: vec![("shop".into(), vec!["shop.foocorp.example".into()])],
     };
     policy::objects(&intent, &inventory, &ingress, &json!({"tlsward.io/owner": "test"}))
 }
 
 #[test]
 fn an_allow_list_on_a_workload_with_a_plaintext_port_is_refused() {
-    let refused = policy_for(&format!(
-        "{INTENT}  - {{namespace: shop, to: ratings, from: [reviews]}}\n"
-    ))
+    let refused = policy_for(
+        "mtls:\n  - {namespace: shop, mode: STRICT}\n  - {namespace: shop, service: ratings, port: 9900, mode: DISABLE}\n\
+         allow:\n  - {namespace: shop, to: ratings, from: [reviews]}\n",
+    )
     .unwrap_err();
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert!(
@@ -64,6 +68,8 @@ fn generated_policies_are_valid_istio_objects() {
             "PeerAuthentication",
             "PeerAuthentication",
             "DestinationRule",
+            "AuthorizationPolicy",
+            "RequestAuthentication",
             "AuthorizationPolicy"
         ]
     );

@@ -15,7 +15,7 @@ pub fn check(mesh: &Mesh<'_>, gateways: &GatewayView<'_>) -> Vec<Finding> {
     let gateway_pods = gateway_workloads(mesh, gateways);
     mtls_conflicts(mesh, gateways, &mut out);
     authorization_needs_mtls(mesh, &gateway_pods, &mut out);
-    jwt_on_non_http_ports(mesh, &mut out);
+    jwt_on_non_http_ports(mesh, &gateway_pods, &mut out);
     server_verification(mesh, &mut out);
     out
 }
@@ -246,10 +246,13 @@ fn authorization_needs_mtls(mesh: &Mesh<'_>, gateway_pods: &HashSet<&ObjectRef>,
     }
 }
 
-fn jwt_on_non_http_ports(mesh: &Mesh<'_>, out: &mut Vec<Finding>) {
+/// A gateway's protocol comes from its Gateway servers, not its Service's port names:
+/// a JWT rule on a gateway is checked wherever a server speaks HTTP.
+fn jwt_on_non_http_ports(mesh: &Mesh<'_>, gateway_pods: &HashSet<&ObjectRef>, out: &mut Vec<Finding>) {
     for policy in &mesh.inventory.request_authentications {
         let mut seen = HashSet::new();
-        for workload in selected(mesh, &policy.meta.namespace, policy.selector.as_ref()) {
+        let workloads = selected(mesh, &policy.meta.namespace, policy.selector.as_ref());
+        for workload in workloads.into_iter().filter(|w| !gateway_pods.contains(&w.object)) {
             for service in mesh.services_of(workload) {
                 for port in service.ports.iter().filter(|p| !is_http_port(p)) {
                     if !seen.insert((service.meta.namespace.clone(), service.meta.name.clone(), port.port)) {

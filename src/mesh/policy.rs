@@ -69,6 +69,25 @@ pub struct MeshIntent {
     pub mtls: Vec<MtlsRule>,
     #[serde(default)]
     pub allow: Vec<AllowRule>,
+    #[serde(default)]
+    pub ingress_jwt: Vec<JwtRule>,
+}
+
+/// `mesh.ingress_jwt[]`: requests to these paths of a published site need a valid JWT
+/// from `issuer`, checked at the ingress gateway.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtRule {
+    pub site: String,
+    pub issuer: String,
+    pub jwks_uri: String,
+    /// Request paths (Istio's `paths`: exact, `prefix*` or `*suffix`); all by default.
+    #[serde(default = "all_paths")]
+    pub paths: Vec<String>,
+}
+
+fn all_paths() -> Vec<String> {
+    vec!["*".into()]
 }
 
 fn default_trust_domain() -> String {
@@ -78,14 +97,18 @@ fn default_root_namespace() -> String {
     super::inventory::DEFAULT_ROOT_NAMESPACE.into()
 }
 
-/// Who else reaches the services: the ingress gateway's identity is allowed to every
-/// Service a published site routes to.
+/// The ingress gateway: its identity is allowed to every Service a published site routes
+/// to, and JWT rules are checked on its pods.
 #[derive(Clone, Debug, Default)]
 pub struct Ingress {
     pub namespace: String,
     pub service_account: String,
+    /// The labels of the gateway's pods.
+    pub selector: super::inventory::Labels,
     /// (namespace, Service) of each published route target.
     pub route_targets: Vec<(String, String)>,
+    /// Each published site's name and hosts.
+    pub sites: Vec<(String, Vec<String>)>,
 }
 
 /// Why an intent cannot be written as asked.
@@ -322,6 +345,53 @@ pub fn objects(
             }),
         ));
     }
+    // JWT at the ingress: the gateway validates tokens of the issuer, and refuses requests
+    // to the listed paths of the site's hosts that carry none (a token is only checked
+    // when present: RequestAuthentication alone lets anonymous requests through).
+    for (i, rule) in intent.ingress_jwt.iter().enumerate() {
+        let at = format!("mesh.ingress_jwt[{i}]");
+        let Some((_, site_hosts)) = ingress.sites.iter().find(|(name, _)| name == &rule.site) else {
+            refused.push(Refused {
+                rule: at,
+                message: format!("no site named {}", rule.site),
+            });
+            continue;
+        };
+        if ingress.selector.is_empty() {
+            refused.push(Refused {
+                rule: at,
+                message: "the ingress gateway has no selector to put the JWT rule on".into(),
+            });
+            continue;
+        }
+        let selector = json!({"matchLabels": ingress.selector});
+        let name = format!("{}-jwt", rule.site);
+        out.push(object(
+            API_SECURITY,
+            "RequestAuthentication",
+            &ingress.namespace,
+            &name,
+            labels,
+            json!({"selector": selector, "jwtRules": [{"issuer": rule.issuer, "jwksUri": rule.jwks_uri}]}),
+        ));
+        // A Host header may carry the port: match both forms.
+        let hosts: Vec<String> = site_hosts.iter().flat_map(|h| [h.clone(), format!("{h}:*")]).collect();
+        out.push(object(
+            API_SECURITY,
+            "AuthorizationPolicy",
+            &ingress.namespace,
+            &name,
+            labels,
+            json!({
+                "selector": selector,
+                "action": "DENY",
+                "rules": [{
+                    "from": [{"source": {"notRequestPrincipals": ["*"]}}],
+                    "to": [{"operation": {"hosts": hosts, "paths": rule.paths}}],
+                }],
+            }),
+        ));
+    }
     if !refused.is_empty() {
         return Err(refused);
     }
@@ -416,6 +486,7 @@ mod tests {
             namespace: "istio-system".into(),
             service_account: "istio-ingressgateway-service-account".into(),
             route_targets: vec![("blog-app".into(), "frontend".into())],
+            ..Ingress::default()
         };
         let intent = intent(
             "mtls: [{namespace: blog-app, mode: STRICT}]\n\
@@ -507,6 +578,53 @@ mod tests {
             "{refused:?}"
         );
         assert!(!refused.is_empty());
+    }
+
+    #[test]
+    fn a_jwt_rule_validates_tokens_at_the_gateway_and_denies_the_paths_without_one() {
+        let inv = blog_app(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {name: istio-ingressgateway, namespace: istio-system}\n\
+             spec: {selector: {istio: ingressgateway}, ports: [{name: status-port, port: 15021}, {name: https, port: 443}]}\n\
+             ---\napiVersion: v1\nkind: Pod\nmetadata: {name: gw-1, namespace: istio-system, labels: {istio: ingressgateway}}\n\
+             spec: {containers: [{name: istio-proxy}]}\n\
+             ---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: tlsward-gateway, namespace: istio-system}\n\
+             spec: {selector: {istio: ingressgateway}, servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [blog.example.com]}]}\n",
+        );
+        let ingress = Ingress {
+            namespace: "istio-system".into(),
+            service_account: "istio-ingressgateway-service-account".into(),
+            selector: [("istio".to_string(), "ingressgateway".to_string())].into(),
+            route_targets: vec![],
+            sites: vec![("blog".into(), vec!["blog.example.com".into()])],
+        };
+        let intent = intent(
+            "ingress_jwt: [{site: blog, issuer: https://auth.foocorp.example, jwks_uri: https://auth.foocorp.example/jwks, paths: [/api/*]}]\n",
+        );
+        let objects = objects(&intent, &inv, &ingress, &labels()).unwrap();
+        assert_eq!(objects.len(), 2);
+        assert_eq!(objects[0]["kind"], "RequestAuthentication");
+        assert_eq!(
+            objects[0]["spec"]["jwtRules"],
+            json!([{"issuer": "https://auth.foocorp.example", "jwksUri": "https://auth.foocorp.example/jwks"}])
+        );
+        assert_eq!(
+            objects[1]["spec"],
+            json!({"selector": {"matchLabels": {"istio": "ingressgateway"}}, "action": "DENY",
+                   "rules": [{"from": [{"source": {"notRequestPrincipals": ["*"]}}],
+                              "to": [{"operation": {"hosts": ["blog.example.com", "blog.example.com:*"], "paths": ["/api/*"]}}]}]})
+        );
+        let mut unknown = intent.clone();
+        unknown.ingress_jwt[0].site = "shop".into();
+        let refused = objects_for(&unknown, &inv, &ingress);
+        assert_eq!(refused, vec!["mesh.ingress_jwt[0]: no site named shop".to_string()]);
+    }
+
+    fn objects_for(intent: &MeshIntent, inv: &Inventory, ingress: &Ingress) -> Vec<String> {
+        objects(intent, inv, ingress, &labels())
+            .unwrap_err()
+            .iter()
+            .map(|r| r.to_string())
+            .collect()
     }
 
     #[test]

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import sys
 
 import yaml
 from cryptography import x509
@@ -443,6 +444,12 @@ CASES["jwt-on-tcp-port"] = (
      request_auth("db", "postgres-jwt", {"app": "postgres"})],
     [f("JwtOnNonHttpPort", "warning", "RequestAuthentication/db/postgres-jwt")])
 CASES["jwt-on-http-port"] = (shop(None, None, [request_auth("shop", "ratings-jwt", {"app": "ratings"})]), [])
+CASES["jwt-at-the-ingress-gateway"] = (
+    foocorp() + [service("istio-system", "istio-ingressgateway", {"istio": "ingressgateway"},
+                         [port(15021, "status-port"), port(80, "http2"), port(443, "https")]),
+                 request_auth("istio-system", "frontend-jwt", {"istio": "ingressgateway"})],
+    # The gateway's Gateway servers decide what is HTTP there, not its Service's port names.
+    [])
 
 EXT = [namespace("shop", inject=True)]
 CASES["destination-rule-simple-without-ca"] = (
@@ -488,10 +495,14 @@ def blocks(v):
 
 
 def main():
+    """No arguments: the whole corpus anew. Case names: only those (the rest kept)."""
+    only = set(sys.argv[1:])
     for name in os.listdir(HERE):
-        if os.path.isdir(os.path.join(HERE, name)):
+        if os.path.isdir(os.path.join(HERE, name)) and (not only or name in only):
             shutil.rmtree(os.path.join(HERE, name))
     for name, (objects, expected) in CASES.items():
+        if only and name not in only:
+            continue
         d = os.path.join(HERE, name)
         os.makedirs(d)
         with open(os.path.join(d, "objects.yaml"), "w") as out:
