@@ -34,14 +34,13 @@ fn gateway_workloads<'a>(mesh: &Mesh<'a>, gateways: &GatewayView<'_>) -> HashSet
 /// The workloads a policy applies to: its selector's in its namespace, every one in
 /// its namespace without a selector, every one in the mesh for the root namespace.
 fn selected<'a>(mesh: &Mesh<'a>, namespace: &str, selector: Option<&Labels>) -> Vec<&'a Workload> {
-    let root = namespace == mesh.inventory.root_namespace;
-    mesh.inventory
-        .workloads
+    if namespace == mesh.inventory.root_namespace && selector.is_none() {
+        return mesh.inventory.workloads.iter().collect();
+    }
+    mesh.workloads_in(namespace)
         .iter()
-        .filter(|w| {
-            (root && selector.is_none())
-                || w.object.namespace == namespace && selector.is_none_or(|s| selects(s, &w.labels))
-        })
+        .copied()
+        .filter(|w| selector.is_none_or(|s| selects(s, &w.labels)))
         .collect()
 }
 
@@ -75,6 +74,14 @@ fn mtls_conflicts(mesh: &Mesh<'_>, gateways: &GatewayView<'_>, out: &mut Vec<Fin
         } else {
             without_sidecar.entry(w.object.namespace.as_str()).or_default().push(w);
         }
+    }
+    // The source namespaces AuthorizationPolicies admit, by the namespace they guard.
+    let mut admitted: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    for policy in &mesh.inventory.authorization_policies {
+        admitted
+            .entry(policy.meta.namespace.as_str())
+            .or_default()
+            .extend(policy.source_namespaces.iter().map(String::as_str));
     }
     let mut reported: HashSet<(ObjectRef, ObjectRef, u32)> = HashSet::new();
     for service in &mesh.inventory.services {
@@ -135,12 +142,8 @@ fn mtls_conflicts(mesh: &Mesh<'_>, gateways: &GatewayView<'_>, out: &mut Vec<Fin
             // Clients without a sidecar: in the Service's namespace, and in namespaces
             // an AuthorizationPolicy of the backends admits.
             let mut plain: Vec<&Workload> = without_sidecar.get(ns).cloned().unwrap_or_default();
-            for policy in &mesh.inventory.authorization_policies {
-                if policy.meta.namespace == ns {
-                    for source in &policy.source_namespaces {
-                        plain.extend(without_sidecar.get(source.as_str()).into_iter().flatten());
-                    }
-                }
+            for source in admitted.get(ns).into_iter().flatten() {
+                plain.extend(without_sidecar.get(source).into_iter().flatten());
             }
             for client in plain {
                 let from = Client {

@@ -18,6 +18,7 @@ pub struct Mesh<'a> {
     pub inventory: &'a Inventory,
     workloads: HashMap<&'a str, Vec<&'a Workload>>,
     services: HashMap<(&'a str, &'a str), &'a Service>,
+    services_in: HashMap<&'a str, Vec<&'a Service>>,
     peer: HashMap<&'a str, Vec<&'a PeerAuthentication>>,
     /// DestinationRules by qualified host, and those with a wildcard host.
     rules: HashMap<String, Vec<&'a DestinationRule>>,
@@ -129,6 +130,10 @@ impl<'a> Mesh<'a> {
             .iter()
             .map(|s| ((s.meta.namespace.as_str(), s.meta.name.as_str()), s))
             .collect();
+        let mut services_in: HashMap<&str, Vec<&Service>> = HashMap::new();
+        for s in &inventory.services {
+            services_in.entry(s.meta.namespace.as_str()).or_default().push(s);
+        }
         let mut peer: HashMap<&str, Vec<&PeerAuthentication>> = HashMap::new();
         for p in &inventory.peer_authentications {
             peer.entry(p.meta.namespace.as_str()).or_default().push(p);
@@ -156,6 +161,7 @@ impl<'a> Mesh<'a> {
             inventory,
             workloads,
             services,
+            services_in,
             peer,
             rules,
             wildcard_rules,
@@ -180,10 +186,11 @@ impl<'a> Mesh<'a> {
 
     /// The Services selecting a workload.
     pub fn services_of(&self, workload: &Workload) -> Vec<&'a Service> {
-        self.inventory
-            .services
-            .iter()
-            .filter(|s| s.meta.namespace == workload.object.namespace)
+        self.services_in
+            .get(workload.object.namespace.as_str())
+            .into_iter()
+            .flatten()
+            .copied()
             .filter(|s| s.selector.as_ref().is_some_and(|sel| selects(sel, &workload.labels)))
             .collect()
     }
