@@ -164,6 +164,15 @@ fn istio(version: &str, kind: &str) -> ApiResource {
 const ISTIO_GROUP: &str = "networking.istio.io";
 const SECURITY_GROUP: &str = "security.istio.io";
 
+/// A Secret read by name as the JSON doctor reads (typed reads carry no kind).
+fn secret_json(mut secret: Secret) -> Value {
+    secret.metadata.managed_fields = None;
+    let mut v = serde_json::to_value(secret).unwrap_or_default();
+    v["apiVersion"] = "v1".into();
+    v["kind"] = "Secret".into();
+    v
+}
+
 /// What doctor reads of a Pod (labels, annotations, containers and their ports, service
 /// account, IP): a cluster's pods are many and the rest of each is large.
 fn slim_pod(pod: Value) -> Value {
@@ -347,6 +356,38 @@ impl KubeStore {
         let mut out = Vec::new();
         self.named_secrets(&names, &mut |s| out.push(s)).await?;
         Ok(out)
+    }
+
+    /// doctor's Secrets from the watch: tlsward's own credentials as the watch holds them
+    /// (a hundred at a time, so neither the lock nor a copy is held long), then the other
+    /// `names` the Gateways use by name.
+    async fn watched_secrets(
+        &self,
+        names: &std::collections::BTreeSet<String>,
+        each: &mut (dyn FnMut(Value) + Send),
+    ) -> Result<(), StoreError> {
+        let watched = self.secrets.names();
+        let mut served = std::collections::BTreeSet::new();
+        for chunk in watched.chunks(100) {
+            let views: Vec<(String, SecretView)> = self.secrets.with(|all| {
+                chunk
+                    .iter()
+                    .filter_map(|n| all.get(n).filter(|v| v.owned).map(|v| (n.clone(), v.clone())))
+                    .collect()
+            });
+            for (name, view) in views {
+                each(serde_json::json!({
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "type": view.type_,
+                    "metadata": {"name": name, "namespace": self.namespace},
+                    "stringData": view.data,
+                }));
+                served.insert(name);
+            }
+        }
+        let rest: std::collections::BTreeSet<String> = names.difference(&served).cloned().collect();
+        self.named_secrets(&rest, &mut |secret| each(secret_json(secret))).await
     }
 
     /// The Secrets of these names in the gateway namespace, one GET each; a name the Role
@@ -1070,6 +1111,12 @@ impl ObjectStore for KubeStore {
         ];
         let mut credential_names: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         for (group, version, kind, plural, namespaced) in kinds {
+            // The credentials the Secrets watch already holds are not listed again; the
+            // Secrets it keeps no data of (not tlsward's, or other names) are read by name.
+            if kind == "Secret" && self.mirrored(&self.secrets).await {
+                self.watched_secrets(&credential_names, each).await?;
+                continue;
+            }
             let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
             let api: Api<DynamicObject> = if namespaced {
                 Api::namespaced_with(self.client.clone(), &self.namespace, &resource)
@@ -1107,14 +1154,8 @@ impl ObjectStore for KubeStore {
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
                 // The chart's default Role reads credential Secrets by name only.
                 Err(kube::Error::Api(status)) if status.code == 403 && kind == "Secret" => {
-                    self.named_secrets(&credential_names, &mut |mut secret| {
-                        secret.metadata.managed_fields = None;
-                        let mut v = serde_json::to_value(secret).unwrap_or_default();
-                        v["apiVersion"] = "v1".into();
-                        v["kind"] = "Secret".into();
-                        each(v);
-                    })
-                    .await?;
+                    self.named_secrets(&credential_names, &mut |secret| each(secret_json(secret)))
+                        .await?;
                 }
                 Err(kube::Error::Api(status)) if status.code == 403 => {
                     out.complete = false;
