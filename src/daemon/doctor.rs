@@ -156,7 +156,12 @@ impl Runtime {
                     },
                 }
             }
-            let zones = self.zones_for_doctor(&mut notes).await;
+            let zones = self.read_zones().await;
+            for (name, records) in &zones {
+                if let Err(e) = records {
+                    notes.push(format!("dns provider {name}: {e}"));
+                }
+            }
             let resolved = self.resolve_published(resolver.as_ref()).await;
             report.add(doctor::dns::check(
                 file,
@@ -180,21 +185,6 @@ impl Runtime {
             notes,
             objects: inventory.object_count(),
         })
-    }
-
-    async fn zones_for_doctor(
-        &self,
-        notes: &mut Vec<String>,
-    ) -> BTreeMap<String, Result<Vec<crate::model::RecordSet>, String>> {
-        let mut zones = BTreeMap::new();
-        for (name, provider) in &self.providers {
-            let records = provider.records().await.map_err(|e| e.to_string());
-            if let Err(e) = &records {
-                notes.push(format!("dns provider {name}: {e}"));
-            }
-            zones.insert(name.clone(), records);
-        }
-        zones
     }
 
     /// What a resolver answers for each published host, except hosts whose provider is

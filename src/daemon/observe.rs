@@ -98,14 +98,13 @@ impl Runtime {
                 Err(e) => tracing::debug!(error = %e, "no gateway address (no site publishes DNS)"),
             }
         }
-        for (name, provider) in self.providers.iter().filter(|_| with_dns) {
-            let started = std::time::Instant::now();
-            let records = provider.records().await.map_err(|e| e.to_string());
-            tracing::debug!(provider = %name, took_ms = started.elapsed().as_millis() as u64, "zone read");
-            if let Err(e) = &records {
-                failures.push(Failure::new(Stage::Dns, format!("dns provider {name}"), e.clone()));
+        if with_dns {
+            observed.zones = self.read_zones().await;
+            for (name, records) in &observed.zones {
+                if let Err(e) = records {
+                    failures.push(Failure::new(Stage::Dns, format!("dns provider {name}"), e.clone()));
+                }
             }
-            observed.zones.insert(name.clone(), records);
         }
         let asks_ari = file.issuers.values().any(|i| i.acme().is_some());
         if with_dns && asks_ari {
@@ -114,6 +113,18 @@ impl Runtime {
             stored = Some(bundles);
         }
         Ok((observed, stored))
+    }
+
+    /// Every DNS provider's records now, or why they could not be read.
+    pub(super) async fn read_zones(&self) -> BTreeMap<String, Result<Vec<crate::model::RecordSet>, String>> {
+        let mut zones = BTreeMap::new();
+        for (name, provider) in &self.providers {
+            let started = std::time::Instant::now();
+            let records = provider.records().await.map_err(|e| e.to_string());
+            tracing::debug!(provider = %name, took_ms = started.elapsed().as_millis() as u64, "zone read");
+            zones.insert(name.clone(), records);
+        }
+        zones
     }
 
     /// The stored bundles: those `observe` read, else read now.
