@@ -112,7 +112,7 @@ impl Runtime {
             complete: mesh.complete,
             sees_workloads: mesh.sees_workloads,
         };
-        let mut report = doctor::diagnose(&inventory, &options);
+        let (mut report, expected) = doctor::diagnose_serving(&inventory, &options, Some(&file.gateway.selector));
         let deadline = file.deadlines.request.to_std();
 
         let address = match &self.address {
@@ -174,7 +174,6 @@ impl Runtime {
             ));
         }
 
-        let expected = served::expectations(&inventory, &file.gateway.selector, &options);
         if gateway_ips.iter().any(documentation) {
             notes.push("the load balancer's documentation-range address is not probed".into());
         }

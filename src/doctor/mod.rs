@@ -181,6 +181,16 @@ impl Report {
 
 /// Runs every check on the objects.
 pub fn diagnose(inventory: &Inventory, options: &Options) -> Report {
+    diagnose_serving(inventory, options, None).0
+}
+
+/// `diagnose`, and, for the live probes, what the Gateways on the workload `selector`
+/// names must serve (from the same indexes the checks used).
+pub fn diagnose_serving(
+    inventory: &Inventory,
+    options: &Options,
+    selector: Option<&crate::mesh::inventory::Labels>,
+) -> (Report, Vec<served::Expected>) {
     let mesh = Mesh::new(inventory);
     let mut findings = Vec::new();
     let gateways = routing::GatewayView::new(&mesh, options);
@@ -193,7 +203,8 @@ pub fn diagnose(inventory: &Inventory, options: &Options) -> Report {
         ignored: inventory.ignored.clone(),
     };
     report.sort();
-    report
+    let expected = selector.map_or_else(Vec::new, |s| served::expectations(inventory, &gateways, s, options.now));
+    (report, expected)
 }
 
 /// An error finding about something the input may simply not hold, made a warning

@@ -8,9 +8,9 @@ use time::OffsetDateTime;
 
 use super::credentials::{self, Credential};
 use super::routing::GatewayView;
-use super::{Code, Finding, Options, Severity};
+use super::{Code, Finding, Severity};
 use crate::mesh::inventory::{Labels, selects};
-use crate::mesh::{Inventory, Mesh, ObjectRef};
+use crate::mesh::{Inventory, ObjectRef};
 
 /// A host the gateway serves with a credential, and the leaf it should present.
 #[derive(Clone, Debug)]
@@ -33,9 +33,12 @@ pub struct Endpoint {
 
 /// The hosts of every TLS-terminating server, on Gateways run by the workload
 /// `selector` names, whose credential is usable (an unusable one is already a finding).
-pub fn expectations(inventory: &Inventory, selector: &Labels, options: &Options) -> Vec<Expected> {
-    let mesh = Mesh::new(inventory);
-    let gateways = GatewayView::new(&mesh, options);
+pub fn expectations(
+    inventory: &Inventory,
+    gateways: &GatewayView<'_>,
+    selector: &Labels,
+    now: OffsetDateTime,
+) -> Vec<Expected> {
     let mut out = Vec::new();
     for info in &gateways.list {
         if !selects(&info.gateway.selector, selector) {
@@ -54,7 +57,7 @@ pub fn expectations(inventory: &Inventory, selector: &Labels, options: &Options)
             let Some(secret) = inventory.secrets.get(&(ns.to_string(), name.to_string())) else {
                 continue;
             };
-            let Credential::Usable(pair) = credentials::read(secret, options.now) else {
+            let Credential::Usable(pair) = credentials::read(secret, now) else {
                 continue;
             };
             for host in &server.hosts {
