@@ -75,7 +75,12 @@ fn parse(der: &[u8]) -> Result<X509Certificate<'_>, PkiError> {
 /// Facts about the first certificate of a chain; the second (if any) is its issuer.
 pub fn facts(chain_pem: &str) -> Result<CertificateFacts, PkiError> {
     let ders = certificates_der(chain_pem)?;
-    let cert = parse(&ders[0])?;
+    facts_der(&ders[0], ders.get(1).map(Vec::as_slice))
+}
+
+/// Facts about a DER certificate, with its issuer's DER when known.
+pub fn facts_der(der: &[u8], issuer: Option<&[u8]>) -> Result<CertificateFacts, PkiError> {
+    let cert = parse(der)?;
     let mut dns_names: Vec<String> = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -90,7 +95,7 @@ pub fn facts(chain_pem: &str) -> Result<CertificateFacts, PkiError> {
         dns_names,
         not_before: to_datetime(cert.validity().not_before.timestamp())?,
         not_after: to_datetime(cert.validity().not_after.timestamp())?,
-        issuer_fingerprint: ders.get(1).map(|d| fingerprint(d)),
+        issuer_fingerprint: issuer.map(fingerprint),
         serial_hex: hex(cert.raw_serial()),
         key_algorithm: key_algorithm(&cert),
     })

@@ -123,8 +123,7 @@ pub async fn served_leaf(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .ok_or(ProbeError::NoCertificate { address })?;
-    let pem = pem_of(leaf.as_ref());
-    let facts = pki::facts(&pem).map_err(|e| ProbeError::Certificate {
+    let facts = pki::facts_der(leaf.as_ref(), None).map_err(|e| ProbeError::Certificate {
         address,
         detail: e.to_string(),
     })?;
@@ -133,18 +132,6 @@ pub async fn served_leaf(
         not_after: facts.not_after,
         dns_names: facts.dns_names,
     })
-}
-
-fn pem_of(der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
 }
 
 /// A resolver that asks `system` (resolv.conf, hosts file) or one server at IP:PORT,
