@@ -406,8 +406,13 @@ fn port_names(mesh: &Mesh<'_>, behind_tls: &HashMap<(&str, &str), Vec<Option<u32
 
 /// `http`, `http-web`, `grpc-web-x`…: a known protocol, alone or before a `-`.
 pub fn named_by_protocol(name: &str) -> bool {
+    named_as(name, PORT_PROTOCOLS)
+}
+
+/// Whether a port name is one of `protocols`, alone or before a `-suffix`.
+fn named_as(name: &str, protocols: &[&str]) -> bool {
     let lower = name.to_ascii_lowercase();
-    PORT_PROTOCOLS
+    protocols
         .iter()
         .any(|p| lower == *p || lower.strip_prefix(p).is_some_and(|rest| rest.starts_with('-')))
 }
@@ -420,10 +425,7 @@ pub fn is_http_port(port: &crate::mesh::inventory::ServicePort) -> bool {
         return matches!(p.as_str(), "http" | "http2" | "grpc" | "grpc-web" | "h2c")
             || p.starts_with("kubernetes.io/h2c");
     }
-    let lower = port.name.to_ascii_lowercase();
-    ["http", "http2", "grpc", "grpc-web"]
-        .iter()
-        .any(|p| lower == *p || lower.strip_prefix(p).is_some_and(|rest| rest.starts_with('-')))
+    named_as(&port.name, &["http", "http2", "grpc", "grpc-web"])
 }
 
 fn port_list(svc: &Service) -> String {
