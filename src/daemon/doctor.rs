@@ -235,12 +235,14 @@ impl Runtime {
                 continue;
             }
             let Some(ip) = pod.pod_ip else { continue };
-            let mut targets = BTreeMap::new();
-            for p in service.iter().flat_map(|s| &s.ports) {
-                if let Some(svc) = service {
-                    targets.insert(p.port, crate::mesh::Mesh::target_port(svc, p.port, pod));
-                }
-            }
+            let targets = service
+                .iter()
+                .flat_map(|svc| {
+                    svc.ports
+                        .iter()
+                        .map(|p| (p.port, crate::mesh::Mesh::target_port(svc, p.port, pod)))
+                })
+                .collect();
             out.push(ProbeVia {
                 ip,
                 label: format!("pod {}/{}", pod.object.namespace, pod.object.name),
