@@ -1,5 +1,6 @@
-//! Record: after a pass, a fresh plan over the world as it now is gives the metrics,
-//! the next renewal and whether everything converged. Turning a plan and an
+//! Record: after a pass, a plan over the world as it now is (the pass's own when it
+//! changed nothing, else from a fresh observation) gives the metrics, the next renewal
+//! and whether everything converged. Turning a plan and an
 //! observation into metric values is `plan::report`'s pure function; this only hands
 //! them over.
 
@@ -17,8 +18,9 @@ impl Runtime {
         report
     }
 
-    /// Records the state after a pass: a fresh observation and plan give the metrics,
-    /// the next renewal, and whether everything converged.
+    /// Records the state after a pass: the plan over the world as it now is (the pass's
+    /// own when it changed nothing, else a fresh observation's) gives the metrics, the
+    /// next renewal, and whether everything converged.
     pub async fn record(&self, report: &mut PassReport) {
         let now = OffsetDateTime::now_utc();
         let mut ignored = Vec::new();
