@@ -10,14 +10,15 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tlsward::config::MeshSpec;
 use tlsward::mesh::Inventory;
-use tlsward::mesh::policy::{self, Ingress, MeshIntent};
+use tlsward::mesh::policy::{self, Ingress};
 
 const NAMESPACES: usize = 200;
 const SERVICES: usize = 50;
 const RUNS: usize = 3;
 
-fn mesh() -> (Inventory, MeshIntent) {
+fn mesh() -> (Inventory, MeshSpec) {
     let mut inventory = Inventory::new();
     let mut intent = String::from("mtls:\n");
     let mut allow = String::from("allow:\n");
@@ -60,7 +61,7 @@ fn mesh() -> (Inventory, MeshIntent) {
         }
     }
     intent.push_str(&allow);
-    let intent: MeshIntent = serde_json::from_value(tlsward::config::yaml::parse(&intent).unwrap().0).unwrap();
+    let intent: MeshSpec = serde_json::from_value(tlsward::config::yaml::parse(&intent).unwrap().0).unwrap();
     (inventory, intent)
 }
 

@@ -308,9 +308,15 @@ async fn run(
         let work = async {
             let mut report = runtime.pass(&shutdown).await;
             runtime.record(&mut report).await;
-            report
+            let mut mesh = None;
+            if !shutdown.is_cancelled() {
+                let outcome = runtime.mesh_step().await;
+                report.failures.extend(outcome.failures.iter().cloned());
+                mesh = Some(outcome);
+            }
+            (report, mesh)
         };
-        let Some(report) = within_grace(work, &shutdown, grace).await else {
+        let Some((report, mesh)) = within_grace(work, &shutdown, grace).await else {
             eprintln!("interrupted: the pass did not finish within the shutdown grace period");
             return Ok(ExitCode::from(1));
         };
@@ -319,9 +325,12 @@ async fn run(
         }
         if report.failures.is_empty() && report.converged {
             eprintln!(
-                "converged: {} credential(s) written, {} DNS change(s)",
+                "converged: {} credential(s) written, {} DNS change(s){}",
                 report.issued.len(),
-                report.dns_changes
+                report.dns_changes,
+                mesh.filter(|m| m.applied + m.deleted > 0)
+                    .map(|m| format!(", {} mesh policy object(s) written, {} removed", m.applied, m.deleted))
+                    .unwrap_or_default()
             );
             return Ok(ExitCode::SUCCESS);
         }

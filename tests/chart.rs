@@ -307,3 +307,54 @@ fn http01_issuers_are_pointed_at_this_releases_solver_service() {
         "no Service {svc_name} in certs"
     );
 }
+
+#[test]
+fn a_mesh_section_grants_writes_of_the_policy_kinds_and_nothing_more() {
+    let mesh_role = |sets: &[&str]| -> Option<serde_json::Value> {
+        template_release("demo", "tlsward", None, sets)
+            .into_iter()
+            .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "demo-tlsward-mesh")
+    };
+    assert!(mesh_role(&[]).is_none(), "no mesh section, no grant");
+    let role = mesh_role(&[
+        "config.mesh.mtls[0].namespace=blog-app",
+        "config.mesh.mtls[0].mode=STRICT",
+    ])
+    .expect("the mesh ClusterRole");
+    assert_eq!(mesh_role(&["rbac.mesh=true"]).as_ref(), Some(&role));
+    let mut writable = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        let resources: Vec<&str> = rule["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        let verbs: Vec<&str> = rule["verbs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(!resources.contains(&"secrets"), "{rule}");
+        if verbs
+            .iter()
+            .any(|v| ["create", "patch", "update", "delete"].contains(v))
+        {
+            writable.extend(resources.iter().map(|r| r.to_string()));
+        }
+    }
+    assert_eq!(
+        writable,
+        [
+            "authorizationpolicies",
+            "destinationrules",
+            "events",
+            "peerauthentications",
+            "requestauthentications"
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<BTreeSet<_>>()
+    );
+}

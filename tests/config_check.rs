@@ -262,3 +262,51 @@ fn an_internationalized_host_is_issued_published_and_routed_as_its_a_label() {
     let vs = std::fs::read_to_string(dir.path().join("out/manifests/virtualservice-books.yaml")).unwrap();
     assert!(vs.contains("xn--bcher-kva.example.com"), "{vs}");
 }
+
+#[test]
+fn the_mesh_section_is_checked_field_by_field_with_positions() {
+    let text = r#"owner_id: o
+store: {kubernetes: {}}
+issuers: {ca1: {ca: {}}}
+sites:
+  - {name: blog, hosts: [blog.example.com], issuer: ca1, route: {to: frontend.blog-app, port: 80}}
+mesh:
+  mtls:
+    - {namespace: blog-app, mode: STRICT}
+    - {namespace: Legacy, port: 8080, mode: DISABLE}
+    - {namespace: blog-app, mode: PERMISSIVE}
+    - {namespace: blog-app, service: posts, mode: SOMETIMES}
+  allow:
+    - {namespace: blog-app, to: ratings, from: [reviews, "Bad_SA"]}
+    - {namespace: blog-app, to: ratings, from: [users]}
+  ingress_jwt:
+    - {site: shop, issuer: "", jwks_uri: auth.example/jwks, paths: ["/api/*", "/a*b/c"]}
+  workloads:
+    - {namespace: blog-app, service: posts, ports: [{port: 80, name: http}]}
+  prometheus: {url: "prometheus:9090"}
+"#;
+    let (code, _, stderr) = check(text);
+    assert_eq!(code, 1, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let expected = [
+        "F:9:19: mesh.mtls[1].namespace: `Legacy` must be lowercase",
+        "F:9:33: mesh.mtls[1].port: a port belongs to a service: name the `service` too",
+        "F:10:7: mesh.mtls[2]: the same scope as mesh.mtls[0]: one mode per namespace, service or port",
+        "F:11:51: mesh.mtls[3].mode: \"SOMETIMES\" is not one of",
+        "F:13:58: mesh.allow[0].from[1]: `Bad_SA` must be lowercase",
+        "F:14:7: mesh.allow[1]: `ratings` already has an allow-list (mesh.allow[0]): list every caller there",
+        "F:16:14: mesh.ingress_jwt[0].site: no site named `shop` under `sites`",
+        "F:16:28: mesh.ingress_jwt[0].issuer: must not be empty",
+        "F:16:42: mesh.ingress_jwt[0].jwks_uri: `auth.example/jwks` is not an http(s) URL",
+        "F:16:79: mesh.ingress_jwt[0].paths[1]: `/a*b/c` is none of Istio's path forms",
+        "F:17:3: mesh.workloads: only for the files store: in a cluster tlsward reads the live Services and pods",
+        "F:19:21: mesh.prometheus.url: `prometheus:9090` is not an http(s) URL",
+    ];
+    for (i, want) in expected.iter().enumerate() {
+        assert!(
+            lines.get(i).is_some_and(|l| l.starts_with(want)),
+            "line {i}: want {want:?}\nall:\n{stderr}"
+        );
+    }
+    assert_eq!(lines.len(), expected.len(), "{stderr}");
+}

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::mesh::MeshSpec;
 use super::values::{Duration, RenewBefore};
 
 /// Gives a backend enum the JSON Schema of its one-field-per-backend struct.
@@ -50,6 +51,9 @@ pub struct ConfigFile {
     /// The daemon's periodic `doctor` run, and how the live checks reach DNS and the gateway.
     #[serde(default)]
     pub doctor: DoctorSpec,
+    /// Mesh security from intent (mutual TLS, allow-lists, JWT at the ingress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshSpec>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde_json::Value;
 
+use super::mesh::{AllowRule, JwtRule, MtlsRule, WorkloadSpec};
 use super::types::*;
 use super::values::RenewBefore;
 use super::yaml::escape_pointer;
@@ -379,7 +380,175 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
             }
         }
     }
+    let site_names: HashSet<&str> = sites
+        .iter()
+        .filter_map(|s| s.get("name").and_then(Value::as_str))
+        .collect();
+    if root.get("mesh").is_some_and(Value::is_object) {
+        check_mesh(&mut c, root, files_store, &site_names);
+    }
     c.problems
+}
+
+/// A service account name: a DNS subdomain (lowercase labels joined by dots).
+fn subdomain_problem(v: &str) -> Option<String> {
+    if v.len() > 253 {
+        return Some(format!("`{v}` is longer than 253 characters"));
+    }
+    v.split('.').find_map(object_name_problem)
+}
+
+/// The well-formed entries of the list at `pointer`, with their index (the schema
+/// reports the others).
+fn entries<T: serde::de::DeserializeOwned>(root: &Value, pointer: &str) -> Vec<(usize, T)> {
+    let list = root.pointer(pointer).and_then(Value::as_array);
+    list.into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, v)| Some((i, T::deserialize(v).ok()?)))
+        .collect()
+}
+
+fn check_mesh(c: &mut Checker, root: &Value, files_store: bool, sites: &HashSet<&str>) {
+    for (field, check) in [
+        ("root_namespace", object_name_problem as fn(&str) -> Option<String>),
+        ("trust_domain", subdomain_problem),
+        ("ingress_service_account", subdomain_problem),
+    ] {
+        if let Some(Value::String(v)) = root.pointer(&format!("/mesh/{field}"))
+            && let Some(p) = check(v)
+        {
+            c.at(format!("/mesh/{field}"), p);
+        }
+    }
+    let mtls: Vec<(usize, MtlsRule)> = entries(root, "/mesh/mtls");
+    let allow: Vec<(usize, AllowRule)> = entries(root, "/mesh/allow");
+    let ingress_jwt: Vec<(usize, JwtRule)> = entries(root, "/mesh/ingress_jwt");
+    let workloads: Vec<(usize, WorkloadSpec)> = entries(root, "/mesh/workloads");
+    let names = |c: &mut Checker, pointer: String, fields: &[(&str, &str)]| {
+        for (field, v) in fields {
+            if let Some(p) = object_name_problem(v) {
+                c.at(format!("{pointer}/{field}"), p);
+            }
+        }
+    };
+    let mut seen: HashMap<(&str, Option<&str>, Option<u32>), usize> = HashMap::new();
+    for (i, rule) in &mtls {
+        let i = *i;
+        let pointer = format!("/mesh/mtls/{i}");
+        names(c, pointer.clone(), &[("namespace", &rule.namespace)]);
+        if let Some(svc) = &rule.service {
+            names(c, pointer.clone(), &[("service", svc)]);
+        } else if rule.port.is_some() {
+            c.at(
+                format!("{pointer}/port"),
+                "a port belongs to a service: name the `service` too",
+            );
+        }
+        if let Some(first) = seen.insert((&rule.namespace, rule.service.as_deref(), rule.port), i) {
+            c.at(
+                &pointer,
+                format!("the same scope as mesh.mtls[{first}]: one mode per namespace, service or port"),
+            );
+        }
+    }
+    let mut allowed: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, rule) in &allow {
+        let i = *i;
+        let pointer = format!("/mesh/allow/{i}");
+        names(c, pointer.clone(), &[("namespace", &rule.namespace), ("to", &rule.to)]);
+        for (j, sa) in rule.from.iter().enumerate() {
+            if let Some(p) = subdomain_problem(sa) {
+                c.at(format!("{pointer}/from/{j}"), p);
+            }
+        }
+        if let Some(first) = allowed.insert((&rule.namespace, &rule.to), i) {
+            c.at(
+                &pointer,
+                format!(
+                    "`{}` already has an allow-list (mesh.allow[{first}]): list every caller there",
+                    rule.to
+                ),
+            );
+        }
+    }
+    let mut jwt_sites: HashMap<&str, usize> = HashMap::new();
+    for (i, rule) in &ingress_jwt {
+        let i = *i;
+        let pointer = format!("/mesh/ingress_jwt/{i}");
+        if !sites.contains(rule.site.as_str()) {
+            c.at(
+                format!("{pointer}/site"),
+                format!("no site named `{}` under `sites`", rule.site),
+            );
+        }
+        if let Some(first) = jwt_sites.insert(&rule.site, i) {
+            c.at(
+                format!("{pointer}/site"),
+                format!(
+                    "site `{}` already has a JWT rule (mesh.ingress_jwt[{first}])",
+                    rule.site
+                ),
+            );
+        }
+        if rule.issuer.trim().is_empty() {
+            c.at(format!("{pointer}/issuer"), "must not be empty");
+        }
+        c.url(&format!("{pointer}/jwks_uri"), &rule.jwks_uri);
+        for (j, path) in rule.paths.iter().enumerate() {
+            let form = path == "*"
+                || path.starts_with('/') && path[1..].find('*').is_none_or(|k| k + 2 == path.len())
+                || path.starts_with('*') && !path[1..].contains('*');
+            if !form {
+                c.at(
+                    format!("{pointer}/paths/{j}"),
+                    format!("`{path}` is none of Istio's path forms: `/exact`, `/prefix*`, `*suffix` or `*`"),
+                );
+            }
+        }
+    }
+    if root.pointer("/mesh/workloads").is_some() && !files_store {
+        c.at_key(
+            "/mesh/workloads",
+            "only for the files store: in a cluster tlsward reads the live Services and pods",
+        );
+    }
+    let mut services: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, w) in &workloads {
+        let i = *i;
+        let pointer = format!("/mesh/workloads/{i}");
+        names(
+            c,
+            pointer.clone(),
+            &[("namespace", &w.namespace), ("service", &w.service)],
+        );
+        if let Some(sa) = &w.service_account
+            && let Some(p) = subdomain_problem(sa)
+        {
+            c.at(format!("{pointer}/service_account"), p);
+        }
+        if let Some(first) = services.insert((&w.namespace, &w.service), i) {
+            c.at(
+                &pointer,
+                format!(
+                    "Service {}/{} is already mesh.workloads[{first}]",
+                    w.namespace, w.service
+                ),
+            );
+        }
+        let mut ports = HashSet::new();
+        for (j, p) in w.ports.iter().enumerate() {
+            if !ports.insert(p.port) {
+                c.at(
+                    format!("{pointer}/ports/{j}/port"),
+                    format!("duplicate port {}", p.port),
+                );
+            }
+        }
+    }
+    if let Some(Value::String(url)) = root.pointer("/mesh/prometheus/url") {
+        c.url("/mesh/prometheus/url", url);
+    }
 }
 
 /// Returns whether the address is a hostname (published as a CNAME).

@@ -98,12 +98,23 @@ impl Runtime {
         let mut skipped = Vec::new();
         let mesh = self
             .store
-            .mesh_objects(&mut |object| {
+            .mesh_objects(&[], &mut |object| {
                 if let Err(e) = inventory.add(object, &file.gateway.namespace) {
                     skipped.push(format!("skipped {e}"));
                 }
             })
             .await?;
+        // The workloads the files store's mesh policies are written for.
+        for w in file.mesh.iter().flat_map(|m| &m.workloads) {
+            for object in w.objects() {
+                if let Err(e) = inventory.add(object, &file.gateway.namespace) {
+                    skipped.push(format!("skipped {e}"));
+                }
+            }
+        }
+        if let Some(mesh) = &file.mesh {
+            inventory.root_namespace = mesh.root_namespace.clone();
+        }
         let mut notes = mesh.notes;
         notes.extend(skipped);
         let options = Options {

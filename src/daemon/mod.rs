@@ -4,6 +4,7 @@
 //! - `wiring`: the adapters a config names, and what outlives a reload (`Memory`);
 //! - `observe`: reading the world into the plan's `Observed`;
 //! - `execute`: carrying out one plan (DNS, challenge routes, issuance, objects, removals);
+//! - `mesh`: the mesh policy objects from the `mesh:` intent (its own timer);
 //! - `retry`: backoff after failures, per site and per pass;
 //! - `record`: metrics and convergence after a pass;
 //! - `health`: readiness and the stuck-pass watchdog.
@@ -14,6 +15,7 @@
 mod doctor;
 mod execute;
 mod health;
+mod mesh;
 mod observe;
 mod record;
 pub mod retry;
@@ -59,16 +61,19 @@ pub enum Stage {
     Objects,
     /// Reading or changing a DNS zone.
     Dns,
+    /// Planning or writing the mesh policy objects.
+    Mesh,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 6] = [
+    pub const ALL: [Stage; 7] = [
         Stage::Observe,
         Stage::Address,
         Stage::Issue,
         Stage::Store,
         Stage::Objects,
         Stage::Dns,
+        Stage::Mesh,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +84,7 @@ impl Stage {
             Stage::Store => "store",
             Stage::Objects => "objects",
             Stage::Dns => "dns",
+            Stage::Mesh => "mesh",
         }
     }
 }

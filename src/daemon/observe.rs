@@ -265,6 +265,10 @@ impl Runtime {
         let (observed, _) = self.observe(&mut failures, true).await?;
         let mut plan = plan::plan(&self.config.file, &observed, now, self.seed);
         plan.istio_api = self.store.istio_api().await?;
+        match self.mesh_plan().await {
+            Ok(mesh) => plan.mesh = mesh,
+            Err(e) => failures.push(Failure::new(Stage::Mesh, "mesh", crate::deadline::chain(&e))),
+        }
         Ok((plan, failures))
     }
 }

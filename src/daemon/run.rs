@@ -114,6 +114,12 @@ pub async fn run(
     let mut address_changed = runtime.address_changes.clone();
     // doctor's first run comes right after the first pass, then every `doctor.interval`.
     let mut next_doctor = tokio::time::Instant::now();
+    // The mesh step likewise: right after the first pass (and after a reload), then
+    // every `mesh.interval`.
+    let mut next_mesh = tokio::time::Instant::now();
+    // Without a `mesh:` section the step runs once at start and after a reload that
+    // dropped the section, to remove what an earlier config had written.
+    let mut mesh_pending = true;
     loop {
         let is_leader = leading.as_ref().is_none_or(|l| *l.borrow());
         metrics.set_leader(is_leader);
@@ -197,9 +203,25 @@ pub async fn run(
         // validates and can run; doctor runs in between when its time comes.
         loop {
             let doctor = &runtime.config.file.doctor;
-            let doctor_due = doctor.enabled && leading.as_ref().is_none_or(|l| *l.borrow());
+            let leads = leading.as_ref().is_none_or(|l| *l.borrow());
+            let doctor_due = doctor.enabled && leads;
+            let mesh_interval = runtime.config.file.mesh.as_ref().map(|m| m.interval.to_std());
+            // In this order when several are ready: shutdown, the mesh step, doctor (which
+            // then sees the policies the step wrote), the next pass.
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(next_mesh), if mesh_pending && leads => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = runtime.mesh_step() => {}
+                    }
+                    match mesh_interval {
+                        Some(interval) => next_mesh = tokio::time::Instant::now() + interval,
+                        None => mesh_pending = false,
+                    }
+                    continue;
+                }
                 _ = tokio::time::sleep_until(next_doctor), if doctor_due => {
                     let interval = doctor.interval.to_std();
                     tokio::select! {
@@ -239,10 +261,14 @@ pub async fn run(
                                 }
                                 tracing::info!(config = %runtime.config.path.display(), "config changed: reloaded");
                                 metrics.config_reload("applied");
+                                // A config with a mesh section, or the first without
+                                // one (what the last one wrote goes), needs the mesh step.
+                                mesh_pending = runtime.config.file.mesh.is_some() || r.config.file.mesh.is_some();
                                 runtime = r.watched_by(health.clone());
                                 reason = WakeReason::ConfigChanged;
                                 address_changed = runtime.address_changes.clone();
                                 address_changed.mark_unchanged();
+                                next_mesh = tokio::time::Instant::now();
                                 break;
                             }
                             Err(e) => {

@@ -51,6 +51,8 @@ pub struct Memory {
     /// The (code, object) of the last doctor run's findings: an Event is recorded when a
     /// finding appears, not again on every run while it stays.
     pub(super) doctor_seen: std::sync::Mutex<BTreeSet<(crate::doctor::Code, crate::mesh::ObjectRef)>>,
+    /// The foreign policies' effects the last mesh step reported (each told once).
+    pub(super) mesh_foreign_seen: std::sync::Mutex<BTreeSet<String>>,
 }
 
 /// What one generation of the watched Secrets held besides the observed credentials

@@ -278,6 +278,28 @@ pub struct AuthorizationPolicy {
     pub uses_peer_identity: bool,
     /// Namespaces its rules name as sources.
     pub source_namespaces: Vec<String>,
+    /// Its rules as far as a caller's identity decides them.
+    pub rules: Vec<AuthzRule>,
+}
+
+/// One rule of an AuthorizationPolicy: it matches when one of `sources` does (any
+/// caller without `from`) and its other conditions hold.
+#[derive(Clone, Debug, Default)]
+pub struct AuthzRule {
+    pub sources: Vec<AuthzSource>,
+    /// Whether it also looks at the request (`to`, `when`): it matches some requests only.
+    pub conditional: bool,
+}
+
+/// One `from.source`: the identity conditions, and whether others (request principals,
+/// IP blocks) also apply.
+#[derive(Clone, Debug, Default)]
+pub struct AuthzSource {
+    pub principals: Option<Vec<String>>,
+    pub not_principals: Option<Vec<String>>,
+    pub namespaces: Option<Vec<String>>,
+    pub not_namespaces: Option<Vec<String>>,
+    pub conditional: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -588,7 +610,13 @@ impl Inventory {
                 let action = spec["action"].as_str().unwrap_or("ALLOW").to_string();
                 let mut uses_peer_identity = false;
                 let mut source_namespaces = Vec::new();
+                let mut rules = Vec::new();
+                let strings = |v: &Value| -> Option<Vec<String>> {
+                    v.as_array()
+                        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                };
                 for rule in spec["rules"].as_array().into_iter().flatten() {
+                    let mut sources = Vec::new();
                     for from in rule["from"].as_array().into_iter().flatten() {
                         let source = &from["source"];
                         for key in ["principals", "notPrincipals", "namespaces", "notNamespaces"] {
@@ -597,7 +625,27 @@ impl Inventory {
                         for ns in source["namespaces"].as_array().into_iter().flatten() {
                             source_namespaces.extend(ns.as_str().map(str::to_string));
                         }
+                        sources.push(AuthzSource {
+                            principals: strings(&source["principals"]),
+                            not_principals: strings(&source["notPrincipals"]),
+                            namespaces: strings(&source["namespaces"]),
+                            not_namespaces: strings(&source["notNamespaces"]),
+                            conditional: source.as_object().is_some_and(|o| {
+                                o.iter().any(|(k, v)| {
+                                    !v.is_null()
+                                        && !matches!(
+                                            k.as_str(),
+                                            "principals" | "notPrincipals" | "namespaces" | "notNamespaces"
+                                        )
+                                })
+                            }),
+                        });
                     }
+                    let present = |k: &str| rule.get(k).is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()));
+                    rules.push(AuthzRule {
+                        sources,
+                        conditional: present("to") || present("when"),
+                    });
                 }
                 let key = ObjectRef::new(&kind, &meta.namespace, &meta.name);
                 place(
@@ -610,6 +658,7 @@ impl Inventory {
                         action,
                         uses_peer_identity,
                         source_namespaces,
+                        rules,
                     },
                 );
             }
@@ -626,6 +675,31 @@ impl Inventory {
             _ => unreachable!("known kinds are matched above"),
         }
         Ok(())
+    }
+
+    /// The kinds that decide mutual TLS and authorization (what `mesh` writes).
+    pub const POLICY_KINDS: [&'static str; 4] = [
+        "PeerAuthentication",
+        "DestinationRule",
+        "AuthorizationPolicy",
+        "RequestAuthentication",
+    ];
+
+    /// Whether an object of this kind, namespace and name is here.
+    pub fn holds(&self, object: &ObjectRef) -> bool {
+        self.positions.contains_key(object)
+    }
+
+    /// The same mesh without any of the policy kinds.
+    pub fn without_policies(&self) -> Inventory {
+        let mut out = self.clone();
+        out.peer_authentications.clear();
+        out.destination_rules.clear();
+        out.authorization_policies.clear();
+        out.request_authentications.clear();
+        out.positions
+            .retain(|k, _| !Self::POLICY_KINDS.contains(&k.kind.as_str()));
+        out
     }
 
     /// Whether the input held any object of this kind: a check that needs a kind the

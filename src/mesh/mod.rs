@@ -7,6 +7,7 @@
 pub mod effective;
 pub mod hosts;
 pub mod inventory;
+pub mod matrix;
 pub mod policy;
 
 pub use effective::{Client, ClientMode, Mesh, Refusal, Traffic};

@@ -9,93 +9,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::inventory::{Inventory, PeerMode, Service};
+use super::inventory::{Inventory, Service};
 use super::{Mesh, hosts};
-
-/// `mesh.mtls[]`: the most specific rule wins (port < service < namespace).
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct MtlsRule {
-    pub namespace: String,
-    #[serde(default)]
-    pub service: Option<String>,
-    /// A Service port (its target port is what the PeerAuthentication names).
-    #[serde(default)]
-    pub port: Option<u32>,
-    pub mode: PeerModeSpec,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-pub enum PeerModeSpec {
-    #[serde(rename = "STRICT")]
-    Strict,
-    #[serde(rename = "PERMISSIVE")]
-    Permissive,
-    #[serde(rename = "DISABLE")]
-    Disable,
-}
-
-impl PeerModeSpec {
-    fn mode(self) -> PeerMode {
-        match self {
-            PeerModeSpec::Strict => PeerMode::Strict,
-            PeerModeSpec::Permissive => PeerMode::Permissive,
-            PeerModeSpec::Disable => PeerMode::Disable,
-        }
-    }
-}
-
-/// `mesh.allow[]`: only these service accounts (of `namespace`) reach Service `to`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct AllowRule {
-    pub namespace: String,
-    pub to: String,
-    pub from: Vec<String>,
-}
-
-/// The intent, as `mesh:` states it.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct MeshIntent {
-    #[serde(default = "default_trust_domain")]
-    pub trust_domain: String,
-    #[serde(default = "default_root_namespace")]
-    pub root_namespace: String,
-    #[serde(default)]
-    pub mtls: Vec<MtlsRule>,
-    #[serde(default)]
-    pub allow: Vec<AllowRule>,
-    #[serde(default)]
-    pub ingress_jwt: Vec<JwtRule>,
-}
-
-/// `mesh.ingress_jwt[]`: requests to these paths of a published site need a valid JWT
-/// from `issuer`, checked at the ingress gateway.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct JwtRule {
-    pub site: String,
-    pub issuer: String,
-    pub jwks_uri: String,
-    /// Request paths (Istio's `paths`: exact, `prefix*` or `*suffix`); all by default.
-    #[serde(default = "all_paths")]
-    pub paths: Vec<String>,
-}
-
-fn all_paths() -> Vec<String> {
-    vec!["*".into()]
-}
-
-fn default_trust_domain() -> String {
-    super::inventory::DEFAULT_DOMAIN.into()
-}
-fn default_root_namespace() -> String {
-    super::inventory::DEFAULT_ROOT_NAMESPACE.into()
-}
+use crate::config::{MeshSpec, PeerModeSpec};
 
 /// The ingress gateway: its identity is allowed to every Service a published site routes
 /// to, and JWT rules are checked on its pods.
@@ -208,7 +126,7 @@ fn target_port(mesh: &Mesh<'_>, svc: &Service, port: u32, rule: &str) -> Result<
 /// written. `inventory` is the mesh as it stands (its own previous policies included
 /// or not: they are replaced by these).
 pub fn objects(
-    intent: &MeshIntent,
+    intent: &MeshSpec,
     inventory: &Inventory,
     ingress: &Ingress,
     labels: &Value,
@@ -260,7 +178,7 @@ pub fn objects(
             ns,
             "default",
             labels,
-            json!({"mtls": {"mode": mode.mode().as_str()}}),
+            json!({"mtls": {"mode": mode.peer_mode().as_str()}}),
         ));
     }
     for ((ns, name), (mode, ports)) in &services {
@@ -269,12 +187,12 @@ pub fn objects(
         };
         let mut spec = json!({"selector": selector(svc)});
         if let Some(mode) = mode {
-            spec["mtls"] = json!({"mode": mode.mode().as_str()});
+            spec["mtls"] = json!({"mode": mode.peer_mode().as_str()});
         }
         if !ports.is_empty() {
             let levels: serde_json::Map<String, Value> = ports
                 .values()
-                .map(|(target, mode)| (target.to_string(), json!({"mode": mode.mode().as_str()})))
+                .map(|(target, mode)| (target.to_string(), json!({"mode": mode.peer_mode().as_str()})))
                 .collect();
             spec["portLevelMtls"] = Value::Object(levels);
         }
@@ -399,9 +317,194 @@ pub fn objects(
     if refused.is_empty() { Ok(out) } else { Err(refused) }
 }
 
+/// What the mesh step does: the objects the intent wants, the writes and removals that
+/// get there from what tlsward owns now, and the matrix the result gives.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct MeshPlan {
+    /// Every object wanted (`Kind/namespace/name`).
+    pub objects: Vec<String>,
+    /// Objects to create or change.
+    pub apply: Vec<String>,
+    /// Objects tlsward owns and no longer wants.
+    pub delete: Vec<String>,
+    /// Why the intent is not written (nothing is then applied or deleted).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
+    /// Where policies tlsward does not own change the result its own would give.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub foreign: Vec<ForeignEffect>,
+    /// The callers still sending plaintext to a service the intent makes STRICT, as a
+    /// configured Prometheus saw them (filled in by the runtime).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plaintext_callers: Vec<String>,
+    pub matrix: Vec<super::matrix::Row>,
+    /// The objects to create or change, whole.
+    #[serde(skip)]
+    pub writes: Vec<Value>,
+}
+
+/// A Service port whose verdicts policies tlsward does not own change.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct ForeignEffect {
+    pub server: String,
+    /// `caller: tlsward's verdict → the mesh's`.
+    pub changes: Vec<String>,
+    /// The foreign policies in scope (the server's namespace and the root namespace).
+    pub policies: Vec<super::ObjectRef>,
+}
+
+impl std::fmt::Display for ForeignEffect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let policies: Vec<String> = self.policies.iter().map(|p| p.to_string()).collect();
+        write!(
+            f,
+            "{}: policies tlsward does not own change the result ({}); in scope: {}",
+            self.server,
+            self.changes.join(", "),
+            policies.join(", ")
+        )
+    }
+}
+
+/// Which object this is (kind, namespace, name).
+pub fn object_ref(object: &Value) -> super::ObjectRef {
+    let s = |p: &str| object.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    super::ObjectRef::new(s("/kind"), s("/metadata/namespace"), s("/metadata/name"))
+}
+
+/// The namespaces the intent speaks about.
+pub fn namespaces(intent: &MeshSpec) -> std::collections::BTreeSet<String> {
+    intent
+        .mtls
+        .iter()
+        .map(|r| r.namespace.clone())
+        .chain(intent.allow.iter().map(|r| r.namespace.clone()))
+        .collect()
+}
+
+/// Plans the mesh step. `current` is the mesh without tlsward's own policies, `owned`
+/// those policies as they are now.
+pub fn plan(
+    intent: &MeshSpec,
+    current: &Inventory,
+    owned: &BTreeMap<super::ObjectRef, Value>,
+    ingress: &Ingress,
+    labels: &Value,
+) -> MeshPlan {
+    let mut out = MeshPlan::default();
+    let wanted = objects(intent, current, ingress, labels).and_then(|wanted| {
+        let taken: Vec<Refused> = wanted
+            .iter()
+            .map(object_ref)
+            .filter(|r| current.holds(r))
+            .map(|r| Refused {
+                rule: "mesh".into(),
+                message: format!(
+                    "{r} exists and is not tlsward's: it is left alone, and the intent is not written until it is removed"
+                ),
+            })
+            .collect();
+        if taken.is_empty() { Ok(wanted) } else { Err(taken) }
+    });
+    let with = |objects: &mut dyn Iterator<Item = &Value>, base: &Inventory| {
+        let mut inv = base.clone();
+        for o in objects {
+            // Objects tlsward renders or owns parse; one that does not is left out.
+            let _ = inv.add(o.clone(), "default");
+        }
+        inv
+    };
+    let scope = namespaces(intent);
+    let caller = (!ingress.service_account.is_empty()).then(|| super::matrix::Caller {
+        namespace: ingress.namespace.clone(),
+        service_account: ingress.service_account.clone(),
+        sidecar: true,
+    });
+    let published = ingress.route_targets.iter().cloned().collect();
+    let matrix =
+        |inv: &Inventory| super::matrix::matrix(inv, &intent.trust_domain, &scope, caller.as_ref(), &published);
+    match wanted {
+        Err(refused) => {
+            out.refused = refused.iter().map(|r| r.to_string()).collect();
+            out.objects = owned.keys().map(|r| r.to_string()).collect();
+            out.matrix = matrix(&with(&mut owned.values(), current));
+        }
+        Ok(wanted) => {
+            let mut keys = std::collections::BTreeSet::new();
+            for object in wanted.iter() {
+                let key = object_ref(object);
+                let mut compared = object.clone();
+                // The served version may differ (v1beta1 before Istio 1.22): same schema.
+                compared.as_object_mut().map(|o| o.remove("apiVersion"));
+                if !owned.get(&key).is_some_and(|o| crate::store::contains(o, &compared)) {
+                    out.apply.push(key.to_string());
+                    out.writes.push(object.clone());
+                }
+                out.objects.push(key.to_string());
+                keys.insert(key);
+            }
+            out.delete = owned
+                .keys()
+                .filter(|k| !keys.contains(k))
+                .map(|k| k.to_string())
+                .collect();
+            out.matrix = matrix(&with(&mut wanted.iter(), current));
+            let has_foreign = !(current.peer_authentications.is_empty()
+                && current.destination_rules.is_empty()
+                && current.authorization_policies.is_empty()
+                && current.request_authentications.is_empty());
+            if has_foreign {
+                let alone = matrix(&with(&mut wanted.iter(), &current.without_policies()));
+                out.foreign = differences(&alone, &out.matrix, current);
+            }
+        }
+    }
+    out
+}
+
+/// Each row whose verdicts differ between tlsward's policies alone and the whole mesh.
+fn differences(alone: &[super::matrix::Row], whole: &[super::matrix::Row], current: &Inventory) -> Vec<ForeignEffect> {
+    let mut out = Vec::new();
+    let in_scope = |ns: &str| -> Vec<super::ObjectRef> {
+        let metas = current
+            .peer_authentications
+            .iter()
+            .map(|p| ("PeerAuthentication", &p.meta))
+            .chain(current.destination_rules.iter().map(|p| ("DestinationRule", &p.meta)))
+            .chain(
+                current
+                    .authorization_policies
+                    .iter()
+                    .map(|p| ("AuthorizationPolicy", &p.meta)),
+            );
+        metas
+            .filter(|(_, m)| m.namespace == ns || m.namespace == current.root_namespace)
+            .map(|(kind, m)| super::ObjectRef::new(kind, &m.namespace, &m.name))
+            .collect()
+    };
+    for (a, w) in alone.iter().zip(whole) {
+        let changed: Vec<String> = w
+            .cells()
+            .filter_map(|(caller, verdict)| {
+                let own = a.verdict(caller)?;
+                (own != verdict).then(|| format!("{caller}: {own} → {verdict}"))
+            })
+            .collect();
+        if !changed.is_empty() {
+            let ns = w.server.split('/').next().unwrap_or_default();
+            out.push(ForeignEffect {
+                server: w.server.clone(),
+                changes: changed,
+                policies: in_scope(ns),
+            });
+        }
+    }
+    out
+}
+
 /// The mesh with these objects added, through doctor's checks: a finding (error or
 /// warning) that the mesh without them does not have refuses the intent.
-fn judge(intent: &MeshIntent, inventory: &Inventory, objects: &[Value]) -> Vec<Refused> {
+fn judge(intent: &MeshSpec, inventory: &Inventory, objects: &[Value]) -> Vec<Refused> {
     let options = crate::doctor::Options {
         now: time::OffsetDateTime::UNIX_EPOCH,
         renew_before: crate::config::ConfigFile::default_renew_before(),
@@ -471,7 +574,7 @@ mod tests {
         inventory(&text)
     }
 
-    fn intent(yaml: &str) -> MeshIntent {
+    fn intent(yaml: &str) -> MeshSpec {
         serde_json::from_value(crate::config::yaml::parse(yaml).unwrap().0).unwrap()
     }
 
@@ -619,7 +722,7 @@ mod tests {
         assert_eq!(refused, vec!["mesh.ingress_jwt[0]: no site named shop".to_string()]);
     }
 
-    fn objects_for(intent: &MeshIntent, inv: &Inventory, ingress: &Ingress) -> Vec<String> {
+    fn objects_for(intent: &MeshSpec, inv: &Inventory, ingress: &Ingress) -> Vec<String> {
         objects(intent, inv, ingress, &labels())
             .unwrap_err()
             .iter()
@@ -642,6 +745,84 @@ mod tests {
                 "mesh.mtls[0]: Service blog-app/comments does not exist: its pods cannot be selected",
                 "mesh.mtls[1]: Service blog-app/posts has no port 81 (it has 80)",
                 "mesh.allow[0]: Service blog-app/ghosts does not exist: its pods cannot be selected",
+            ]
+        );
+    }
+
+    fn owned_of(objects: &[Value]) -> BTreeMap<crate::mesh::ObjectRef, Value> {
+        objects.iter().map(|o| (object_ref(o), o.clone())).collect()
+    }
+
+    #[test]
+    fn a_plan_writes_what_changed_removes_what_is_no_longer_wanted_and_nothing_else() {
+        let inv = blog_app("");
+        let strict = intent(
+            "mtls: [{namespace: blog-app, mode: STRICT}]\nallow: [{namespace: blog-app, to: ratings, from: [reviews]}]\n",
+        );
+        let first = plan(&strict, &inv, &BTreeMap::new(), &Ingress::default(), &labels());
+        assert!(first.refused.is_empty(), "{:?}", first.refused);
+        assert_eq!(
+            first.apply,
+            [
+                "PeerAuthentication/blog-app/default",
+                "AuthorizationPolicy/blog-app/ratings-allow"
+            ]
+        );
+        assert_eq!(first.writes.len(), 2);
+        // Once written (as the server returns them, with its own fields), nothing to do.
+        let mut live = first.writes.clone();
+        for o in &mut live {
+            o["metadata"]["resourceVersion"] = json!("7");
+            o["apiVersion"] = json!("security.istio.io/v1beta1");
+        }
+        let again = plan(&strict, &inv, &owned_of(&live), &Ingress::default(), &labels());
+        assert!(again.apply.is_empty() && again.delete.is_empty(), "{again:?}");
+        // The allow-list dropped from the intent goes; the namespace mode changes.
+        let fewer = intent("mtls: [{namespace: blog-app, mode: PERMISSIVE}]\n");
+        let changed = plan(&fewer, &inv, &owned_of(&live), &Ingress::default(), &labels());
+        assert_eq!(changed.apply, ["PeerAuthentication/blog-app/default"]);
+        assert_eq!(changed.delete, ["AuthorizationPolicy/blog-app/ratings-allow"]);
+        let ratings = changed
+            .matrix
+            .iter()
+            .find(|r| r.server == "blog-app/ratings:80")
+            .unwrap();
+        assert_eq!(ratings.verdict("blog-app/users"), Some("mtls"));
+        assert!(ratings.denied.is_empty());
+    }
+
+    #[test]
+    fn an_object_of_the_same_name_that_tlsward_does_not_own_refuses_the_intent() {
+        let inv = blog_app(
+            "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: blog-app}\nspec: {mtls: {mode: PERMISSIVE}}\n",
+        );
+        let strict = intent("mtls: [{namespace: blog-app, mode: STRICT}]\n");
+        let p = plan(&strict, &inv, &BTreeMap::new(), &Ingress::default(), &labels());
+        assert_eq!(
+            p.refused,
+            [
+                "mesh: PeerAuthentication/blog-app/default exists and is not tlsward's: it is left alone, and the intent is not written until it is removed"
+            ]
+        );
+        assert!(p.apply.is_empty() && p.writes.is_empty() && p.delete.is_empty());
+    }
+
+    #[test]
+    fn a_foreign_policy_that_changes_the_result_is_reported_with_the_policies_in_scope() {
+        let inv = blog_app(
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-reviews, namespace: blog-app}\n\
+             spec: {selector: {matchLabels: {app: ratings}}, action: DENY, rules: [{from: [{source: {principals: [cluster.local/ns/blog-app/sa/reviews]}}]}]}\n",
+        );
+        let strict = intent(
+            "mtls: [{namespace: blog-app, mode: STRICT}]\nallow: [{namespace: blog-app, to: ratings, from: [reviews]}]\n",
+        );
+        let p = plan(&strict, &inv, &BTreeMap::new(), &Ingress::default(), &labels());
+        assert!(p.refused.is_empty(), "{:?}", p.refused);
+        let foreign: Vec<String> = p.foreign.iter().map(|f| f.to_string()).collect();
+        assert_eq!(
+            foreign,
+            [
+                "blog-app/ratings:80: policies tlsward does not own change the result (blog-app/reviews: mtls → denied); in scope: AuthorizationPolicy/blog-app/deny-reviews"
             ]
         );
     }

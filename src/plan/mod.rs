@@ -187,6 +187,10 @@ pub struct Plan {
     /// (filled in from the store's discovery, not by `plan()`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub istio_api: Option<String>,
+    /// The mesh step's plan, with a `mesh:` section (filled in by the runtime, which
+    /// reads the live mesh for it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<crate::mesh::policy::MeshPlan>,
 }
 
 impl Plan {
@@ -598,6 +602,7 @@ pub fn plan(config: &ConfigFile, observed: &Observed, now: OffsetDateTime, seed:
         conflicts,
         next_renewal: next,
         istio_api: None,
+        mesh: None,
     }
 }
 

@@ -92,6 +92,9 @@ pub fn to_text(plan: &Plan, now: OffsetDateTime) -> String {
             let _ = writeln!(out, "  {op} {} {} {} {}", r.name, r.ttl, r.kind, r.values.join(" "));
         }
     }
+    if let Some(mesh) = &plan.mesh {
+        mesh_text(&mut out, mesh);
+    }
     if !plan.conflicts.is_empty() {
         let _ = writeln!(out, "Conflicts (left untouched):");
         for c in &plan.conflicts {
@@ -107,4 +110,50 @@ pub fn to_text(plan: &Plan, now: OffsetDateTime) -> String {
         }
     }
     out
+}
+
+/// The mesh step's part: objects, refusals, foreign effects, then the matrix.
+fn mesh_text(out: &mut String, mesh: &crate::mesh::policy::MeshPlan) {
+    let _ = writeln!(out, "Mesh policy:");
+    for o in &mesh.objects {
+        let what = if mesh.apply.contains(o) { "apply" } else { "keep" };
+        let _ = writeln!(out, "  {what} {o}");
+    }
+    for o in &mesh.delete {
+        let _ = writeln!(out, "  DELETE {o}");
+    }
+    for r in &mesh.refused {
+        let _ = writeln!(out, "  REFUSED {r}");
+    }
+    for f in &mesh.foreign {
+        let _ = writeln!(out, "  FOREIGN {f}");
+    }
+    for c in &mesh.plaintext_callers {
+        let _ = writeln!(out, "  PLAINTEXT {c}");
+    }
+    if mesh.matrix.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "Mesh matrix (server port: caller verdicts):");
+    for row in &mesh.matrix {
+        let mut parts = Vec::new();
+        if !row.mtls.is_empty() {
+            parts.push(format!("mtls [{}]", row.mtls.join(", ")));
+        }
+        if !row.plaintext.is_empty() {
+            parts.push(format!("plaintext [{}]", row.plaintext.join(", ")));
+        }
+        let mut denied: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for (caller, by) in &row.denied {
+            denied.entry(by).or_default().push(caller);
+        }
+        for (by, callers) in denied {
+            parts.push(format!("DENIED by {by} [{}]", callers.join(", ")));
+        }
+        if !row.broken.is_empty() {
+            let b: Vec<String> = row.broken.iter().map(|(c, why)| format!("{c}: {why}")).collect();
+            parts.push(format!("BROKEN [{}]", b.join("; ")));
+        }
+        let _ = writeln!(out, "  {}: {}", row.server, parts.join("; "));
+    }
 }

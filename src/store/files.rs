@@ -442,9 +442,15 @@ impl FilesStore {
     fn mesh_objects_now(&self) -> Result<Vec<Value>, StoreError> {
         let mut objects = Vec::new();
         let dir = self.root.join("manifests");
-        let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
-            .map(|entries| entries.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
+        let list = |dir: &Path| -> Vec<PathBuf> {
+            fs::read_dir(dir)
+                .map(|entries| entries.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default()
+        };
+        let mut paths = list(&dir);
+        // Mesh policies sit in a folder per namespace.
+        let folders: Vec<PathBuf> = paths.iter().filter(|p| p.is_dir()).cloned().collect();
+        paths.extend(folders.iter().flat_map(|f| list(f)));
         paths.sort();
         for path in paths.iter().filter(|p| p.extension().is_some_and(|e| e == "yaml")) {
             let text = fs::read_to_string(path).map_err(io(path, "read"))?;
@@ -489,6 +495,53 @@ impl FilesStore {
         }
         let yaml = serde_saphyr::to_string(object).expect("a JSON value serializes to YAML");
         write_file_atomic(&path, format!("{MANIFEST_HEADER}{yaml}").as_bytes(), CERT_MODE)
+    }
+
+    /// Where a mesh policy object lives: `manifests/<namespace>/<kind>-<name>.yaml`
+    /// (a folder per namespace, as a GitOps repository holds them).
+    fn policy_path(&self, object: &crate::mesh::ObjectRef) -> PathBuf {
+        self.root.join("manifests").join(&object.namespace).join(format!(
+            "{}-{}.yaml",
+            object.kind.to_ascii_lowercase(),
+            object.name
+        ))
+    }
+
+    fn apply_policy_now(&self, object: &Value) -> Result<(), StoreError> {
+        let s = |p: &str| object.pointer(p).and_then(Value::as_str).unwrap_or_default();
+        let path = self.policy_path(&crate::mesh::ObjectRef::new(
+            s("/kind"),
+            s("/metadata/namespace"),
+            s("/metadata/name"),
+        ));
+        if path.exists() && !self.manifest_owned(&path)? {
+            return Err(StoreError::Foreign {
+                what: path.display().to_string(),
+                owner: self.owner.clone(),
+            });
+        }
+        let dir = path.parent().expect("a policy has a directory");
+        fs::create_dir_all(dir).map_err(io(dir, "create"))?;
+        let yaml = serde_saphyr::to_string(object).expect("a JSON value serializes to YAML");
+        write_file_atomic(&path, format!("{MANIFEST_HEADER}{yaml}").as_bytes(), CERT_MODE).map(|_| ())
+    }
+
+    fn delete_policy_now(&self, object: &crate::mesh::ObjectRef) -> Result<(), StoreError> {
+        let path = self.policy_path(object);
+        if !path.exists() {
+            return Ok(());
+        }
+        if !self.manifest_owned(&path)? {
+            return Err(StoreError::Foreign {
+                what: path.display().to_string(),
+                owner: self.owner.clone(),
+            });
+        }
+        fs::remove_file(&path).map_err(io(&path, "remove"))?;
+        let dir = path.parent().expect("a policy has a directory");
+        // An emptied namespace folder goes too (fails harmlessly when it holds more).
+        let _ = fs::remove_dir(dir);
+        sync_dir(dir.parent().expect("manifests"))
     }
 
     fn delete_object_now(&self, key: &str) -> Result<(), StoreError> {
@@ -558,7 +611,21 @@ impl ObjectStore for FilesStore {
         self.off_runtime(move |s| s.delete_object_now(&key)).await
     }
 
-    async fn mesh_objects(&self, each: &mut (dyn FnMut(Value) + Send)) -> Result<MeshView, StoreError> {
+    async fn apply_policy(&self, object: &Value) -> Result<(), StoreError> {
+        let object = object.clone();
+        self.off_runtime(move |s| s.apply_policy_now(&object)).await
+    }
+
+    async fn delete_policy(&self, object: &crate::mesh::ObjectRef) -> Result<(), StoreError> {
+        let object = object.clone();
+        self.off_runtime(move |s| s.delete_policy_now(&object)).await
+    }
+
+    async fn mesh_objects(
+        &self,
+        _kinds: &[&str],
+        each: &mut (dyn FnMut(Value) + Send),
+    ) -> Result<MeshView, StoreError> {
         // A files store holds a few objects: read them all off the runtime, then hand them over.
         let objects = self.off_runtime(|s| s.mesh_objects_now()).await?;
         objects.into_iter().for_each(each);

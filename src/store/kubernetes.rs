@@ -157,8 +157,17 @@ const WRITTEN_INDEX: &str = "credentials";
 const WRITTEN_FILE: &str = "sites";
 
 fn istio(version: &str, kind: &str) -> ApiResource {
-    let plural = format!("{}s", kind.to_ascii_lowercase());
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(ISTIO_GROUP, version, kind), &plural)
+    let group = match kind {
+        "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" => SECURITY_GROUP,
+        _ => ISTIO_GROUP,
+    };
+    let lower = kind.to_ascii_lowercase();
+    // English plurals as the CRDs spell them: policy → policies, gateway → gateways.
+    let plural = match lower.strip_suffix('y') {
+        Some(stem) if !stem.ends_with(['a', 'e', 'i', 'o', 'u']) => format!("{stem}ies"),
+        _ => format!("{lower}s"),
+    };
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), &plural)
 }
 
 const ISTIO_GROUP: &str = "networking.istio.io";
@@ -228,14 +237,6 @@ where
             Some(token) => params = params.continue_token(&token),
             None => return Ok(()),
         }
-    }
-}
-
-/// Whether every field of `wanted` already holds the same value in `current`.
-fn contains(current: &Value, wanted: &Value) -> bool {
-    match (current, wanted) {
-        (Value::Object(c), Value::Object(w)) => w.iter().all(|(k, v)| c.get(k).is_some_and(|cv| contains(cv, v))),
-        (c, w) => c == w,
     }
 }
 
@@ -1018,7 +1019,7 @@ impl ObjectStore for KubeStore {
         let unchanged = seen.with(|seen| {
             seen.get(name)
                 .and_then(|current| serde_json::from_str::<Value>(current).ok())
-                .is_some_and(|current| contains(&current, object))
+                .is_some_and(|current| super::contains(&current, object))
         });
         if unchanged {
             return Ok(false);
@@ -1070,7 +1071,7 @@ impl ObjectStore for KubeStore {
         Ok(Some(format!("{ISTIO_GROUP}/{}", self.istio_version().await?)))
     }
 
-    async fn mesh_objects(&self, each: &mut (dyn FnMut(Value) + Send)) -> Result<MeshView, StoreError> {
+    async fn mesh_objects(&self, only: &[&str], each: &mut (dyn FnMut(Value) + Send)) -> Result<MeshView, StoreError> {
         let version = self.istio_version().await?;
         let mut out = MeshView {
             complete: true,
@@ -1111,6 +1112,9 @@ impl ObjectStore for KubeStore {
         ];
         let mut credential_names: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         for (group, version, kind, plural, namespaced) in kinds {
+            if !only.is_empty() && !only.contains(&kind) {
+                continue;
+            }
             // The credentials the Secrets watch already holds are not listed again; the
             // Secrets it keeps no data of (not tlsward's, or other names) are read by name.
             if kind == "Secret" && self.mirrored(&self.secrets).await {
@@ -1167,6 +1171,59 @@ impl ObjectStore for KubeStore {
             }
         }
         Ok(out)
+    }
+
+    async fn apply_policy(&self, object: &Value) -> Result<(), StoreError> {
+        let (kind, namespace, name) = (
+            object["kind"].as_str().unwrap_or_default(),
+            object["metadata"]["namespace"].as_str().unwrap_or_default(),
+            object["metadata"]["name"].as_str().unwrap_or_default(),
+        );
+        let version = self.istio_version().await?;
+        let resource = istio(version, kind);
+        let mut object = object.clone();
+        object["apiVersion"] = Value::String(resource.api_version.clone());
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &resource);
+        let what = format!("{kind} {namespace}/{name}");
+        // Checked first: server-side apply would take over fields nobody else manages.
+        if let Some(live) = api.get_opt(name).await.map_err(self.api_error(what.clone()))?
+            && !self.owned(&live.metadata)
+        {
+            return Err(StoreError::Foreign {
+                what,
+                owner: self.owner.clone(),
+            });
+        }
+        api.patch(name, &PatchParams::apply(names::FIELD_MANAGER), &Patch::Apply(&object))
+            .await
+            .map_err(self.api_error(what))?;
+        Ok(())
+    }
+
+    async fn delete_policy(&self, object: &crate::mesh::ObjectRef) -> Result<(), StoreError> {
+        let version = self.istio_version().await?;
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &object.namespace, &istio(version, &object.kind));
+        let what = format!("{} {}/{}", object.kind, object.namespace, object.name);
+        match api.get_opt(&object.name).await.map_err(self.api_error(what.clone()))? {
+            Some(live) if self.owned(&live.metadata) => {
+                // Deleted only as it was read: a replacement made since is not ours to remove.
+                let params = DeleteParams {
+                    preconditions: Some(kube::api::Preconditions {
+                        uid: live.metadata.uid.clone(),
+                        resource_version: live.metadata.resource_version.clone(),
+                    }),
+                    ..DeleteParams::default()
+                };
+                api.delete(&object.name, &params).await.map_err(self.api_error(what))?;
+                Ok(())
+            }
+            Some(_) => Err(StoreError::Foreign {
+                what,
+                owner: self.owner.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     async fn delete_object(&self, key: &str) -> Result<(), StoreError> {

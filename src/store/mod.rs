@@ -185,8 +185,15 @@ pub trait ObjectStore: Send + Sync {
     }
     /// Every object `doctor` reads, as this store sees the mesh (a cluster's objects of
     /// every kind that decides traffic; the files store's outputs), handed to `each` one
-    /// at a time (Secrets with their keys: never logged).
-    async fn mesh_objects(&self, each: &mut (dyn FnMut(Value) + Send)) -> Result<MeshView, StoreError>;
+    /// at a time (Secrets with their keys: never logged). `kinds` limits the kinds read
+    /// (all when empty).
+    async fn mesh_objects(&self, kinds: &[&str], each: &mut (dyn FnMut(Value) + Send)) -> Result<MeshView, StoreError>;
+    /// Creates or updates a mesh policy object (PeerAuthentication, DestinationRule,
+    /// AuthorizationPolicy, RequestAuthentication) in its own namespace: server-side
+    /// apply, never forced; one that exists without tlsward's owner label is refused.
+    async fn apply_policy(&self, object: &Value) -> Result<(), StoreError>;
+    /// Deletes a mesh policy object tlsward owns (refused for any other).
+    async fn delete_policy(&self, object: &crate::mesh::ObjectRef) -> Result<(), StoreError>;
 }
 
 /// How much of the mesh a store could show `doctor`.
@@ -199,6 +206,15 @@ pub struct MeshView {
     pub sees_workloads: bool,
     /// Kinds that could not be read, and why.
     pub notes: Vec<String>,
+}
+
+/// Whether `current` already holds every field of `wanted` (maps may hold more: what
+/// the server adds); an apply of `wanted` would change nothing.
+pub fn contains(current: &Value, wanted: &Value) -> bool {
+    match (current, wanted) {
+        (Value::Object(c), Value::Object(w)) => w.iter().all(|(k, v)| c.get(k).is_some_and(|cv| contains(cv, v))),
+        (c, w) => c == w,
+    }
 }
 
 /// `kind/name` of an object, as `owned_objects` lists them.

@@ -6,7 +6,8 @@
 //!   gets an ERROR event with a 410 `Expired` status (as kube-apiserver sends once the
 //!   watch has started), so clients relist.
 //! - create (`AlreadyExists` 409), replace with a stale `metadata.resourceVersion`
-//!   (`Conflict` 409), delete (`NotFound` 404): errors in the `metav1.Status` shape.
+//!   (`Conflict` 409), delete (`NotFound` 404; `preconditions` on uid or
+//!   resourceVersion that do not hold: `Conflict` 409): errors in the `metav1.Status` shape.
 //! - the `status` subresource of Services, Gateways and VirtualServices: a write to the
 //!   main resource keeps `.status`, a write to `/status` changes only `.status`.
 //! - label selectors (`a=b`, `a!=b`, `a`, `!a`, comma-joined).
@@ -41,8 +42,9 @@
 //!   ServiceAccount [service-account JWTs], over plain HTTP [TLS only]; kubectl sends no
 //!   token over plain HTTP, so a request without one is the administrator
 //!   [system:anonymous], who may impersonate a ServiceAccount (`kubectl --as`);
-//!   authorization from Roles and RoleBindings only [also ClusterRoles, aggregation,
-//!   non-resource URLs].
+//!   authorization from Roles and ClusterRoles: a RoleBinding grants its Role or
+//!   ClusterRole in its namespace, a ClusterRoleBinding its ClusterRole everywhere
+//!   [also aggregation, non-resource URLs].
 //! - LIST pages (`limit`/`continue`) are cut from the current objects [from the snapshot
 //!   of the first page's resourceVersion]; the token is readable [opaque].
 //! - watch bookmarks and `sendInitialEvents` are not served [they are];
@@ -78,6 +80,22 @@ const RESOURCES: &[(&str, &str, &str, &str, bool, bool)] = &[
         "rolebindings",
         "RoleBinding",
         true,
+        false,
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterroles",
+        "ClusterRole",
+        false,
+        false,
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        false,
         false,
     ),
     ("events.k8s.io", "v1", "events", "Event", true, false),
@@ -179,6 +197,11 @@ pub fn istio_versions() -> &'static [&'static str] {
 /// The apiVersion tlsward should use against this emulator (the newest served).
 pub fn istio_api() -> String {
     format!("networking.istio.io/{}", istio_versions()[0])
+}
+
+/// The apiVersion of Istio's security kinds against this emulator (the newest served).
+pub fn security_api() -> String {
+    format!("security.istio.io/{}", istio_versions()[0])
 }
 
 fn served(group: &str, version: &str) -> bool {
@@ -600,7 +623,10 @@ impl Emulator {
     /// Stores an RBAC object (Role, RoleBinding) as an administrator would create it.
     pub fn load_rbac(&self, object: &Value) {
         assert!(
-            matches!(object["kind"].as_str(), Some("Role" | "RoleBinding")),
+            matches!(
+                object["kind"].as_str(),
+                Some("Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding")
+            ),
             "not an RBAC object: {object}"
         );
         self.put(object);
@@ -877,7 +903,7 @@ async fn handle(
                 Err(r) => *r,
             }
         }
-        ("DELETE", Some(name)) => delete(&emu, &t, name),
+        ("DELETE", Some(name)) => delete(&emu, &t, name, &body),
         _ => status(405, "MethodNotAllowed", format!("{method} is not served on {path}")),
     }
 }
@@ -917,26 +943,42 @@ fn authorize(
     let db = emu.db.lock().unwrap();
     let rbac = "rbac.authorization.k8s.io/v1";
     let has = |list: &Value, x: &str| list.as_array().is_some_and(|l| l.iter().any(|v| v == x || v == "*"));
-    let allowed = db
+    let binds_us = |b: &Value| {
+        b["subjects"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["kind"] == "ServiceAccount" && s["name"] == sa_name && s["namespace"] == sa_ns)
+        })
+    };
+    let role = |kind: &str, namespace: &str, name: &str| {
+        let resource = if kind == "Role" { "roles" } else { "clusterroles" };
+        db.objects.get(&(
+            rbac.to_string(),
+            resource.to_string(),
+            namespace.to_string(),
+            name.to_string(),
+        ))
+    };
+    // RoleBindings of the request's namespace (a Role there, or a ClusterRole), then
+    // ClusterRoleBindings (a ClusterRole, everywhere and for cluster-scoped resources).
+    let granted = db
         .objects
         .iter()
-        .filter(|((av, r, ns, _), _)| av == rbac && r == "rolebindings" && *ns == t.namespace)
+        .filter(|((av, r, ns, _), _)| {
+            av == rbac
+                && ((r == "rolebindings" && !t.namespace.is_empty() && *ns == t.namespace)
+                    || r == "clusterrolebindings")
+        })
         .map(|(_, b)| &b.object)
-        .filter(|b| {
-            b["subjects"].as_array().is_some_and(|s| {
-                s.iter()
-                    .any(|s| s["kind"] == "ServiceAccount" && s["name"] == sa_name && s["namespace"] == sa_ns)
-            }) && b["roleRef"]["kind"] == "Role"
-        })
+        .filter(|b| binds_us(b))
         .filter_map(|b| {
-            let role = b["roleRef"]["name"].as_str()?;
-            db.objects.get(&(
-                rbac.to_string(),
-                "roles".to_string(),
-                t.namespace.clone(),
-                role.to_string(),
-            ))
-        })
+            let name = b["roleRef"]["name"].as_str()?;
+            match (b["kind"].as_str()?, b["roleRef"]["kind"].as_str()?) {
+                ("RoleBinding", "Role") => role("Role", &t.namespace, name),
+                (_, "ClusterRole") => role("ClusterRole", "", name),
+                _ => None,
+            }
+        });
+    let allowed = granted
         .flat_map(|role| role.object["rules"].as_array().cloned().unwrap_or_default())
         .any(|rule| {
             has(&rule["apiGroups"], t.resource.group)
@@ -1461,12 +1503,41 @@ fn apply(emu: &Emulator, t: &Target, name: &str, patch: Value, manager: &str, fo
     )
 }
 
-fn delete(emu: &Emulator, t: &Target, name: &str) -> Response {
+fn delete(emu: &Emulator, t: &Target, name: &str, body: &Bytes) -> Response {
+    let options: Value = if body.is_empty() {
+        json!({})
+    } else {
+        match parse_body(body) {
+            Ok(v) => v,
+            Err(r) => return *r,
+        }
+    };
     let mut db = emu.db.lock().unwrap();
-    let Some(stored) = db.objects.remove(&key(t, name)) else {
+    let Some(current) = db.objects.get(&key(t, name)) else {
         emu.record(&mut db, "DELETE", t, name, false);
         return not_found(t, name);
     };
+    let preconditions = &options["preconditions"];
+    for (field, shown) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
+        if let Some(wanted) = preconditions[field].as_str()
+            && current.object["metadata"][field].as_str() != Some(wanted)
+        {
+            let now = current.object["metadata"][field]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            emu.record(&mut db, "DELETE", t, name, false);
+            return status(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {}.{} \"{name}\": Precondition failed: {shown} in precondition: {wanted}, {shown} in object meta: {now}",
+                    t.resource.resource, t.resource.group
+                ),
+            );
+        }
+    }
+    let stored = db.objects.remove(&key(t, name)).expect("just read");
     db.rv += 1;
     let mut rendered = render(&stored);
     rendered["metadata"]["resourceVersion"] = json!(db.rv.to_string());
@@ -1651,6 +1722,8 @@ pub fn chart_rbac(namespace: &str) -> Vec<Value> {
             "--set",
             "rbac.listSecrets=true",
             "--set",
+            "rbac.mesh=true",
+            "--set",
             &format!("config.gateway.namespace={namespace}"),
         ])
         .current_dir(root)
@@ -1661,7 +1734,12 @@ pub fn chart_rbac(namespace: &str) -> Vec<Value> {
         .unwrap()
         .split("\n---")
         .filter_map(|doc| tlsward::config::yaml::parse(doc).ok().map(|(v, _)| v))
-        .filter(|v| v["kind"] == "Role" || v["kind"] == "RoleBinding")
+        .filter(|v| {
+            matches!(
+                v["kind"].as_str(),
+                Some("Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding")
+            )
+        })
         .collect()
 }
 

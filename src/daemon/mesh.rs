@@ -1,0 +1,251 @@
+//! The mesh step: the `mesh:` intent against the mesh as the store shows it (live
+//! Services, pods and policies in a cluster; `mesh.workloads` with the files store),
+//! planned by `mesh::policy` and carried out through the store — tlsward's own policy
+//! objects applied and removed, every other object left alone and, where it changes
+//! the result, reported. Runs on the leader, on its own timer (see `run`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+
+use super::{Failure, Runtime, Stage};
+use crate::config::MeshSpec;
+use crate::mesh::inventory::selects;
+use crate::mesh::policy::{self, Ingress, MeshPlan};
+use crate::mesh::{Inventory, ObjectRef};
+use crate::model::names;
+use crate::store::StoreError;
+
+/// Istio's default ingress gateway service account (its Helm chart's).
+const DEFAULT_INGRESS_ACCOUNT: &str = "istio-ingressgateway-service-account";
+
+/// The kinds the mesh step reads: what selects workloads, and the policies.
+const MESH_KINDS: &[&str] = &[
+    "Namespace",
+    "Pod",
+    "Service",
+    "PeerAuthentication",
+    "DestinationRule",
+    "AuthorizationPolicy",
+    "RequestAuthentication",
+];
+
+/// Foreign-policy Events recorded per run at most.
+const EVENTS_PER_RUN: usize = 20;
+
+/// What one mesh step did.
+#[derive(Debug, Default)]
+pub struct MeshOutcome {
+    pub applied: usize,
+    pub deleted: usize,
+    pub failures: Vec<Failure>,
+}
+
+impl Runtime {
+    /// The mesh as the store shows it, tlsward's own policy objects apart (by their
+    /// owner label) from everything else, plus `mesh.workloads`.
+    async fn read_mesh(
+        &self,
+        mesh: &MeshSpec,
+        kinds: &[&str],
+    ) -> Result<(Inventory, BTreeMap<ObjectRef, Value>), StoreError> {
+        let mut inventory = Inventory::new();
+        inventory.root_namespace = mesh.root_namespace.clone();
+        let mut owned = BTreeMap::new();
+        let mut skipped = Vec::new();
+        let owner = self.config.file.owner_id.as_str();
+        let namespace = self.config.file.gateway.namespace.clone();
+        let view = self
+            .store
+            .mesh_objects(kinds, &mut |object| {
+                let kind = object["kind"].as_str().unwrap_or_default();
+                let ours = object["metadata"]["labels"][names::OWNER].as_str() == Some(owner);
+                if ours && Inventory::POLICY_KINDS.contains(&kind) {
+                    let s = |p: &str| {
+                        object
+                            .pointer(p)
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    owned.insert(
+                        ObjectRef::new(kind, &s("/metadata/namespace"), &s("/metadata/name")),
+                        object,
+                    );
+                } else if let Err(e) = inventory.add(object, &namespace) {
+                    skipped.push(e.to_string());
+                }
+            })
+            .await?;
+        if !view.notes.is_empty() {
+            // Without every policy and workload, a write could clobber or break what is unseen.
+            return Err(StoreError::Kube {
+                what: "the mesh".into(),
+                detail: format!("not all of it can be read: {}", view.notes.join("; ")),
+            });
+        }
+        for note in skipped {
+            tracing::warn!(note = %note, "mesh: an object was skipped");
+        }
+        for w in &mesh.workloads {
+            for object in w.objects() {
+                if let Err(e) = inventory.add(object, &namespace) {
+                    tracing::warn!(error = %e, "mesh.workloads entry skipped");
+                }
+            }
+        }
+        Ok((inventory, owned))
+    }
+
+    /// The ingress gateway as the intent sees it: namespace, pod labels, identity, and
+    /// the Services and hosts the sites publish.
+    fn ingress(&self, mesh: &MeshSpec, inventory: &Inventory) -> Ingress {
+        let gateway = &self.config.file.gateway;
+        let discovered = inventory
+            .workloads
+            .iter()
+            .find(|w| w.object.namespace == gateway.namespace && selects(&gateway.selector, &w.labels))
+            .map(|w| w.service_account.clone())
+            .filter(|sa| !sa.is_empty() && sa != "default");
+        Ingress {
+            namespace: gateway.namespace.clone(),
+            service_account: mesh
+                .ingress_service_account
+                .clone()
+                .or(discovered)
+                .unwrap_or_else(|| DEFAULT_INGRESS_ACCOUNT.into()),
+            selector: gateway.selector.clone(),
+            route_targets: self
+                .config
+                .file
+                .sites
+                .iter()
+                .filter_map(|s| {
+                    let host = crate::config::service_host(&s.route.to)?;
+                    let mut parts = host.split('.');
+                    Some((parts.nth(1)?.to_string(), host.split('.').next()?.to_string()))
+                })
+                .collect(),
+            sites: self
+                .config
+                .file
+                .sites
+                .iter()
+                .map(|s| {
+                    let hosts = crate::config::Config::hosts(s).iter().map(|h| h.to_string()).collect();
+                    (s.name.clone(), hosts)
+                })
+                .collect(),
+        }
+    }
+
+    /// The mesh step's plan. Without a `mesh:` section it only removes the policies an
+    /// earlier config had tlsward write (`None` when there are none, or when the store
+    /// cannot show them: then there is nothing tlsward may do either).
+    pub async fn mesh_plan(&self) -> Result<Option<MeshPlan>, StoreError> {
+        let (mesh, kinds) = match &self.config.file.mesh {
+            Some(mesh) => (mesh.clone(), MESH_KINDS),
+            None => (
+                serde_json::from_value(json!({})).expect("every mesh field has a default"),
+                &Inventory::POLICY_KINDS[..],
+            ),
+        };
+        let (inventory, owned) = match self.read_mesh(&mesh, kinds).await {
+            Ok(read) => read,
+            Err(e) if self.config.file.mesh.is_none() => {
+                tracing::debug!(error = %e, "no mesh section, and no mesh policies to look for");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        if self.config.file.mesh.is_none() && owned.is_empty() {
+            return Ok(None);
+        }
+        let ingress = self.ingress(&mesh, &inventory);
+        let labels = json!({
+            names::MANAGED_BY: names::MANAGED_BY_VALUE,
+            names::OWNER: self.config.file.owner_id,
+        });
+        Ok(Some(policy::plan(&mesh, &inventory, &owned, &ingress, &labels)))
+    }
+
+    /// One mesh step: plan, then apply what changed and remove what is no longer
+    /// wanted; a refused intent writes nothing. Never touches an object it does not own.
+    pub async fn mesh_step(&self) -> MeshOutcome {
+        let mut outcome = MeshOutcome::default();
+        let plan = match self.mesh_plan().await {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return outcome,
+            Err(e) => {
+                outcome
+                    .failures
+                    .push(Failure::new(Stage::Mesh, "mesh", crate::deadline::chain(&e)));
+                return self.mesh_finish(outcome);
+            }
+        };
+        for refused in &plan.refused {
+            outcome.failures.push(Failure::new(
+                Stage::Mesh,
+                "mesh intent",
+                format!("not written: {refused}"),
+            ));
+        }
+        self.mesh_report_foreign(&plan).await;
+        for object in &plan.writes {
+            let key = policy::object_ref(object).to_string();
+            match self.store.apply_policy(object).await {
+                Ok(()) => {
+                    outcome.applied += 1;
+                    tracing::info!(object = %key, "mesh policy applied");
+                }
+                Err(e) => outcome.failures.push(Failure::new(Stage::Mesh, key, e.to_string())),
+            }
+            self.health.progressed();
+        }
+        for key in &plan.delete {
+            let mut parts = key.splitn(3, '/');
+            let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            match self.store.delete_policy(&ObjectRef::new(kind, ns, name)).await {
+                Ok(()) => {
+                    outcome.deleted += 1;
+                    tracing::info!(object = %key, "mesh policy removed");
+                }
+                Err(e) => outcome
+                    .failures
+                    .push(Failure::new(Stage::Mesh, key.clone(), e.to_string())),
+            }
+        }
+        self.mesh_finish(outcome)
+    }
+
+    fn mesh_finish(&self, outcome: MeshOutcome) -> MeshOutcome {
+        for f in &outcome.failures {
+            tracing::error!(subject = %f.subject, "mesh: {}", f.message);
+            self.metrics.reconcile_error(f.stage.as_str());
+        }
+        outcome
+    }
+
+    /// Tells each foreign policy that changes the result once (log, and an Event on it),
+    /// not again on every step while it stays.
+    async fn mesh_report_foreign(&self, plan: &MeshPlan) {
+        let now: BTreeSet<String> = plan.foreign.iter().map(|f| f.to_string()).collect();
+        let before = std::mem::replace(
+            &mut *self.memory.mesh_foreign_seen.lock().unwrap_or_else(|e| e.into_inner()),
+            now,
+        );
+        let mut recorded = 0;
+        for effect in plan.foreign.iter().filter(|f| !before.contains(&f.to_string())) {
+            let message = effect.to_string();
+            tracing::warn!("mesh: {message}");
+            for object in &effect.policies {
+                if recorded < EVENTS_PER_RUN {
+                    self.store.finding(object, "ForeignPolicy", &message).await;
+                    recorded += 1;
+                }
+            }
+        }
+    }
+}
