@@ -228,8 +228,8 @@ fn a_foreign_policy_is_left_alone_and_reported_and_one_in_the_way_refuses_the_in
         .find(|r| r["server"] == "blog-app/ratings:80")
         .unwrap();
     assert_eq!(
-        ratings["denied"]["blog-app/reviews"],
-        "AuthorizationPolicy blog-app/deny-reviews"
+        ratings["denied"]["AuthorizationPolicy blog-app/deny-reviews"],
+        json!(["blog-app/reviews"])
     );
     assert_success(&run_once(&w, &emu));
     // Left as it was, and told where the people watching it look.

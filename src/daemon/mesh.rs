@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::{Failure, Runtime, Stage};
 use crate::config::MeshSpec;
 use crate::mesh::inventory::selects;
-use crate::mesh::policy::{self, Ingress, MeshPlan};
+use crate::mesh::policy::{self, Ingress, MeshPlan, PlaintextCaller};
 use crate::mesh::{Inventory, ObjectRef};
 use crate::model::names;
 use crate::store::StoreError;
@@ -32,6 +32,65 @@ const MESH_KINDS: &[&str] = &[
 
 /// Foreign-policy Events recorded per run at most.
 const EVENTS_PER_RUN: usize = 20;
+
+/// The workloads that sent plaintext requests to each Service over the window, as the
+/// receiving sidecars report them in `istio_requests_total`.
+async fn plaintext_traffic(
+    spec: &crate::config::PrometheusSpec,
+    deadline: std::time::Duration,
+) -> Result<Vec<PlaintextCaller>, String> {
+    let query = format!(
+        "sum by (source_workload_namespace, source_workload, destination_service_namespace, destination_service_name) \
+         (increase(istio_requests_total{{connection_security_policy=\"none\",reporter=\"destination\"}}[{}s])) > 0",
+        spec.window.to_std().as_secs()
+    );
+    let url = format!("{}/api/v1/query", spec.url.trim_end_matches('/'));
+    let fail = |what: String| format!("Prometheus {url}: {what}");
+    let client = crate::deadline::http_client(deadline, None).map_err(|e| fail(crate::deadline::chain(&e)))?;
+    let request =
+        reqwest::Url::parse_with_params(&url, [("query", query.as_str())]).map_err(|e| fail(e.to_string()))?;
+    let response = client
+        .get(request)
+        .send()
+        .await
+        // The URL is said once, without the query.
+        .map_err(|e| fail(crate::deadline::chain(&e.without_url())))?;
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .await
+        .map_err(|e| fail(format!("{status}: not a query answer: {}", crate::deadline::chain(&e))))?;
+    if body["status"] != "success" {
+        return Err(fail(format!(
+            "{status}: {} {}",
+            body["errorType"].as_str().unwrap_or("error"),
+            body["error"].as_str().unwrap_or_default()
+        )));
+    }
+    let label = |m: &Value, k: &str| m[k].as_str().unwrap_or("unknown").to_string();
+    Ok(body["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|series| {
+            let m = &series["metric"];
+            let requests: f64 = series["value"][1].as_str()?.parse().ok()?;
+            Some(PlaintextCaller {
+                service: format!(
+                    "{}/{}",
+                    label(m, "destination_service_namespace"),
+                    label(m, "destination_service_name")
+                ),
+                caller: format!(
+                    "{}/{}",
+                    label(m, "source_workload_namespace"),
+                    label(m, "source_workload")
+                ),
+                requests,
+            })
+        })
+        .collect())
+}
 
 /// What one mesh step did.
 #[derive(Debug, Default)]
@@ -143,6 +202,12 @@ impl Runtime {
     /// earlier config had tlsward write (`None` when there are none, or when the store
     /// cannot show them: then there is nothing tlsward may do either).
     pub async fn mesh_plan(&self) -> Result<Option<MeshPlan>, StoreError> {
+        self.mesh_plan_with(false).await
+    }
+
+    /// `mesh_plan`, and with `metrics` the plaintext callers a configured Prometheus saw
+    /// (the `plan` command's adoption view).
+    pub async fn mesh_plan_with(&self, metrics: bool) -> Result<Option<MeshPlan>, StoreError> {
         let (mesh, kinds) = match &self.config.file.mesh {
             Some(mesh) => (mesh.clone(), MESH_KINDS),
             None => (
@@ -166,7 +231,14 @@ impl Runtime {
             names::MANAGED_BY: names::MANAGED_BY_VALUE,
             names::OWNER: self.config.file.owner_id,
         });
-        Ok(Some(policy::plan(&mesh, &inventory, &owned, &ingress, &labels)))
+        let mut plan = policy::plan(&mesh, &inventory, &owned, &ingress, &labels);
+        if let Some(prometheus) = mesh.prometheus.as_ref().filter(|_| metrics) {
+            match plaintext_traffic(prometheus, self.config.file.deadlines.request.to_std()).await {
+                Ok(seen) => plan.keep_plaintext_to_strict(seen),
+                Err(e) => plan.notes.push(e),
+            }
+        }
+        Ok(Some(plan))
     }
 
     /// One mesh step: plan, then apply what changed and remove what is no longer

@@ -265,7 +265,7 @@ impl Runtime {
         let (observed, _) = self.observe(&mut failures, true).await?;
         let mut plan = plan::plan(&self.config.file, &observed, now, self.seed);
         plan.istio_api = self.store.istio_api().await?;
-        match self.mesh_plan().await {
+        match self.mesh_plan_with(true).await {
             Ok(mesh) => plan.mesh = mesh,
             Err(e) => failures.push(Failure::new(Stage::Mesh, "mesh", crate::deadline::chain(&e))),
         }

@@ -184,6 +184,11 @@ impl<'a> Mesh<'a> {
             .collect()
     }
 
+    /// The Services of a namespace.
+    pub fn services_in(&self, namespace: &str) -> &[&'a Service] {
+        self.services_in.get(namespace).map_or(&[], Vec::as_slice)
+    }
+
     /// The Services selecting a workload.
     pub fn services_of(&self, workload: &Workload) -> Vec<&'a Service> {
         self.services_in

@@ -29,25 +29,17 @@ impl std::fmt::Display for Caller {
 }
 
 /// What happens to one caller's connections to one Service port.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Verdict {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict<'a> {
     Mtls,
     Plaintext,
-    /// Refused by an AuthorizationPolicy (named).
-    Denied(String),
+    /// Refused by AuthorizationPolicy (named).
+    Denied(&'a str),
     /// Reset by a TLS mismatch (why).
-    Broken(String),
+    Broken(&'static str),
 }
 
-impl Verdict {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Verdict::Mtls => "mtls",
-            Verdict::Plaintext => "plaintext",
-            Verdict::Denied(_) => "denied",
-            Verdict::Broken(_) => "broken",
-        }
-    }
+impl Verdict<'_> {
     fn rank(&self) -> u8 {
         match self {
             Verdict::Mtls => 0,
@@ -63,50 +55,52 @@ impl Verdict {
 pub struct Row {
     /// `namespace/service:port`.
     pub server: String,
+    /// The port's effective PeerAuthentication mode (of its first pod), or `no sidecar`.
+    pub mode: &'static str,
     pub mtls: Vec<String>,
     pub plaintext: Vec<String>,
-    /// Caller → the policy that refuses it.
-    pub denied: BTreeMap<String, String>,
-    /// Caller → why the connection breaks.
-    pub broken: BTreeMap<String, String>,
+    /// The policies that refuse callers → those callers.
+    pub denied: BTreeMap<String, Vec<String>>,
+    /// Why connections break → the callers whose connections do.
+    pub broken: BTreeMap<String, Vec<String>>,
 }
 
 impl Row {
-    fn new(server: String) -> Row {
+    fn new(server: String, mode: &'static str) -> Row {
         Row {
             server,
+            mode,
             mtls: Vec::new(),
             plaintext: Vec::new(),
             denied: BTreeMap::new(),
             broken: BTreeMap::new(),
         }
     }
-    fn put(&mut self, caller: &Caller, verdict: Verdict) {
-        let name = caller.to_string();
+    fn put(&mut self, caller: &str, verdict: Verdict<'_>) {
+        let group = |groups: &mut BTreeMap<String, Vec<String>>, why: &str| match groups.get_mut(why) {
+            Some(callers) => callers.push(caller.to_string()),
+            None => {
+                groups.insert(why.to_string(), vec![caller.to_string()]);
+            }
+        };
         match verdict {
-            Verdict::Mtls => self.mtls.push(name),
-            Verdict::Plaintext => self.plaintext.push(name),
-            Verdict::Denied(why) => {
-                self.denied.insert(name, why);
-            }
-            Verdict::Broken(why) => {
-                self.broken.insert(name, why);
-            }
+            Verdict::Mtls => self.mtls.push(caller.to_string()),
+            Verdict::Plaintext => self.plaintext.push(caller.to_string()),
+            Verdict::Denied(why) => group(&mut self.denied, why),
+            Verdict::Broken(why) => group(&mut self.broken, why),
         }
     }
     /// The verdict of `caller` (by its display name), if it is in the row.
     pub fn verdict(&self, caller: &str) -> Option<&'static str> {
-        if self.mtls.iter().any(|c| c == caller) {
-            Some("mtls")
-        } else if self.plaintext.iter().any(|c| c == caller) {
-            Some("plaintext")
-        } else if self.denied.contains_key(caller) {
-            Some("denied")
-        } else if self.broken.contains_key(caller) {
-            Some("broken")
-        } else {
-            None
-        }
+        self.cells().find(|(c, _)| *c == caller).map(|(_, v)| v)
+    }
+    /// Why `caller` is denied or broken, if it is.
+    pub fn why(&self, caller: &str) -> Option<&str> {
+        self.denied
+            .iter()
+            .chain(&self.broken)
+            .find(|(_, callers)| callers.iter().any(|c| c == caller))
+            .map(|(why, _)| why.as_str())
     }
     /// Every caller with its verdict's name.
     pub fn cells(&self) -> impl Iterator<Item = (&str, &'static str)> {
@@ -114,8 +108,8 @@ impl Row {
             .iter()
             .map(|c| (c.as_str(), "mtls"))
             .chain(self.plaintext.iter().map(|c| (c.as_str(), "plaintext")))
-            .chain(self.denied.keys().map(|c| (c.as_str(), "denied")))
-            .chain(self.broken.keys().map(|c| (c.as_str(), "broken")))
+            .chain(self.denied.values().flatten().map(|c| (c.as_str(), "denied")))
+            .chain(self.broken.values().flatten().map(|c| (c.as_str(), "broken")))
     }
 }
 
@@ -144,22 +138,43 @@ pub fn matrix(
                 sidecar: mesh.has_sidecar(w),
             })
             .collect();
-        for service in inventory.services.iter().filter(|s| &s.meta.namespace == ns) {
+        // Each caller as shown, and its identity, once per namespace.
+        let named = |c: &Caller| {
+            (
+                c.clone(),
+                c.to_string(),
+                format!("{trust_domain}/ns/{}/sa/{}", c.namespace, c.service_account),
+            )
+        };
+        let callers: Vec<(Caller, String, String)> = callers.iter().map(named).collect();
+        let gateway: Option<(Caller, String, String)> = ingress.map(named);
+        for service in mesh.services_in(ns) {
             let backends = mesh.workloads_of(service);
             if backends.is_empty() {
                 continue;
             }
-            let guards: Vec<Vec<&AuthorizationPolicy>> = backends
+            let guards: Vec<Guards> = backends
                 .iter()
-                .map(|w| applying(&policies, &inventory.root_namespace, w))
+                .map(|w| Guards::new(applying(&policies, &inventory.root_namespace, w)))
                 .collect();
             let is_published = published.contains(&(ns.clone(), service.meta.name.clone()));
-            let callers: Vec<&Caller> = callers.iter().chain(ingress.filter(|_| is_published)).collect();
+            let callers: Vec<&(Caller, String, String)> = callers
+                .iter()
+                .chain(gateway.as_ref().filter(|_| is_published))
+                .collect();
             for port in &service.ports {
-                let mut row = Row::new(format!("{ns}/{}:{}", service.meta.name, port.port));
+                let first = backends[0];
+                let mode = if mesh.has_sidecar(first) {
+                    mesh.server_policy(first, Mesh::target_port(service, port.port, first))
+                        .mode
+                        .as_str()
+                } else {
+                    "no sidecar"
+                };
+                let mut row = Row::new(format!("{ns}/{}:{}", service.meta.name, port.port), mode);
                 // Traffic depends on the caller's namespace and sidecar, not its account.
                 let mut by_class: HashMap<(&str, bool), Vec<_>> = HashMap::new();
-                for caller in &callers {
+                for (caller, shown, principal) in &callers {
                     let traffic = by_class
                         .entry((caller.namespace.as_str(), caller.sidecar))
                         .or_insert_with(|| {
@@ -172,20 +187,19 @@ pub fn matrix(
                                 port.port,
                             )
                         });
-                    let principal = format!("{trust_domain}/ns/{}/sa/{}", caller.namespace, caller.service_account);
                     let verdict = traffic
                         .iter()
                         .zip(&guards)
                         .map(|(t, guards)| {
                             if let Some(refusal) = t.refused {
-                                return Verdict::Broken(refusal.explain().to_string());
+                                return Verdict::Broken(refusal.explain());
                             }
                             let mutual = match t.client.mode {
                                 ClientMode::IstioMutual => true,
                                 ClientMode::Auto => t.server_sidecar && t.server.mode != PeerMode::Disable,
                                 _ => false,
                             };
-                            match authorize(guards, mutual.then_some(principal.as_str())) {
+                            match guards.refusal(mutual.then_some(principal.as_str())) {
                                 Some(policy) => Verdict::Denied(policy),
                                 None if mutual => Verdict::Mtls,
                                 None => Verdict::Plaintext,
@@ -193,7 +207,7 @@ pub fn matrix(
                         })
                         .max_by_key(Verdict::rank)
                         .unwrap_or(Verdict::Plaintext);
-                    row.put(caller, verdict);
+                    row.put(shown, verdict);
                 }
                 rows.push(row);
             }
@@ -223,27 +237,50 @@ fn applying<'a>(
     out
 }
 
-/// Istio's order, for what the identity decides: a DENY rule that surely matches
-/// refuses; then, when ALLOW policies apply, one of their rules must match (a rule that
-/// also looks at the request counts: some requests pass). Returns the refusing policy.
-fn authorize(policies: &[&AuthorizationPolicy], principal: Option<&str>) -> Option<String> {
-    let name = |p: &AuthorizationPolicy| format!("AuthorizationPolicy {}/{}", p.meta.namespace, p.meta.name);
-    if let Some(p) = policies.iter().filter(|p| p.action == "DENY").find(|p| {
-        p.rules
-            .iter()
-            .any(|r| !r.conditional && rule_matches(r, principal) == Some(true))
-    }) {
-        return Some(name(p));
+/// The AuthorizationPolicies of one workload, with what a refusal names (made once).
+struct Guards<'a> {
+    deny: Vec<(&'a AuthorizationPolicy, String)>,
+    allow: Vec<&'a AuthorizationPolicy>,
+    /// The ALLOW policies, as a refusal by them names them.
+    allow_names: String,
+}
+
+impl<'a> Guards<'a> {
+    fn new(policies: Vec<&'a AuthorizationPolicy>) -> Guards<'a> {
+        let name = |p: &AuthorizationPolicy| format!("AuthorizationPolicy {}/{}", p.meta.namespace, p.meta.name);
+        let allow: Vec<&AuthorizationPolicy> = policies.iter().copied().filter(|p| p.action == "ALLOW").collect();
+        Guards {
+            deny: policies
+                .iter()
+                .filter(|p| p.action == "DENY")
+                .map(|p| (*p, name(p)))
+                .collect(),
+            allow_names: allow.iter().map(|p| name(p)).collect::<Vec<_>>().join(", "),
+            allow,
+        }
     }
-    let allow: Vec<&&AuthorizationPolicy> = policies.iter().filter(|p| p.action == "ALLOW").collect();
-    if allow.is_empty()
-        || allow
-            .iter()
-            .any(|p| p.rules.iter().any(|r| rule_matches(r, principal) != Some(false)))
-    {
-        return None;
+
+    /// Istio's order, for what the identity decides: a DENY rule that surely matches
+    /// refuses; then, when ALLOW policies apply, one of their rules must match (a rule
+    /// that also looks at the request counts: some requests pass). Returns what refuses.
+    fn refusal(&self, principal: Option<&str>) -> Option<&str> {
+        if let Some((_, name)) = self.deny.iter().find(|(p, _)| {
+            p.rules
+                .iter()
+                .any(|r| !r.conditional && rule_matches(r, principal) == Some(true))
+        }) {
+            return Some(name);
+        }
+        if self.allow.is_empty()
+            || self
+                .allow
+                .iter()
+                .any(|p| p.rules.iter().any(|r| rule_matches(r, principal) != Some(false)))
+        {
+            return None;
+        }
+        Some(&self.allow_names)
     }
-    Some(allow.iter().map(|p| name(p)).collect::<Vec<_>>().join(", "))
 }
 
 /// Whether a rule's sources admit `principal`: `Some(true)` surely, `Some(false)`
@@ -330,6 +367,7 @@ spec: {template: {metadata: {labels: {app: batch, sidecar.istio.io/inject: 'fals
     fn permissive_by_default_sidecars_talk_mtls_and_the_rest_plaintext() {
         let r = row("");
         assert_eq!(r.server, "shop/ratings:9080");
+        assert_eq!(r.mode, "PERMISSIVE");
         assert_eq!(r.mtls, ["shop/ratings", "shop/reviews"]);
         assert_eq!(r.plaintext, ["shop/batch (no sidecar)"]);
     }
@@ -339,6 +377,7 @@ spec: {template: {metadata: {labels: {app: batch, sidecar.istio.io/inject: 'fals
         let r = row(
             "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec: {mtls: {mode: STRICT}}\n",
         );
+        assert_eq!(r.mode, "STRICT");
         assert_eq!(r.verdict("shop/batch (no sidecar)"), Some("broken"));
         assert_eq!(r.verdict("shop/reviews"), Some("mtls"));
     }
@@ -350,11 +389,8 @@ spec: {template: {metadata: {labels: {app: batch, sidecar.istio.io/inject: 'fals
              spec: {selector: {matchLabels: {app: ratings}}, rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/reviews]}}]}]}\n",
         );
         assert_eq!(r.mtls, ["shop/reviews"]);
-        assert_eq!(
-            r.denied.get("shop/ratings").map(String::as_str),
-            Some("AuthorizationPolicy shop/ratings-allow")
-        );
-        assert!(r.denied.contains_key("shop/batch (no sidecar)"));
+        assert_eq!(r.why("shop/ratings"), Some("AuthorizationPolicy shop/ratings-allow"));
+        assert_eq!(r.verdict("shop/batch (no sidecar)"), Some("denied"));
     }
 
     #[test]
@@ -365,11 +401,8 @@ spec: {template: {metadata: {labels: {app: batch, sidecar.istio.io/inject: 'fals
              ---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: admin, namespace: shop}\n\
              spec: {action: DENY, rules: [{from: [{source: {notPrincipals: ['*']}}], to: [{operation: {paths: [/admin]}}]}]}\n",
         );
-        assert_eq!(r.denied.len(), 2, "{r:?}");
-        assert_eq!(
-            r.denied.get("shop/reviews").map(String::as_str),
-            Some("AuthorizationPolicy istio-system/no-shop")
-        );
+        assert_eq!(r.cells().filter(|(_, v)| *v == "denied").count(), 2, "{r:?}");
+        assert_eq!(r.why("shop/reviews"), Some("AuthorizationPolicy istio-system/no-shop"));
         // The plaintext caller has no namespace to match: only the path rule could
         // refuse it, and that one depends on the request.
         assert_eq!(r.plaintext, ["shop/batch (no sidecar)"]);

@@ -50,15 +50,11 @@ fn object(api: &str, kind: &str, namespace: &str, name: &str, labels: &Value, sp
     })
 }
 
-fn service<'a>(inventory: &'a Inventory, namespace: &str, name: &str, rule: &str) -> Result<&'a Service, Refused> {
-    let svc = inventory
-        .services
-        .iter()
-        .find(|s| s.meta.namespace == namespace && s.meta.name == name)
-        .ok_or_else(|| Refused {
-            rule: rule.to_string(),
-            message: format!("Service {namespace}/{name} does not exist: its pods cannot be selected"),
-        })?;
+fn service<'a>(mesh: &Mesh<'a>, namespace: &str, name: &str, rule: &str) -> Result<&'a Service, Refused> {
+    let svc = mesh.service(namespace, name).ok_or_else(|| Refused {
+        rule: rule.to_string(),
+        message: format!("Service {namespace}/{name} does not exist: its pods cannot be selected"),
+    })?;
     if svc.selector.is_none() {
         return Err(Refused {
             rule: rule.to_string(),
@@ -131,6 +127,29 @@ pub fn objects(
     ingress: &Ingress,
     labels: &Value,
 ) -> Result<Vec<Value>, Vec<Refused>> {
+    let out = render(intent, inventory, ingress, labels)?;
+    let mut after = inventory.clone();
+    after.root_namespace = intent.root_namespace.clone();
+    for o in &out {
+        after.add(o.clone(), "default").map_err(|e| {
+            vec![Refused {
+                rule: "mesh".into(),
+                message: e.to_string(),
+            }]
+        })?;
+    }
+    let refused = judge(intent, inventory, &after);
+    if refused.is_empty() { Ok(out) } else { Err(refused) }
+}
+
+/// The objects as the intent states them, not yet judged; refused only where a rule
+/// names what does not exist or cannot be expressed.
+fn render(
+    intent: &MeshSpec,
+    inventory: &Inventory,
+    ingress: &Ingress,
+    labels: &Value,
+) -> Result<Vec<Value>, Vec<Refused>> {
     let mesh = Mesh::new(inventory);
     let mut out = Vec::new();
     let mut refused = Vec::new();
@@ -154,7 +173,7 @@ pub fn objects(
                 rule: at,
                 message: "a port belongs to a service: name the service too".into(),
             }),
-            (Some(name), port) => match service(inventory, &rule.namespace, name, &at) {
+            (Some(name), port) => match service(&mesh, &rule.namespace, name, &at) {
                 Err(e) => refused.push(e),
                 Ok(svc) => {
                     let entry = services.entry((&rule.namespace, name)).or_default();
@@ -182,7 +201,7 @@ pub fn objects(
         ));
     }
     for ((ns, name), (mode, ports)) in &services {
-        let Ok(svc) = service(inventory, ns, name, "") else {
+        let Ok(svc) = service(&mesh, ns, name, "") else {
             continue;
         };
         let mut spec = json!({"selector": selector(svc)});
@@ -230,7 +249,7 @@ pub fn objects(
     // a published site routes to the service).
     for (i, rule) in intent.allow.iter().enumerate() {
         let at = format!("mesh.allow[{i}]");
-        let svc = match service(inventory, &rule.namespace, &rule.to, &at) {
+        let svc = match service(&mesh, &rule.namespace, &rule.to, &at) {
             Ok(s) => s,
             Err(e) => {
                 refused.push(e);
@@ -310,10 +329,6 @@ pub fn objects(
             }),
         ));
     }
-    if !refused.is_empty() {
-        return Err(refused);
-    }
-    refused.extend(judge(intent, inventory, &out));
     if refused.is_empty() { Ok(out) } else { Err(refused) }
 }
 
@@ -333,14 +348,49 @@ pub struct MeshPlan {
     /// Where policies tlsward does not own change the result its own would give.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub foreign: Vec<ForeignEffect>,
+    /// Callers whose connections work now and would break under the intent (a TLS
+    /// mismatch: a STRICT server that a caller without a sidecar reaches, …).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub breaks: Vec<String>,
     /// The callers still sending plaintext to a service the intent makes STRICT, as a
     /// configured Prometheus saw them (filled in by the runtime).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub plaintext_callers: Vec<String>,
+    pub plaintext_callers: Vec<PlaintextCaller>,
+    /// What the plan could not look at (a Prometheus that did not answer).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     pub matrix: Vec<super::matrix::Row>,
     /// The objects to create or change, whole.
     #[serde(skip)]
     pub writes: Vec<Value>,
+}
+
+/// A workload that sent plaintext requests to a Service, as Istio's metrics show it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PlaintextCaller {
+    /// `namespace/service`.
+    pub service: String,
+    /// `namespace/workload`.
+    pub caller: String,
+    /// Requests in the window.
+    pub requests: f64,
+}
+
+impl MeshPlan {
+    /// Keeps the plaintext callers of services whose ports the intent makes STRICT:
+    /// each of those connections would be refused.
+    pub fn keep_plaintext_to_strict(&mut self, seen: Vec<PlaintextCaller>) {
+        let strict: std::collections::BTreeSet<&str> = self
+            .matrix
+            .iter()
+            .filter(|r| r.mode == "STRICT")
+            .filter_map(|r| r.server.rsplit_once(':').map(|(service, _)| service))
+            .collect();
+        self.plaintext_callers = seen
+            .into_iter()
+            .filter(|c| strict.contains(c.service.as_str()))
+            .collect();
+    }
 }
 
 /// A Service port whose verdicts policies tlsward does not own change.
@@ -392,28 +442,23 @@ pub fn plan(
     labels: &Value,
 ) -> MeshPlan {
     let mut out = MeshPlan::default();
-    let wanted = objects(intent, current, ingress, labels).and_then(|wanted| {
-        let taken: Vec<Refused> = wanted
-            .iter()
-            .map(object_ref)
-            .filter(|r| current.holds(r))
-            .map(|r| Refused {
-                rule: "mesh".into(),
-                message: format!(
-                    "{r} exists and is not tlsward's: it is left alone, and the intent is not written until it is removed"
-                ),
-            })
-            .collect();
-        if taken.is_empty() { Ok(wanted) } else { Err(taken) }
-    });
-    let with = |objects: &mut dyn Iterator<Item = &Value>, base: &Inventory| {
+    let with = |objects: &mut dyn Iterator<Item = &Value>, base: &Inventory| -> Result<Inventory, Refused> {
         let mut inv = base.clone();
+        inv.root_namespace = intent.root_namespace.clone();
         for o in objects {
-            // Objects tlsward renders or owns parse; one that does not is left out.
-            let _ = inv.add(o.clone(), "default");
+            inv.add(o.clone(), "default").map_err(|e| Refused {
+                rule: "mesh".into(),
+                message: e.to_string(),
+            })?;
         }
-        inv
+        Ok(inv)
     };
+    // The mesh as the intent would leave it, built once: judged, and its matrix shown.
+    let proposed = render(intent, current, ingress, labels).and_then(|objects| {
+        with(&mut objects.iter(), current)
+            .map(|inv| (objects, inv))
+            .map_err(|e| vec![e])
+    });
     let scope = namespaces(intent);
     let caller = (!ingress.service_account.is_empty()).then(|| super::matrix::Caller {
         namespace: ingress.namespace.clone(),
@@ -423,11 +468,42 @@ pub fn plan(
     let published = ingress.route_targets.iter().cloned().collect();
     let matrix =
         |inv: &Inventory| super::matrix::matrix(inv, &intent.trust_domain, &scope, caller.as_ref(), &published);
+    // The mesh as it is (tlsward's own policies included), when something needs it.
+    let now = || {
+        with(&mut owned.values(), current)
+            .map(|inv| matrix(&inv))
+            .unwrap_or_default()
+    };
+    let mut proposed_matrix = None;
+    let wanted = match proposed {
+        Err(refused) => Err(refused),
+        Ok((wanted, after)) => {
+            let then = matrix(&after);
+            if then.iter().any(|r| !r.broken.is_empty()) {
+                out.breaks = breaks(&now(), &then);
+            }
+            proposed_matrix = Some(then);
+            let mut refused = judge(intent, current, &after);
+            refused.extend(
+                wanted
+                    .iter()
+                    .map(object_ref)
+                    .filter(|r| current.holds(r))
+                    .map(|r| Refused {
+                        rule: "mesh".into(),
+                        message: format!(
+                            "{r} exists and is not tlsward's: it is left alone, and the intent is not written until it is removed"
+                        ),
+                    }),
+            );
+            if refused.is_empty() { Ok(wanted) } else { Err(refused) }
+        }
+    };
     match wanted {
         Err(refused) => {
             out.refused = refused.iter().map(|r| r.to_string()).collect();
             out.objects = owned.keys().map(|r| r.to_string()).collect();
-            out.matrix = matrix(&with(&mut owned.values(), current));
+            out.matrix = now();
         }
         Ok(wanted) => {
             let mut keys = std::collections::BTreeSet::new();
@@ -448,14 +524,37 @@ pub fn plan(
                 .filter(|k| !keys.contains(k))
                 .map(|k| k.to_string())
                 .collect();
-            out.matrix = matrix(&with(&mut wanted.iter(), current));
+            out.matrix = proposed_matrix.unwrap_or_default();
             let has_foreign = !(current.peer_authentications.is_empty()
                 && current.destination_rules.is_empty()
                 && current.authorization_policies.is_empty()
                 && current.request_authentications.is_empty());
             if has_foreign {
-                let alone = matrix(&with(&mut wanted.iter(), &current.without_policies()));
-                out.foreign = differences(&alone, &out.matrix, current);
+                if let Ok(alone) = with(&mut wanted.iter(), &current.without_policies()) {
+                    out.foreign = differences(&matrix(&alone), &out.matrix, current);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The callers whose connections work now (mTLS or plaintext) and would break.
+fn breaks(now: &[super::matrix::Row], then: &[super::matrix::Row]) -> Vec<String> {
+    let before: BTreeMap<&str, &super::matrix::Row> = now.iter().map(|r| (r.server.as_str(), r)).collect();
+    let mut out = Vec::new();
+    for row in then {
+        let Some(was) = before.get(row.server.as_str()) else {
+            continue;
+        };
+        for (why, callers) in &row.broken {
+            for caller in callers {
+                if let Some(verdict @ ("mtls" | "plaintext")) = was.verdict(caller) {
+                    out.push(format!(
+                        "{} from {caller}: {verdict} now, broken then ({why})",
+                        row.server
+                    ));
+                }
             }
         }
     }
@@ -504,7 +603,7 @@ fn differences(alone: &[super::matrix::Row], whole: &[super::matrix::Row], curre
 
 /// The mesh with these objects added, through doctor's checks: a finding (error or
 /// warning) that the mesh without them does not have refuses the intent.
-fn judge(intent: &MeshSpec, inventory: &Inventory, objects: &[Value]) -> Vec<Refused> {
+fn judge(intent: &MeshSpec, before: &Inventory, after: &Inventory) -> Vec<Refused> {
     let options = crate::doctor::Options {
         now: time::OffsetDateTime::UNIX_EPOCH,
         renew_before: crate::config::ConfigFile::default_renew_before(),
@@ -519,19 +618,14 @@ fn judge(intent: &MeshSpec, inventory: &Inventory, objects: &[Value]) -> Vec<Ref
             .map(|f| ((f.code, f.object), f.message))
             .collect()
     };
-    let mut before = inventory.clone();
-    before.root_namespace = intent.root_namespace.clone();
-    let mut after = before.clone();
-    for o in objects {
-        if let Err(e) = after.add(o.clone(), "default") {
-            return vec![Refused {
-                rule: "mesh".into(),
-                message: e.to_string(),
-            }];
-        }
-    }
-    let before = findings(&before);
-    findings(&after)
+    let before = if before.root_namespace == intent.root_namespace {
+        findings(before)
+    } else {
+        let mut rooted = before.clone();
+        rooted.root_namespace = intent.root_namespace.clone();
+        findings(&rooted)
+    };
+    findings(after)
         .into_iter()
         .filter(|(key, _)| !before.contains_key(key))
         .map(|((code, object), message)| Refused {

@@ -128,8 +128,20 @@ fn mesh_text(out: &mut String, mesh: &crate::mesh::policy::MeshPlan) {
     for f in &mesh.foreign {
         let _ = writeln!(out, "  FOREIGN {f}");
     }
+    for b in &mesh.breaks {
+        let _ = writeln!(out, "  BREAKS {b}");
+    }
     for c in &mesh.plaintext_callers {
-        let _ = writeln!(out, "  PLAINTEXT {c}");
+        let _ = writeln!(
+            out,
+            "  PLAINTEXT {} <- {}: {} request(s) in the window would be refused once it is STRICT",
+            c.service,
+            c.caller,
+            c.requests.round()
+        );
+    }
+    for n in &mesh.notes {
+        let _ = writeln!(out, "  note: {n}");
     }
     if mesh.matrix.is_empty() {
         return;
@@ -143,17 +155,12 @@ fn mesh_text(out: &mut String, mesh: &crate::mesh::policy::MeshPlan) {
         if !row.plaintext.is_empty() {
             parts.push(format!("plaintext [{}]", row.plaintext.join(", ")));
         }
-        let mut denied: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
-        for (caller, by) in &row.denied {
-            denied.entry(by).or_default().push(caller);
-        }
-        for (by, callers) in denied {
+        for (by, callers) in &row.denied {
             parts.push(format!("DENIED by {by} [{}]", callers.join(", ")));
         }
-        if !row.broken.is_empty() {
-            let b: Vec<String> = row.broken.iter().map(|(c, why)| format!("{c}: {why}")).collect();
-            parts.push(format!("BROKEN [{}]", b.join("; ")));
+        for (why, callers) in &row.broken {
+            parts.push(format!("BROKEN ({why}) [{}]", callers.join(", ")));
         }
-        let _ = writeln!(out, "  {}: {}", row.server, parts.join("; "));
+        let _ = writeln!(out, "  {} ({}): {}", row.server, row.mode, parts.join("; "));
     }
 }
