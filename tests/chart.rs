@@ -195,7 +195,7 @@ fn promtool_checks_and_unit_tests_every_alert() {
         .args(["check", "rules", "charts/tlsward/files/alerts.yaml"])
         .current_dir(root()));
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
     let (code, out) = sh(Command::new("promtool")
         .args(["test", "rules", "tests/alerts/alerts_test.yaml"])
         .current_dir(root()));

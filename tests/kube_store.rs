@@ -213,17 +213,6 @@ fn set_load_balancer(emu: &Running, ingress: Value) {
 }
 
 /// `tlsward run` on the emulator, its endpoints on `port`; stopped when dropped.
-fn start_daemon(w: &Workdir, emu: &Running, port: u16) -> Proc {
-    Proc(
-        w.daemon(port, &[])
-            .env("KUBECONFIG", emu.kubeconfig.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
 #[test]
 fn the_load_balancer_is_followed_by_its_watch_without_a_timer() {
     use support::webhook::Webhook;
@@ -242,7 +231,7 @@ fn the_load_balancer_is_followed_by_its_watch_without_a_timer() {
         .replace("issuer: internal, route", "issuer: internal, dns: hook, route");
     w.write_config(&text);
     let port = free_port();
-    let _daemon = start_daemon(&w, &emu, port);
+    let _daemon = kube_daemon(&w, &emu, port);
     let name = "frontend.foocorp.example";
     let timeout = std::time::Duration::from_secs(20);
     wait_for(timeout, "the first A record", || {
@@ -485,7 +474,7 @@ fn a_repeated_event_is_patched_into_a_series() {
     let w = Workdir::new();
     w.write_config(&config(false));
     let port = free_port();
-    let _daemon = start_daemon(&w, &emu, port);
+    let _daemon = kube_daemon(&w, &emu, port);
     let conflicts = || -> Vec<Value> {
         emu.emulator
             .list("events.k8s.io/v1", "events", NS)
@@ -610,7 +599,7 @@ fn a_reload_keeps_the_watches_and_another_service_to_follow_starts_new_ones() {
     let w = Workdir::new();
     w.write_config(&config(false));
     let port = free_port();
-    let _daemon = start_daemon(&w, &emu, port);
+    let _daemon = kube_daemon(&w, &emu, port);
     let timeout = std::time::Duration::from_secs(20);
     let reloads = |result: &str| scrape(port, &format!("tlsward_config_reloads_total{{result=\"{result}\"}}"));
     wait_for(timeout, "the first pass", || {

@@ -277,3 +277,50 @@ fn a_foreign_policy_is_left_alone_and_reported_and_one_in_the_way_refuses_the_in
         theirs["spec"]
     );
 }
+
+/// How many mesh steps have read the cluster's PeerAuthentications so far.
+fn mesh_steps(emu: &Running) -> usize {
+    emu.emulator
+        .reads()
+        .iter()
+        .filter(|r| r.verb == "list" && r.resource == "peerauthentications")
+        .count()
+}
+
+#[test]
+fn the_daemon_repairs_drift_on_its_interval_and_writes_nothing_while_the_mesh_holds() {
+    let emu = Running::start();
+    cluster(&emu);
+    let w = Workdir::new();
+    config(&w, &format!("{INTENT}  interval: 1s\n"));
+    let port = free_port();
+    let _daemon = kube_daemon(&w, &emu, port);
+    let api = support::kube_emulator::security_api();
+    let timeout = std::time::Duration::from_secs(20);
+    wait_for(timeout, "the policies", || {
+        emu.emulator.get(&api, "peerauthentications", APP, "default")
+    });
+    // Steady state (once a later step has begun, the first one is done): steps keep
+    // running, and write nothing.
+    let first = mesh_steps(&emu);
+    wait_for(timeout, "the next mesh step", || {
+        (mesh_steps(&emu) > first).then_some(())
+    });
+    let writes = policy_writes(&emu).len();
+    assert_eq!(writes, 5, "{:?}", policy_writes(&emu));
+    let steps = mesh_steps(&emu);
+    wait_for(timeout, "three more mesh steps", || {
+        (mesh_steps(&emu) >= steps + 3).then_some(())
+    });
+    assert_eq!(policy_writes(&emu).len(), writes, "{:?}", policy_writes(&emu));
+    // Someone deletes tlsward's policy: the next step puts it back.
+    let out = emu
+        .kubectl(&["delete", "peerauthentications.security.istio.io", "default", "-n", APP])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let back = wait_for(timeout, "the policy restored", || {
+        emu.emulator.get(&api, "peerauthentications", APP, "default")
+    });
+    assert_eq!(back["spec"], json!({"mtls": {"mode": "STRICT"}}));
+}

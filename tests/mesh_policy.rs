@@ -186,6 +186,36 @@ fn the_files_store_writes_the_blog_app_policies_as_gitops_manifests_that_doctor_
     assert_eq!(report["findings"], json!([]), "{report:#}");
     assert_eq!(out.status.code(), Some(0));
 
+    // Offline too: the policy manifests with the workloads they are for (the site's
+    // Gateway and credential are other checks' business).
+    let config: tlsward::config::ConfigFile =
+        serde_json::from_value(tlsward::config::yaml::parse(BLOG_APP).unwrap().0).unwrap();
+    let workloads: Vec<String> = config
+        .mesh
+        .unwrap()
+        .workloads
+        .iter()
+        .flat_map(|w| w.objects())
+        .map(|o| o.to_string())
+        .collect();
+    let app = w.path().join("app.yaml");
+    std::fs::write(&app, workloads.join("\n---\n")).unwrap();
+    let out = w
+        .command(&[
+            "doctor",
+            "--format",
+            "json",
+            "--manifests",
+            "app.yaml",
+            "out/manifests/blog-app",
+            "out/manifests/istio-system",
+        ])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["findings"], json!([]), "{report:#}");
+    assert_eq!(out.status.code(), Some(0));
+
     // The plan's matrix: the allow-lists as the chapter draws them.
     let out = w
         .command(&["plan", "--config", "tlsward.yaml", "--format", "json"])

@@ -295,3 +295,16 @@ pub fn openssl_self_signed(cert: &Path, key: &Path, days: u32, subject: &str, ex
     let (code, out) = sh(&mut cmd);
     assert_eq!(code, 0, "{out}");
 }
+
+/// `tlsward run` (the daemon) on `w`'s config against the API emulator `emu`, its
+/// endpoints on 127.0.0.1:`port`, its output discarded; stopped on drop.
+pub fn kube_daemon(w: &Workdir, emu: &kube_emulator::Running, port: u16) -> Proc {
+    Proc(
+        w.daemon(port, &[])
+            .env("KUBECONFIG", emu.kubeconfig.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
