@@ -83,7 +83,14 @@ fn main() {
         doctor_time = doctor_time.min(t.elapsed());
         assert!(!report.has_errors());
         let t = Instant::now();
-        let plan = policy::plan(&intent, &inventory, &Default::default(), &Ingress::default(), &labels);
+        let plan = policy::plan(
+            &intent,
+            &inventory,
+            &Default::default(),
+            &Ingress::default(),
+            &labels,
+            &[],
+        );
         policy_time = policy_time.min(t.elapsed());
         assert!(plan.refused.is_empty(), "{:?}", plan.refused);
         written = plan.writes.len();

@@ -13,6 +13,9 @@ pub mod names {
     pub const MANAGED_BY_VALUE: &str = "tlsward";
     pub const OWNER: &str = "tlsward.io/owner";
     pub const SITE: &str = "tlsward.io/site";
+    /// On the objects of the mesh step (`mesh`, `egress`): which part of the config
+    /// they come from; the Gateways and VirtualServices of sites carry none.
+    pub const PART: &str = "tlsward.io/part";
     pub const FIELD_MANAGER: &str = "tlsward";
     pub const SECRET_TYPE_TLS: &str = "kubernetes.io/tls";
     pub const SECRET_TYPE_OPAQUE: &str = "Opaque";

@@ -23,6 +23,19 @@ fn helm(args: &[&str]) -> (i32, String) {
         .current_dir(root()))
 }
 
+/// An RBAC rule's resources and verbs.
+fn resources_and_verbs(rule: &Value) -> (Vec<&str>, Vec<&str>) {
+    let strings = |key: &str| -> Vec<&str> {
+        rule[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect()
+    };
+    (strings("resources"), strings("verbs"))
+}
+
 /// Renders the chart; returns every object as JSON.
 fn template(values: Option<&str>) -> Vec<serde_json::Value> {
     template_release("demo", "tlsward", values, &[])
@@ -77,18 +90,7 @@ fn helm_lints_and_renders_valid_objects_with_defaults_and_with_everything_on() {
         let cluster_roles: Vec<&Value> = objects.iter().filter(|o| o["kind"] == "ClusterRole").collect();
         assert_eq!(cluster_roles.len(), 1, "{cluster_roles:?}");
         for rule in cluster_roles[0]["rules"].as_array().unwrap() {
-            let resources: Vec<&str> = rule["resources"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r.as_str().unwrap())
-                .collect();
-            let verbs: Vec<&str> = rule["verbs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_str().unwrap())
-                .collect();
+            let (resources, verbs) = resources_and_verbs(rule);
             assert!(!resources.contains(&"secrets"), "{rule}");
             if resources == ["events"] {
                 assert!(
@@ -309,52 +311,50 @@ fn http01_issuers_are_pointed_at_this_releases_solver_service() {
 }
 
 #[test]
-fn a_mesh_section_grants_writes_of_the_policy_kinds_and_nothing_more() {
+fn mesh_and_egress_sections_grant_writes_of_their_kinds_and_nothing_more() {
     let mesh_role = |sets: &[&str]| -> Option<serde_json::Value> {
         template_release("demo", "tlsward", None, sets)
             .into_iter()
             .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "demo-tlsward-mesh")
     };
-    assert!(mesh_role(&[]).is_none(), "no mesh section, no grant");
-    let role = mesh_role(&[
+    let writable = |role: &serde_json::Value| -> BTreeSet<String> {
+        let mut writable = BTreeSet::new();
+        for rule in role["rules"].as_array().unwrap() {
+            let (resources, verbs) = resources_and_verbs(rule);
+            assert!(!resources.contains(&"secrets"), "{rule}");
+            if verbs
+                .iter()
+                .any(|v| ["create", "patch", "update", "delete"].contains(v))
+            {
+                writable.extend(resources.iter().map(|r| r.to_string()));
+            }
+        }
+        writable
+    };
+    assert!(mesh_role(&[]).is_none(), "no mesh or egress section, no grant");
+    let policies: BTreeSet<String> = [
+        "authorizationpolicies",
+        "destinationrules",
+        "events",
+        "peerauthentications",
+        "requestauthentications",
+    ]
+    .map(String::from)
+    .into();
+    let mesh = mesh_role(&[
         "config.mesh.mtls[0].namespace=blog-app",
         "config.mesh.mtls[0].mode=STRICT",
     ])
     .expect("the mesh ClusterRole");
-    assert_eq!(mesh_role(&["rbac.mesh=true"]).as_ref(), Some(&role));
-    let mut writable = BTreeSet::new();
-    for rule in role["rules"].as_array().unwrap() {
-        let resources: Vec<&str> = rule["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r.as_str().unwrap())
-            .collect();
-        let verbs: Vec<&str> = rule["verbs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
-        assert!(!resources.contains(&"secrets"), "{rule}");
-        if verbs
-            .iter()
-            .any(|v| ["create", "patch", "update", "delete"].contains(v))
-        {
-            writable.extend(resources.iter().map(|r| r.to_string()));
-        }
-    }
-    assert_eq!(
-        writable,
-        [
-            "authorizationpolicies",
-            "destinationrules",
-            "events",
-            "peerauthentications",
-            "requestauthentications"
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<BTreeSet<_>>()
-    );
+    assert_eq!(writable(&mesh), policies);
+    // egress adds its own kinds; rbac.mesh grants both ahead of a reload.
+    let mut with_egress = policies.clone();
+    with_egress.extend(["gateways", "serviceentries", "virtualservices"].map(String::from));
+    let egress = mesh_role(&[
+        "config.egress.services[0].host=www.httpbin.org",
+        "config.egress.services[0].mode=passthrough",
+    ])
+    .expect("the ClusterRole for egress");
+    assert_eq!(writable(&egress), with_egress);
+    assert_eq!(writable(&mesh_role(&["rbac.mesh=true"]).unwrap()), with_egress);
 }

@@ -310,3 +310,44 @@ mesh:
     }
     assert_eq!(lines.len(), expected.len(), "{stderr}");
 }
+
+#[test]
+fn the_egress_section_is_checked_field_by_field_with_positions() {
+    let text = r#"owner_id: o
+store: {files: {dir: out}}
+gateway: {address: {static: [203.0.113.10]}}
+issuers: {ca1: {ca: {}}}
+sites: []
+egress:
+  gateway: {namespace: Egress}
+  services:
+    - {host: www.httpbin.org, mode: passthrough, client_certificate: {issuer: ca1}}
+    - {host: api.partner.example, mode: originate, ca_file: partner.pem}
+    - {host: ledger.partner.example, mode: egress-gateway}
+    - {host: bank.partner.example, mode: egress-gateway, ca_file: b.pem, client_certificate: {issuer: nope}}
+    - {host: WWW.httpbin.org, mode: sideways}
+    - {host: www.httpbin.org, mode: passthrough}
+    - {host: x.partner.example, mode: egress-gateway, ca_file: x.pem, client_certificate: {cert_file: x.crt}}
+"#;
+    let (code, _, stderr) = check(text);
+    assert_eq!(code, 1, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let expected = [
+        "F:7:24: egress.gateway.namespace: `Egress` must be lowercase",
+        "F:9:50: egress.services[0].client_certificate: only the egress gateway presents a client certificate",
+        "F:10:52: egress.services[1].ca_file: a sidecar originating TLS verifies with the proxy's system roots only",
+        "F:11:7: egress.services[2]: `client_certificate` is required with `mode: egress-gateway`",
+        "F:11:7: egress.services[2]: `ca_file` is required with `mode: egress-gateway`",
+        "F:12:103: egress.services[3].client_certificate.issuer: no issuer named `nope` under issuers",
+        "F:13:37: egress.services[4].mode: \"sideways\" is not one of",
+        "F:14:14: egress.services[5].host: `www.httpbin.org` is already egress.services[0]",
+        "F:15:91: egress.services[6].client_certificate: set either `issuer`, or both `cert_file` and `key_file`",
+    ];
+    for (i, want) in expected.iter().enumerate() {
+        assert!(
+            lines.get(i).is_some_and(|l| l.starts_with(want)),
+            "line {i}: want {want:?}\nall:\n{stderr}"
+        );
+    }
+    assert_eq!(lines.len(), expected.len(), "{stderr}");
+}

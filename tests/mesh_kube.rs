@@ -83,18 +83,7 @@ fn kubectl_names(emu: &Running, resource: &str) -> BTreeSet<String> {
     let out = emu.kubectl(&["get", resource, "-A", "-o", "json"]).output().unwrap();
     assert_success(&out);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-    list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| {
-            format!(
-                "{}/{}",
-                o["metadata"]["namespace"].as_str().unwrap(),
-                o["metadata"]["name"].as_str().unwrap()
-            )
-        })
-        .collect()
+    list["items"].as_array().unwrap().iter().map(namespaced_name).collect()
 }
 
 fn names(items: &[&str]) -> BTreeSet<String> {

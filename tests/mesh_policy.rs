@@ -62,7 +62,6 @@ fn an_allow_list_on_a_workload_with_a_plaintext_port_is_refused() {
 
 #[test]
 fn generated_policies_are_valid_istio_objects() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let objects = generated();
     let kinds: Vec<&str> = objects.iter().map(|o| o["kind"].as_str().unwrap()).collect();
     assert_eq!(
@@ -76,18 +75,7 @@ fn generated_policies_are_valid_istio_objects() {
             "AuthorizationPolicy"
         ]
     );
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("objects.json");
-    std::fs::write(&file, Value::from(objects.clone()).to_string()).unwrap();
-    let out = Command::new("node")
-        .arg(root.join("tests/doctor/validate.mjs"))
-        .arg(root.join(".tools/npm/node_modules"))
-        .arg(&file)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains(&format!("{0} of {0} valid", objects.len())), "{text}");
+    support::assert_valid_istio(&objects);
 }
 
 #[test]

@@ -54,7 +54,12 @@ fn default_root_namespace() -> String {
     crate::mesh::inventory::DEFAULT_ROOT_NAMESPACE.into()
 }
 fn default_mesh_interval() -> Duration {
-    Duration::from_secs(60)
+    MeshSpec::DEFAULT_INTERVAL
+}
+
+impl MeshSpec {
+    /// How often the step runs when nothing says otherwise (also with `egress:` alone).
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 }
 
 /// `mesh.mtls[]`: a namespace, a service in it, or one of that service's ports.

@@ -5,6 +5,7 @@
 //! semantic checks (references, duplicates, host names, …) → typed `Config`.
 //! It reads only the config file itself, never the secret files it names.
 
+mod egress;
 mod mesh;
 mod schema;
 mod types;
@@ -16,6 +17,7 @@ pub mod yaml;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use egress::*;
 pub use mesh::*;
 pub use schema::json_schema;
 pub use types::*;

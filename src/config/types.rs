@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::egress::EgressSpec;
 use super::mesh::MeshSpec;
 use super::values::{Duration, RenewBefore};
 
@@ -54,6 +55,10 @@ pub struct ConfigFile {
     /// Mesh security from intent (mutual TLS, allow-lists, JWT at the ingress).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<MeshSpec>,
+    /// External services the mesh reaches: registered, TLS originated, or through the
+    /// egress gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressSpec>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]

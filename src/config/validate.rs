@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde_json::Value;
 
+use super::egress::{EgressMode, EgressService};
 use super::mesh::{AllowRule, JwtRule, MtlsRule, WorkloadSpec};
 use super::types::*;
 use super::values::RenewBefore;
@@ -387,6 +388,9 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
     if root.get("mesh").is_some_and(Value::is_object) {
         check_mesh(&mut c, root, files_store, &site_names);
     }
+    if root.get("egress").is_some_and(Value::is_object) {
+        check_egress(&mut c, root);
+    }
     c.problems
 }
 
@@ -548,6 +552,73 @@ fn check_mesh(c: &mut Checker, root: &Value, files_store: bool, sites: &HashSet<
     }
     if let Some(Value::String(url)) = root.pointer("/mesh/prometheus/url") {
         c.url("/mesh/prometheus/url", url);
+    }
+}
+
+fn check_egress(c: &mut Checker, root: &Value) {
+    for field in ["namespace", "service"] {
+        if let Some(Value::String(v)) = root.pointer(&format!("/egress/gateway/{field}"))
+            && let Some(p) = object_name_problem(v)
+        {
+            c.at(format!("/egress/gateway/{field}"), p);
+        }
+    }
+    let issuers = map_keys(root, "/issuers");
+    let mut hosts: HashMap<String, usize> = HashMap::new();
+    for (i, service) in entries::<EgressService>(root, "/egress/services") {
+        let pointer = format!("/egress/services/{i}");
+        match Hostname::parse(&service.host, false) {
+            Err(e) => c.at(format!("{pointer}/host"), e),
+            Ok(h) => {
+                if let Some(first) = hosts.insert(h.as_str().to_string(), i) {
+                    c.at(
+                        format!("{pointer}/host"),
+                        format!("`{h}` is already egress.services[{first}]"),
+                    );
+                }
+            }
+        }
+        let gateway = service.mode == EgressMode::EgressGateway;
+        match (&service.client_certificate, gateway) {
+            (Some(_), false) => c.at_key(
+                format!("{pointer}/client_certificate"),
+                "only the egress gateway presents a client certificate: set `mode: egress-gateway`",
+            ),
+            (None, true) => c.at(
+                &pointer,
+                "`client_certificate` is required with `mode: egress-gateway` (the gateway originates mutual TLS)",
+            ),
+            (Some(cert), true) => match (&cert.issuer, &cert.cert_file, &cert.key_file) {
+                (Some(issuer), None, None) => {
+                    if !issuers.contains(issuer) {
+                        c.at(
+                            format!("{pointer}/client_certificate/issuer"),
+                            format!("no issuer named `{issuer}` under issuers"),
+                        );
+                    }
+                }
+                (None, Some(_), Some(_)) => {}
+                _ => c.at(
+                    format!("{pointer}/client_certificate"),
+                    "set either `issuer`, or both `cert_file` and `key_file`",
+                ),
+            },
+            (None, false) => {}
+        }
+        match (service.mode, &service.ca_file) {
+            (EgressMode::Originate, Some(_)) => c.at_key(
+                format!("{pointer}/ca_file"),
+                "a sidecar originating TLS verifies with the proxy's system roots only: leave `ca_file` out, or use `mode: egress-gateway`, whose credential carries the CA",
+            ),
+            (EgressMode::EgressGateway, None) => c.at(
+                &pointer,
+                "`ca_file` is required with `mode: egress-gateway`: the gateway verifies the external server against it",
+            ),
+            (EgressMode::EgressGateway, Some(f)) if f.trim().is_empty() => {
+                c.at(format!("{pointer}/ca_file"), "must not be empty")
+            }
+            _ => {}
+        }
     }
 }
 

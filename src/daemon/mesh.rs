@@ -30,6 +30,22 @@ const MESH_KINDS: &[&str] = &[
     "RequestAuthentication",
 ];
 
+/// What else the step reads with `egress:`: the kinds it writes there, and Secrets (the
+/// egress gateway's client credentials).
+const EGRESS_KINDS: &[&str] = &["ServiceEntry", "Gateway", "VirtualService", "Secret"];
+
+/// What a step without `mesh:` and `egress:` reads: everything an earlier config may
+/// have had it write.
+const WRITTEN_KINDS: &[&str] = &[
+    "PeerAuthentication",
+    "DestinationRule",
+    "AuthorizationPolicy",
+    "RequestAuthentication",
+    "ServiceEntry",
+    "Gateway",
+    "VirtualService",
+];
+
 /// Foreign-policy Events recorded per run at most.
 const EVENTS_PER_RUN: usize = 20;
 
@@ -118,8 +134,12 @@ impl Runtime {
             .store
             .mesh_objects(kinds, &mut |object| {
                 let kind = object["kind"].as_str().unwrap_or_default();
-                let ours = object["metadata"]["labels"][names::OWNER].as_str() == Some(owner);
-                if ours && Inventory::POLICY_KINDS.contains(&kind) {
+                let labels = &object["metadata"]["labels"];
+                // The policy kinds are only ever the step's; other kinds are when labelled
+                // with their part (a site's Gateway and VirtualServices are not).
+                let ours = labels[names::OWNER].as_str() == Some(owner)
+                    && (Inventory::POLICY_KINDS.contains(&kind) || labels.get(names::PART).is_some());
+                if ours {
                     let s = |p: &str| {
                         object
                             .pointer(p)
@@ -208,32 +228,46 @@ impl Runtime {
     /// `mesh_plan`, and with `metrics` the plaintext callers a configured Prometheus saw
     /// (the `plan` command's adoption view).
     pub async fn mesh_plan_with(&self, metrics: bool) -> Result<Option<MeshPlan>, StoreError> {
-        let (mesh, kinds) = match &self.config.file.mesh {
-            Some(mesh) => (mesh.clone(), MESH_KINDS),
-            None => (
-                serde_json::from_value(json!({})).expect("every mesh field has a default"),
-                &Inventory::POLICY_KINDS[..],
-            ),
+        let file = &self.config.file;
+        let configured = file.mesh.is_some() || file.egress.is_some();
+        let mesh: MeshSpec = match &file.mesh {
+            Some(mesh) => mesh.clone(),
+            None => serde_json::from_value(json!({})).expect("every mesh field has a default"),
         };
-        let (inventory, owned) = match self.read_mesh(&mesh, kinds).await {
+        let kinds: Vec<&str> = if configured {
+            let extra = file.egress.as_ref().map_or(&[][..], |_| EGRESS_KINDS);
+            MESH_KINDS.iter().chain(extra).copied().collect()
+        } else {
+            WRITTEN_KINDS.to_vec()
+        };
+        let (mut inventory, owned) = match self.read_mesh(&mesh, &kinds).await {
             Ok(read) => read,
-            Err(e) if self.config.file.mesh.is_none() => {
-                tracing::debug!(error = %e, "no mesh section, and no mesh policies to look for");
+            Err(e) if !configured => {
+                tracing::debug!(error = %e, "no mesh or egress section, and no objects of theirs to look for");
                 return Ok(None);
             }
             Err(e) => return Err(e),
         };
-        if self.config.file.mesh.is_none() && owned.is_empty() {
+        if !configured && owned.is_empty() {
             return Ok(None);
         }
         let ingress = self.ingress(&mesh, &inventory);
-        let labels = json!({
-            names::MANAGED_BY: names::MANAGED_BY_VALUE,
-            names::OWNER: self.config.file.owner_id,
-        });
-        let mut plan = policy::plan(&mesh, &inventory, &owned, &ingress, &labels);
+        let labels = |part: &str| {
+            json!({
+                names::MANAGED_BY: names::MANAGED_BY_VALUE,
+                names::OWNER: file.owner_id,
+                names::PART: part,
+            })
+        };
+        let mut notes = Vec::new();
+        let egress = match &file.egress {
+            Some(egress) => self.egress_objects(egress, &mut inventory, &labels("egress"), &mut notes),
+            None => Vec::new(),
+        };
+        let mut plan = policy::plan(&mesh, &inventory, &owned, &ingress, &labels("mesh"), &egress);
+        plan.notes.extend(notes);
         if let Some(prometheus) = mesh.prometheus.as_ref().filter(|_| metrics) {
-            match plaintext_traffic(prometheus, self.config.file.deadlines.request.to_std()).await {
+            match plaintext_traffic(prometheus, file.deadlines.request.to_std()).await {
                 Ok(seen) => plan.keep_plaintext_to_strict(seen),
                 Err(e) => plan.notes.push(e),
             }
@@ -241,12 +275,72 @@ impl Runtime {
         Ok(Some(plan))
     }
 
+    /// The egress objects; an `egress-gateway` service only once its client credential
+    /// exists (a DestinationRule never names a missing Secret), else a note. With the
+    /// files store, which shows no cluster, the egress gateway is taken as configured.
+    fn egress_objects(
+        &self,
+        egress: &crate::config::EgressSpec,
+        inventory: &mut Inventory,
+        labels: &Value,
+        notes: &mut Vec<String>,
+    ) -> Vec<Value> {
+        use crate::config::EgressMode;
+        use crate::render::egress;
+        let ns = egress.gateway.namespace.as_str();
+        if self.config.file.store.files().is_some() {
+            let gateway = crate::config::WorkloadSpec {
+                namespace: ns.to_string(),
+                service: egress.gateway.service.clone(),
+                service_account: None,
+                selector: Some(egress.gateway.selector.clone()),
+                ports: vec![
+                    crate::config::WorkloadPort {
+                        port: 80,
+                        name: "http2".into(),
+                        target_port: Some(8080),
+                    },
+                    crate::config::WorkloadPort {
+                        port: 443,
+                        name: "https".into(),
+                        target_port: Some(8443),
+                    },
+                ],
+                sidecar: true,
+            };
+            for object in gateway.objects() {
+                let _ = inventory.add(object, ns);
+            }
+        }
+        let mut ready = egress.clone();
+        ready.services.retain(|s| {
+            if s.mode != EgressMode::EgressGateway {
+                return true;
+            }
+            let secret = egress::credential_name(&s.host);
+            let present = inventory.secrets.contains_key(&(ns.to_string(), secret.clone()));
+            if !present {
+                notes.push(format!(
+                    "egress {}: held back until its client credential Secret {ns}/{secret} exists",
+                    s.host
+                ));
+            }
+            present
+        });
+        egress::objects(&ready, &inventory.domain, labels)
+    }
+
     /// One mesh step: plan, then apply what changed and remove what is no longer
     /// wanted; a refused intent writes nothing. Never touches an object it does not own.
     pub async fn mesh_step(&self) -> MeshOutcome {
         let mut outcome = MeshOutcome::default();
         let plan = match self.mesh_plan().await {
-            Ok(Some(plan)) => plan,
+            Ok(Some(plan)) => {
+                for note in &plan.notes {
+                    tracing::warn!("mesh: {note}");
+                }
+                plan
+            }
             Ok(None) => return outcome,
             Err(e) => {
                 outcome

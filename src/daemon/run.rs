@@ -205,7 +205,12 @@ pub async fn run(
             let doctor = &runtime.config.file.doctor;
             let leads = leading.as_ref().is_none_or(|l| *l.borrow());
             let doctor_due = doctor.enabled && leads;
-            let mesh_interval = runtime.config.file.mesh.as_ref().map(|m| m.interval.to_std());
+            let file = &runtime.config.file;
+            let mesh_interval = match (&file.mesh, &file.egress) {
+                (Some(m), _) => Some(m.interval.to_std()),
+                (None, Some(_)) => Some(crate::config::MeshSpec::DEFAULT_INTERVAL.to_std()),
+                (None, None) => None,
+            };
             // In this order when several are ready: shutdown, the mesh step, doctor (which
             // then sees the policies the step wrote), the next pass.
             tokio::select! {
@@ -263,7 +268,8 @@ pub async fn run(
                                 metrics.config_reload("applied");
                                 // A config with a mesh section, or the first without
                                 // one (what the last one wrote goes), needs the mesh step.
-                                mesh_pending = runtime.config.file.mesh.is_some() || r.config.file.mesh.is_some();
+                                let steps = |f: &crate::config::ConfigFile| f.mesh.is_some() || f.egress.is_some();
+                                mesh_pending = steps(&runtime.config.file) || steps(&r.config.file);
                                 runtime = r.watched_by(health.clone());
                                 reason = WakeReason::ConfigChanged;
                                 address_changed = runtime.address_changes.clone();

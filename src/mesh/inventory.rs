@@ -302,6 +302,13 @@ pub struct AuthzSource {
     pub conditional: bool,
 }
 
+/// A host outside the cluster (or beyond its Services) made known to the mesh.
+#[derive(Clone, Debug)]
+pub struct ServiceEntry {
+    pub meta: Meta,
+    pub hosts: Vec<String>,
+}
+
 #[derive(Clone, Debug)]
 pub struct RequestAuthentication {
     pub meta: Meta,
@@ -335,6 +342,7 @@ pub struct Inventory {
     pub destination_rules: Vec<DestinationRule>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub request_authentications: Vec<RequestAuthentication>,
+    pub service_entries: Vec<ServiceEntry>,
     /// Objects of kinds nothing here reads, by kind.
     pub ignored: BTreeMap<String, usize>,
     /// Istio's root namespace (mesh-wide policy lives there).
@@ -404,7 +412,7 @@ impl Inventory {
         let known = match (group, kind.as_str()) {
             ("", "Namespace" | "Pod" | "Service" | "Secret") => true,
             ("apps" | "batch", k) => WORKLOAD_KINDS.contains(&k),
-            (g, "Gateway" | "VirtualService" | "DestinationRule") => g == "networking.istio.io",
+            (g, "Gateway" | "VirtualService" | "DestinationRule" | "ServiceEntry") => g == "networking.istio.io",
             (g, "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication") => g == "security.istio.io",
             _ => false,
         };
@@ -672,6 +680,23 @@ impl Inventory {
                     RequestAuthentication { meta, selector },
                 );
             }
+            "ServiceEntry" => {
+                let hosts = spec["hosts"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|h| h.as_str().map(str::to_ascii_lowercase))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let key = ObjectRef::new(&kind, &meta.namespace, &meta.name);
+                place(
+                    &mut self.service_entries,
+                    &mut self.positions,
+                    key,
+                    ServiceEntry { meta, hosts },
+                );
+            }
             _ => unreachable!("known kinds are matched above"),
         }
         Ok(())
@@ -725,6 +750,7 @@ impl Inventory {
             + self.destination_rules.len()
             + self.authorization_policies.len()
             + self.request_authentications.len()
+            + self.service_entries.len()
     }
 }
 

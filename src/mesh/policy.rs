@@ -432,14 +432,16 @@ pub fn namespaces(intent: &MeshSpec) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
-/// Plans the mesh step. `current` is the mesh without tlsward's own policies, `owned`
-/// those policies as they are now.
+/// Plans the mesh step. `current` is the mesh without tlsward's own objects, `owned`
+/// those objects as they are now; `also` are more objects the step writes (egress),
+/// judged and applied with the intent's.
 pub fn plan(
     intent: &MeshSpec,
     current: &Inventory,
     owned: &BTreeMap<super::ObjectRef, Value>,
     ingress: &Ingress,
     labels: &Value,
+    also: &[Value],
 ) -> MeshPlan {
     let mut out = MeshPlan::default();
     let with = |objects: &mut dyn Iterator<Item = &Value>, base: &Inventory| -> Result<Inventory, Refused> {
@@ -454,7 +456,8 @@ pub fn plan(
         Ok(inv)
     };
     // The mesh as the intent would leave it, built once: judged, and its matrix shown.
-    let proposed = render(intent, current, ingress, labels).and_then(|objects| {
+    let proposed = render(intent, current, ingress, labels).and_then(|mut objects| {
+        objects.extend(also.iter().cloned());
         with(&mut objects.iter(), current)
             .map(|inv| (objects, inv))
             .map_err(|e| vec![e])
@@ -853,7 +856,7 @@ mod tests {
         let strict = intent(
             "mtls: [{namespace: blog-app, mode: STRICT}]\nallow: [{namespace: blog-app, to: ratings, from: [reviews]}]\n",
         );
-        let first = plan(&strict, &inv, &BTreeMap::new(), &Ingress::default(), &labels());
+        let first = plan(&strict, &inv, &BTreeMap::new(), &Ingress::default(), &labels(), &[]);
         assert!(first.refused.is_empty(), "{:?}", first.refused);
         assert_eq!(
             first.apply,
@@ -869,11 +872,11 @@ mod tests {
             o["metadata"]["resourceVersion"] = json!("7");
             o["apiVersion"] = json!("security.istio.io/v1beta1");
         }
-        let again = plan(&strict, &inv, &owned_of(&live), &Ingress::default(), &labels());
+        let again = plan(&strict, &inv, &owned_of(&live), &Ingress::default(), &labels(), &[]);
         assert!(again.apply.is_empty() && again.delete.is_empty(), "{again:?}");
         // The allow-list dropped from the intent goes; the namespace mode changes.
         let fewer = intent("mtls: [{namespace: blog-app, mode: PERMISSIVE}]\n");
-        let changed = plan(&fewer, &inv, &owned_of(&live), &Ingress::default(), &labels());
+        let changed = plan(&fewer, &inv, &owned_of(&live), &Ingress::default(), &labels(), &[]);
         assert_eq!(changed.apply, ["PeerAuthentication/blog-app/default"]);
         assert_eq!(changed.delete, ["AuthorizationPolicy/blog-app/ratings-allow"]);
         let ratings = changed
@@ -891,7 +894,7 @@ mod tests {
             "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: blog-app}\nspec: {mtls: {mode: PERMISSIVE}}\n",
         );
         let strict = intent("mtls: [{namespace: blog-app, mode: STRICT}]\n");
-        let p = plan(&strict, &inv, &BTreeMap::new(), &Ingress::default(), &labels());
+        let p = plan(&strict, &inv, &BTreeMap::new(), &Ingress::default(), &labels(), &[]);
         assert_eq!(
             p.refused,
             [
@@ -910,7 +913,7 @@ mod tests {
         let strict = intent(
             "mtls: [{namespace: blog-app, mode: STRICT}]\nallow: [{namespace: blog-app, to: ratings, from: [reviews]}]\n",
         );
-        let p = plan(&strict, &inv, &BTreeMap::new(), &Ingress::default(), &labels());
+        let p = plan(&strict, &inv, &BTreeMap::new(), &Ingress::default(), &labels(), &[]);
         assert!(p.refused.is_empty(), "{:?}", p.refused);
         let foreign: Vec<String> = p.foreign.iter().map(|f| f.to_string()).collect();
         assert_eq!(

@@ -1,6 +1,7 @@
 //! Objects and zone text from the config and the plan's decisions. Pure: the same
 //! inputs always render the same bytes, so an unchanged world writes nothing.
 
+pub mod egress;
 pub mod zone;
 
 use std::collections::{BTreeMap, BTreeSet};

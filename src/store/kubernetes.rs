@@ -575,7 +575,8 @@ impl KubeStore {
         if self.mirrored(mirror).await {
             return Ok(mirror.names());
         }
-        let selector = format!("{}={}", names::OWNER, self.owner);
+        // The site objects: the mesh step's own (labelled with their part) are not these.
+        let selector = format!("{}={},!{}", names::OWNER, self.owner, names::PART);
         let version = self.istio_version().await?;
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.namespace, &istio(version, kind));
         let mut seen: BTreeMap<String, (Option<String>, ObjectView)> = BTreeMap::new();
@@ -640,7 +641,7 @@ impl KubeStore {
                     }
                 }
             };
-            let selector = format!("{}={}", names::OWNER, store.owner);
+            let selector = format!("{}={},!{}", names::OWNER, store.owner, names::PART);
             let follow = |kind: &'static str| {
                 super::mirror::follow(
                     Api::<DynamicObject>::namespaced_with(client.clone(), &store.namespace, &istio(version, kind)),
@@ -1080,7 +1081,7 @@ impl ObjectStore for KubeStore {
         };
         // (group, version, kind, plural, only the gateway namespace); Gateways before
         // Secrets, so the credentials they name are known if Secrets must be read by name.
-        let kinds: [(&str, &str, &str, &str, bool); 10] = [
+        let kinds: [(&str, &str, &str, &str, bool); 11] = [
             ("", "v1", "Namespace", "namespaces", false),
             ("", "v1", "Pod", "pods", false),
             ("", "v1", "Service", "services", false),
@@ -1088,6 +1089,7 @@ impl ObjectStore for KubeStore {
             ("", "v1", "Secret", "secrets", true),
             (ISTIO_GROUP, version, "VirtualService", "virtualservices", false),
             (ISTIO_GROUP, version, "DestinationRule", "destinationrules", false),
+            (ISTIO_GROUP, version, "ServiceEntry", "serviceentries", false),
             (
                 SECURITY_GROUP,
                 version,

@@ -125,6 +125,22 @@ const RESOURCES: &[(&str, &str, &str, &str, bool, bool)] = &[
         true,
     ),
     (
+        "networking.istio.io",
+        "v1",
+        "serviceentries",
+        "ServiceEntry",
+        true,
+        true,
+    ),
+    (
+        "networking.istio.io",
+        "v1beta1",
+        "serviceentries",
+        "ServiceEntry",
+        true,
+        true,
+    ),
+    (
         "security.istio.io",
         "v1",
         "peerauthentications",

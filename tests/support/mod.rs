@@ -308,3 +308,52 @@ pub fn kube_daemon(w: &Workdir, emu: &kube_emulator::Running, port: u16) -> Proc
             .unwrap(),
     )
 }
+
+/// Asserts that every object is valid against Istio's CRD schemas
+/// (@kubernetes-models/istio, installed by scripts/test.sh, through tests/doctor/validate.mjs).
+pub fn assert_valid_istio(objects: &[serde_json::Value]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("objects.json");
+    std::fs::write(&file, serde_json::Value::from(objects.to_vec()).to_string()).unwrap();
+    let out = Command::new("node")
+        .arg(root.join("tests/doctor/validate.mjs"))
+        .arg(root.join(".tools/npm/node_modules"))
+        .arg(&file)
+        .output()
+        .expect("node (installed by scripts/test.sh)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("{0} of {0} valid", objects.len())), "{text}");
+}
+
+/// `tlsward doctor --format json --manifests PATH…`: the report and the exit code.
+pub fn doctor_manifests(paths: &[&Path]) -> (serde_json::Value, Option<i32>) {
+    let out = Command::new(BIN)
+        .args(["doctor", "--format", "json", "--manifests"])
+        .args(paths)
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("no JSON; stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    (report, out.status.code())
+}
+
+/// The codes of a doctor JSON report's findings, in order.
+pub fn finding_codes(report: &serde_json::Value) -> Vec<&str> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap())
+        .collect()
+}
+
+/// `namespace/name` of an object.
+pub fn namespaced_name(object: &serde_json::Value) -> String {
+    format!(
+        "{}/{}",
+        object["metadata"]["namespace"].as_str().unwrap(),
+        object["metadata"]["name"].as_str().unwrap()
+    )
+}

@@ -1,0 +1,211 @@
+//! Egress from the config: the external-service-access talk's options rendered, valid
+//! against Istio's CRD schemas, clean under `doctor --manifests`; the files store and the
+//! API emulator (through the real `kube` client) carrying them out.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+use support::kube_emulator::Running;
+use support::*;
+
+const SERVICES: &str = "services:\n\
+  \x20 - {host: www.httpbin.org, mode: passthrough}\n\
+  \x20 - {host: api.partner.example, mode: originate}\n\
+  \x20 - {host: ledger.partner.example, mode: egress-gateway, client_certificate: {issuer: internal}, ca_file: /etc/tlsward/ledger-ca.pem}\n";
+
+fn rendered() -> Vec<Value> {
+    let spec: tlsward::config::EgressSpec =
+        serde_json::from_value(tlsward::config::yaml::parse(SERVICES).unwrap().0).unwrap();
+    tlsward::render::egress::objects(&spec, "cluster.local", &json!({"tlsward.io/owner": "test"}))
+}
+
+/// The egress gateway as Istio installs it, and the client credential it would use.
+const EGRESS_GATEWAY: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: istio-egressgateway, namespace: istio-system}\n\
+spec: {selector: {istio: egressgateway}, ports: [{name: http2, port: 80, targetPort: 8080}, {name: https, port: 443, targetPort: 8443}]}\n\
+---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: istio-egressgateway, namespace: istio-system}\n\
+spec: {template: {metadata: {labels: {istio: egressgateway}}, spec: {serviceAccountName: istio-egressgateway-service-account, containers: [{name: istio-proxy, image: proxyv2}]}}}\n";
+
+#[test]
+fn the_talks_options_are_valid_istio_objects() {
+    let objects = rendered();
+    assert_valid_istio(&objects);
+    assert_eq!(objects.len(), 1 + 3 + 3 + 2);
+}
+
+#[test]
+fn doctor_finds_no_error_in_the_talks_options() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("gateway.yaml"), EGRESS_GATEWAY).unwrap();
+    let docs: Vec<String> = rendered().iter().map(Value::to_string).collect();
+    std::fs::write(dir.path().join("egress.yaml"), docs.join("\n---\n")).unwrap();
+    let (report, code) = doctor_manifests(&[dir.path()]);
+    assert_eq!(report["findings"], json!([]), "{report:#}");
+    assert_eq!(code, Some(0));
+
+    // Without server verification the sidecar's origination is flagged: what tlsward
+    // writes is not.
+    let unverified: Vec<String> = rendered()
+        .into_iter()
+        .map(|mut o| {
+            if o["kind"] == "DestinationRule" && o["metadata"]["name"] == "api-partner-example" {
+                o["spec"]["trafficPolicy"]["portLevelSettings"][0]["tls"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("caCertificates");
+            }
+            o.to_string()
+        })
+        .collect();
+    std::fs::write(dir.path().join("egress.yaml"), unverified.join("\n---\n")).unwrap();
+    let (report, _) = doctor_manifests(&[dir.path()]);
+    assert_eq!(
+        finding_codes(&report),
+        ["NoServerCertificateVerification"],
+        "{report:#}"
+    );
+}
+
+/// A config with one site (its Gateway and VirtualService live beside the egress ones).
+fn config(w: &Workdir, store: &str, services: &str) {
+    w.write_config(&format!(
+        "owner_id: egress-test\nstore: {store}\ngateway: {{address: {{static: [203.0.113.10]}}}}\n\
+         issuers: {{internal: {{ca: {{}}}}}}\n\
+         sites: [{{name: blog, hosts: [blog.foocorp.example], issuer: internal, route: {{to: frontend.blog-app, port: 80}}}}]\n\
+         doctor: {{enabled: false}}\negress:\n  {}",
+        services.replace('\n', "\n  ")
+    ));
+}
+
+#[test]
+fn the_files_store_writes_the_egress_manifests_and_holds_back_a_route_without_its_credential() {
+    let w = Workdir::new();
+    config(&w, "{files: {dir: out}}", SERVICES);
+    let out = w.run_once();
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("egress ledger.partner.example: held back until its client credential Secret istio-system/ledger-partner-example-egress-credential exists"),
+        "{stderr}"
+    );
+    let dir = w.out().join("manifests/istio-system");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "destinationrule-api-partner-example.yaml",
+            "serviceentry-api-partner-example.yaml",
+            "serviceentry-www-httpbin-org.yaml",
+            "virtualservice-api-partner-example.yaml",
+        ]
+    );
+    // The section removed: the files go.
+    config(&w, "{files: {dir: out}}", "services: []\n");
+    assert_success(&w.run_once());
+    assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none());
+}
+
+fn names(emu: &Running, resource: &str) -> BTreeSet<String> {
+    let version = support::kube_emulator::istio_api();
+    ["default", "istio-system"]
+        .iter()
+        .flat_map(|ns| emu.emulator.list(&version, resource, ns))
+        .map(|o| namespaced_name(&o))
+        .collect()
+}
+
+#[test]
+fn in_a_cluster_egress_objects_are_applied_kept_apart_from_the_sites_and_removed_and_a_foreign_one_is_untouched() {
+    let emu = Running::start();
+    for doc in tlsward::config::yaml::documents(EGRESS_GATEWAY) {
+        let (mut object, _) = doc.unwrap();
+        if object["kind"] == "Deployment" {
+            // The emulator serves pods, not Deployments.
+            object = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "egress-1", "namespace": "istio-system", "labels": {"istio": "egressgateway"}},
+                "spec": {"serviceAccountName": "istio-egressgateway-service-account", "containers": [{"name": "istio-proxy", "image": "proxyv2"}]}});
+        }
+        emu.emulator.put(&object);
+    }
+    let theirs = json!({"apiVersion": support::kube_emulator::istio_api(), "kind": "ServiceEntry",
+        "metadata": {"name": "httpbin-by-hand", "namespace": "default"},
+        "spec": {"hosts": ["www.httpbin.org"], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}], "resolution": "DNS"}});
+    emu.emulator.put(&theirs);
+    let w = Workdir::new();
+    config(&w, "{kubernetes: {}}", SERVICES);
+    let run = || {
+        w.command(&["run", "--once", "--config", "tlsward.yaml"])
+            .env("KUBECONFIG", emu.kubeconfig.path())
+            .output()
+            .unwrap()
+    };
+    assert_success(&run());
+    assert_eq!(
+        names(&emu, "serviceentries"),
+        [
+            "default/httpbin-by-hand",
+            "istio-system/api-partner-example",
+            "istio-system/www-httpbin-org"
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<BTreeSet<_>>()
+    );
+    // The egress gateway route appears once its credential exists.
+    emu.emulator
+        .put(&json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "ledger-partner-example-egress-credential", "namespace": "istio-system"},
+        "data": {}}));
+    assert_success(&run());
+    assert_eq!(
+        names(&emu, "gateways"),
+        ["istio-system/tlsward-egress", "istio-system/tlsward-gateway"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<_>>()
+    );
+    let vs = emu
+        .emulator
+        .get(
+            &support::kube_emulator::istio_api(),
+            "virtualservices",
+            "istio-system",
+            "ledger-partner-example",
+        )
+        .unwrap();
+    assert_eq!(vs["metadata"]["labels"]["tlsward.io/part"], "egress");
+    // A pass of the site pipeline leaves them alone, and a second run writes nothing.
+    let writes = emu.emulator.writes().iter().filter(|w| w.changed).count();
+    assert_success(&run());
+    assert_eq!(emu.emulator.writes().iter().filter(|w| w.changed).count(), writes);
+
+    // The section removed: every egress object goes, the hand-made one stays.
+    let config = std::fs::read_to_string(w.config()).unwrap();
+    w.write_config(config.split("egress:").next().unwrap());
+    assert_success(&run());
+    assert_eq!(
+        names(&emu, "serviceentries"),
+        ["default/httpbin-by-hand".to_string()].into()
+    );
+    assert_eq!(
+        names(&emu, "gateways"),
+        ["istio-system/tlsward-gateway".to_string()].into()
+    );
+    assert_eq!(names(&emu, "virtualservices"), ["istio-system/blog".to_string()].into());
+    assert_eq!(
+        emu.emulator
+            .get(
+                &support::kube_emulator::istio_api(),
+                "serviceentries",
+                "default",
+                "httpbin-by-hand"
+            )
+            .unwrap()["spec"],
+        theirs["spec"]
+    );
+}
