@@ -77,6 +77,7 @@ codes! {
     VirtualServiceGatewayNotFound => Some("IST0101"),
     VirtualServiceHostNotFoundInGateway => Some("IST0132"),
     RouteDestinationNotFound => Some("IST0101"),
+    ExternalHostNotRegistered => None,
     PortNameNotUnderNamingConvention => Some("IST0118"),
     MTLSConflict => None,
     AuthorizationNeedsMTLS => None,

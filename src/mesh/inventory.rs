@@ -735,6 +735,7 @@ impl Inventory {
             "Service" => !self.services.is_empty(),
             "Workload" => !self.workloads.is_empty(),
             "Gateway" => !self.gateways.is_empty(),
+            "ServiceEntry" => !self.service_entries.is_empty(),
             _ => true,
         }
     }

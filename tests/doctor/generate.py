@@ -354,8 +354,16 @@ CASES["route-destination-not-found"] = (
 CASES["route-destination-port-not-found"] = (
     foocorp(vs=virtual_service("default", "httpbin", ["httpbin.example.com"], ["istio-system/mygateway"], "httpbin", 80)),
     [f("RouteDestinationNotFound", "error", VS)])
+HTTPBIN_ORG = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "httpbin-org", "namespace": "default"},
+                  "spec": {"hosts": ["httpbin.org"], "ports": [{"number": 443, "name": "https", "protocol": "TLS"}], "resolution": "DNS"}}
+
 CASES["route-destination-external-host"] = (
     foocorp(vs=virtual_service("default", "httpbin", ["httpbin.example.com"], ["istio-system/mygateway"], "httpbin.org", 443)),
+    # Not a missing Service; but no ServiceEntry registers it (none in the input: a warning).
+    [f("ExternalHostNotRegistered", "warning", VS)])
+CASES["route-destination-registered-external-host"] = (
+    foocorp(vs=virtual_service("default", "httpbin", ["httpbin.example.com"], ["istio-system/mygateway"], "httpbin.org", 443))
+    + [HTTPBIN_ORG],
     [])
 
 UNNAMED = [namespace("default", inject=True), deployment("default", "httpbin", {"app": "httpbin"}, sa="httpbin"),
@@ -462,6 +470,15 @@ CASES["destination-rule-simple-with-ca"] = (
     EXT + [dest_rule("shop", "partner", "api.partner.example", {"mode": "SIMPLE", "caCertificates": "/etc/partner-ca.pem"}),
            dest_rule("shop", "ledger", "ledger.partner.example", {"mode": "MUTUAL", "credentialName": "ledger-client"})],
     [])
+
+EXTERNAL_VS = virtual_service("shop", "partner", ["api.partner.example"], ["mesh"], "api.partner.example", 443)
+PARTNER_SE = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "partner", "namespace": "shop"},
+              "spec": {"hosts": ["*.partner.example"], "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}],
+                       "resolution": "NONE", "location": "MESH_EXTERNAL"}}
+CASES["external-host-without-service-entry"] = (
+    # Offline, with no ServiceEntry in the input at all, it may be kept elsewhere: a warning.
+    EXT + [EXTERNAL_VS], [f("ExternalHostNotRegistered", "warning", "VirtualService/shop/partner")])
+CASES["external-host-with-service-entry"] = (EXT + [EXTERNAL_VS, PARTNER_SE], [])
 
 OTHER_KINDS = [
     {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "default"}, "data": {"a": "b"}},
