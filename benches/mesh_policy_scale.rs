@@ -74,6 +74,7 @@ fn main() {
         renew_before: tlsward::config::ConfigFile::default_renew_before(),
         complete: true,
         sees_workloads: true,
+        outbound_policy: None,
     };
     let (mut policy_time, mut doctor_time) = (Duration::MAX, Duration::MAX);
     let (mut written, mut cells) = (0, 0);

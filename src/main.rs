@@ -136,6 +136,7 @@ fn doctor_manifests(paths: &[PathBuf], format: DoctorFormat, at: Option<time::Of
         renew_before: config::ConfigFile::default_renew_before(),
         complete: false,
         sees_workloads: true,
+        outbound_policy: None,
     };
     let report = tlsward::doctor::diagnose(&inventory, &options);
     print_report(&report, format, inventory.object_count())

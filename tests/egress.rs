@@ -209,3 +209,55 @@ fn in_a_cluster_egress_objects_are_applied_kept_apart_from_the_sites_and_removed
         theirs["spec"]
     );
 }
+
+#[test]
+fn doctor_reports_a_mesh_that_does_not_run_the_outbound_policy_the_config_says() {
+    let emu = Running::start();
+    let mesh_config = |mesh: &str| {
+        emu.emulator.put(&json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "istio", "namespace": "istio-system"},
+            "data": {"mesh": mesh}}));
+    };
+    let w = Workdir::new();
+    config(
+        &w,
+        "{kubernetes: {}}",
+        "outbound_policy: REGISTRY_ONLY\nservices: [{host: www.httpbin.org, mode: passthrough}]\n",
+    );
+    let doctor = || -> Value {
+        let out = w
+            .command(&["doctor", "--config", "tlsward.yaml", "--format", "json"])
+            .env("KUBECONFIG", emu.kubeconfig.path())
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("no JSON; stderr: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let mismatch = |report: &Value| -> Vec<Value> {
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["code"] == "OutboundPolicyMismatch")
+            .cloned()
+            .collect()
+    };
+    // Istio's default: no outboundTrafficPolicy in the mesh config is ALLOW_ANY.
+    mesh_config("accessLogFile: /dev/stdout\n");
+    let found = mismatch(&doctor());
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(
+        found[0]["object"],
+        json!({"kind": "ConfigMap", "namespace": "istio-system", "name": "istio"})
+    );
+    assert_eq!(found[0]["severity"], "warning");
+    assert!(
+        found[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the mesh runs outboundTrafficPolicy ALLOW_ANY, the config says REGISTRY_ONLY"),
+        "{found:#?}"
+    );
+    mesh_config("accessLogFile: /dev/stdout\noutboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n");
+    assert!(mismatch(&doctor()).is_empty());
+}

@@ -28,6 +28,15 @@ pub enum OutboundPolicy {
     RegistryOnly,
 }
 
+impl OutboundPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboundPolicy::AllowAny => "ALLOW_ANY",
+            OutboundPolicy::RegistryOnly => "REGISTRY_ONLY",
+        }
+    }
+}
+
 /// The egress gateway: where its pods run, their labels, its Service.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -122,6 +122,7 @@ impl Runtime {
             renew_before: file.renew_before,
             complete: mesh.complete,
             sees_workloads: mesh.sees_workloads,
+            outbound_policy: file.egress.as_ref().and_then(|e| e.outbound_policy),
         };
         let (mut report, expected) = doctor::diagnose_serving(&inventory, &options, Some(&file.gateway.selector));
         let deadline = file.deadlines.request.to_std();

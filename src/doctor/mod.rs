@@ -83,6 +83,7 @@ codes! {
     AuthorizationNeedsMTLS => None,
     JwtOnNonHttpPort => Some("IST0119"),
     NoServerCertificateVerification => Some("IST0128"),
+    OutboundPolicyMismatch => None,
     DnsNotAtGateway => None,
     ServedCertificateMismatch => None,
 }
@@ -135,6 +136,8 @@ pub struct Options {
     /// Whether the input can hold workloads at all (the files store cannot see the
     /// gateway's pods, so a Gateway selector is not judged there).
     pub sees_workloads: bool,
+    /// The `outboundTrafficPolicy.mode` the config says the mesh runs (`egress.outbound_policy`).
+    pub outbound_policy: Option<crate::config::OutboundPolicy>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -199,6 +202,7 @@ pub fn diagnose_serving(
     findings.extend(credentials::check(&mesh, &gateways, options));
     findings.extend(routing::check(&mesh, &gateways, options));
     findings.extend(security::check(&mesh, &gateways));
+    findings.extend(security::outbound_policy(inventory, options));
     let mut report = Report {
         findings,
         ignored: inventory.ignored.clone(),

@@ -321,3 +321,28 @@ fn server_verification(mesh: &Mesh<'_>, out: &mut Vec<Finding>) {
         }
     }
 }
+
+/// The mesh's `outboundTrafficPolicy` against what the config says it is
+/// (`egress.outbound_policy`): REGISTRY_ONLY in the config and ALLOW_ANY in the mesh
+/// lets sidecars reach any external host; the reverse refuses every unregistered one.
+pub fn outbound_policy(inventory: &crate::mesh::Inventory, options: &super::Options) -> Option<Finding> {
+    let expected = options.outbound_policy?.as_str();
+    let (object, mode) = inventory.outbound_policy.as_ref()?;
+    if mode == expected {
+        return None;
+    }
+    let effect = if expected == "REGISTRY_ONLY" {
+        "sidecars reach any external host, registered or not"
+    } else {
+        "sidecars are refused every external host no ServiceEntry registers (502)"
+    };
+    Some(Finding::new(
+        Code::OutboundPolicyMismatch,
+        Severity::Warning,
+        object.clone(),
+        format!("the mesh runs outboundTrafficPolicy {mode}, the config says {expected}: {effect}"),
+        format!(
+            "set meshConfig.outboundTrafficPolicy.mode: {expected} in Istio's install (istioctl/Helm values), or change egress.outbound_policy"
+        ),
+    ))
+}

@@ -343,6 +343,8 @@ pub struct Inventory {
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub request_authentications: Vec<RequestAuthentication>,
     pub service_entries: Vec<ServiceEntry>,
+    /// The mesh's `outboundTrafficPolicy.mode` and the ConfigMap it is read from.
+    pub outbound_policy: Option<(ObjectRef, String)>,
     /// Objects of kinds nothing here reads, by kind.
     pub ignored: BTreeMap<String, usize>,
     /// Istio's root namespace (mesh-wide policy lives there).
@@ -366,6 +368,8 @@ fn place<T>(list: &mut Vec<T>, positions: &mut HashMap<ObjectRef, usize>, key: O
 }
 
 pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+/// The ConfigMap holding Istio's mesh config (`data.mesh`), in istiod's namespace.
+pub const MESH_CONFIG: &str = "istio";
 pub const DEFAULT_DOMAIN: &str = "cluster.local";
 const WORKLOAD_KINDS: &[&str] = &["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"];
 const INJECT: &str = "sidecar.istio.io/inject";
@@ -409,8 +413,11 @@ impl Inventory {
         }
         let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
         let known = match (group, kind.as_str()) {
             ("", "Namespace" | "Pod" | "Service" | "Secret") => true,
+            // Istio's mesh config; other ConfigMaps say nothing about traffic.
+            ("", "ConfigMap") => name == MESH_CONFIG,
             ("apps" | "batch", k) => WORKLOAD_KINDS.contains(&k),
             (g, "Gateway" | "VirtualService" | "DestinationRule" | "ServiceEntry") => g == "networking.istio.io",
             (g, "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication") => g == "security.istio.io",
@@ -679,6 +686,14 @@ impl Inventory {
                     key,
                     RequestAuthentication { meta, selector },
                 );
+            }
+            "ConfigMap" => {
+                // `data.mesh` is Istio's MeshConfig as YAML; without outboundTrafficPolicy
+                // the mesh runs ALLOW_ANY.
+                let text = object["data"]["mesh"].as_str().unwrap_or_default();
+                let config = crate::config::yaml::parse(text).map(|(v, _)| v).unwrap_or_default();
+                let mode = config["outboundTrafficPolicy"]["mode"].as_str().unwrap_or("ALLOW_ANY");
+                self.outbound_policy = Some((ObjectRef::new(&kind, &meta.namespace, &meta.name), mode.to_string()));
             }
             "ServiceEntry" => {
                 let hosts = spec["hosts"]

@@ -612,6 +612,7 @@ fn judge(intent: &MeshSpec, before: &Inventory, after: &Inventory) -> Vec<Refuse
         renew_before: crate::config::ConfigFile::default_renew_before(),
         complete: true,
         sees_workloads: true,
+        outbound_policy: None,
     };
     let findings = |inv: &Inventory| -> BTreeMap<(crate::doctor::Code, super::ObjectRef), String> {
         crate::doctor::diagnose(inv, &options)

@@ -1172,6 +1172,26 @@ impl ObjectStore for KubeStore {
                 Err(e) => return Err(self.api_error(format!("listing {plural}"))(e)),
             }
         }
+        // Istio's mesh config (its outboundTrafficPolicy), read by name where istiod runs.
+        if only.is_empty() || only.contains(&"ConfigMap") {
+            let namespace = crate::mesh::inventory::DEFAULT_ROOT_NAMESPACE;
+            let name = crate::mesh::inventory::MESH_CONFIG;
+            let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+            match api.get_opt(name).await {
+                Ok(Some(config)) => {
+                    let mut v = serde_json::to_value(config).unwrap_or_default();
+                    v["apiVersion"] = Value::String("v1".into());
+                    v["kind"] = Value::String("ConfigMap".into());
+                    each(v);
+                }
+                Ok(None) => {}
+                Err(kube::Error::Api(status)) if status.code == 403 => out.notes.push(format!(
+                    "ConfigMap {namespace}/{name}: not allowed to read ({})",
+                    status.message
+                )),
+                Err(e) => return Err(self.api_error(format!("ConfigMap {namespace}/{name}"))(e)),
+            }
+        }
         Ok(out)
     }
 
