@@ -364,4 +364,28 @@ fn mesh_and_egress_sections_grant_writes_of_their_kinds_and_nothing_more() {
     .expect("the ClusterRole for egress");
     assert_eq!(writable(&egress), with_egress);
     assert_eq!(writable(&mesh_role(&["rbac.mesh=true"]).unwrap()), with_egress);
+    // The egress gateway's client credential is one of the Secrets read by name.
+    let objects = template_release(
+        "demo",
+        "tlsward",
+        None,
+        &[
+            "config.egress.services[0].host=ledger.partner.example",
+            "config.egress.services[0].mode=egress-gateway",
+        ],
+    );
+    let role = objects
+        .iter()
+        .find(|o| o["kind"] == "Role" && o["metadata"]["name"] == "demo-tlsward")
+        .unwrap();
+    let named: Vec<&Value> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["resourceNames"].as_array().into_iter().flatten())
+        .collect();
+    assert!(
+        named.contains(&&json!("ledger-partner-example-egress-credential")),
+        "{role}"
+    );
 }

@@ -78,25 +78,45 @@ fn config(w: &Workdir, store: &str, services: &str) {
     ));
 }
 
+/// SERVICES with its `ca_file` at `path`.
+fn services_with_ca(path: &std::path::Path) -> String {
+    SERVICES.replace("/etc/tlsward/ledger-ca.pem", &path.display().to_string())
+}
+
+fn manifests(w: &Workdir) -> Vec<String> {
+    let dir = w.out().join("manifests/istio-system");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
 #[test]
-fn the_files_store_writes_the_egress_manifests_and_holds_back_a_route_without_its_credential() {
+fn the_files_store_writes_the_egress_manifests_and_holds_back_a_route_until_its_credential_is_written() {
     let w = Workdir::new();
-    config(&w, "{files: {dir: out}}", SERVICES);
+    let ca = w.path().join("ledger-ca.pem");
+    config(&w, "{files: {dir: out}}", &services_with_ca(&ca));
+    // No partner CA yet: its credential cannot be written, so its route waits.
     let out = w.run_once();
-    assert_success(&out);
+    assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "failed [mesh] egress ledger.partner.example: ca_file {}: No such file",
+            ca.display()
+        )),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("egress ledger.partner.example: held back until its client credential Secret istio-system/ledger-partner-example-egress-credential exists"),
         "{stderr}"
     );
-    let dir = w.out().join("manifests/istio-system");
-    let mut files: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .collect();
-    files.sort();
     assert_eq!(
-        files,
+        manifests(&w),
         [
             "destinationrule-api-partner-example.yaml",
             "serviceentry-api-partner-example.yaml",
@@ -104,10 +124,27 @@ fn the_files_store_writes_the_egress_manifests_and_holds_back_a_route_without_it
             "virtualservice-api-partner-example.yaml",
         ]
     );
-    // The section removed: the files go.
+    partner_ca(&ca);
+    assert_success(&w.run_once());
+    assert_eq!(manifests(&w).len(), 9, "{:?}", manifests(&w));
+    let creds = w.out().join("credentials/ledger-partner-example-egress");
+    assert!(creds.join("tls.key").exists());
+    // The section removed: the files go, and the credential with them.
     config(&w, "{files: {dir: out}}", "services: []\n");
     assert_success(&w.run_once());
-    assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none());
+    assert!(manifests(&w).is_empty(), "{:?}", manifests(&w));
+    assert!(!creds.exists());
+}
+
+/// A partner CA certificate at `path`.
+fn partner_ca(path: &std::path::Path) {
+    openssl_self_signed(
+        path,
+        &path.with_extension("key"),
+        30,
+        "/CN=partner-ca",
+        &["basicConstraints=critical,CA:TRUE"],
+    );
 }
 
 fn names(emu: &Running, resource: &str) -> BTreeSet<String> {
@@ -137,14 +174,16 @@ fn in_a_cluster_egress_objects_are_applied_kept_apart_from_the_sites_and_removed
         "spec": {"hosts": ["www.httpbin.org"], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}], "resolution": "DNS"}});
     emu.emulator.put(&theirs);
     let w = Workdir::new();
-    config(&w, "{kubernetes: {}}", SERVICES);
+    let ca = w.path().join("ledger-ca.pem");
+    config(&w, "{kubernetes: {}}", &services_with_ca(&ca));
     let run = || {
         w.command(&["run", "--once", "--config", "tlsward.yaml"])
             .env("KUBECONFIG", emu.kubeconfig.path())
             .output()
             .unwrap()
     };
-    assert_success(&run());
+    // Without the partner's CA the credential waits, and so does its route.
+    assert!(!run().status.success());
     assert_eq!(
         names(&emu, "serviceentries"),
         [
@@ -156,12 +195,21 @@ fn in_a_cluster_egress_objects_are_applied_kept_apart_from_the_sites_and_removed
         .map(|s| s.to_string())
         .collect::<BTreeSet<_>>()
     );
-    // The egress gateway route appears once its credential exists.
-    emu.emulator
-        .put(&json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": "ledger-partner-example-egress-credential", "namespace": "istio-system"},
-        "data": {}}));
+    assert!(!names(&emu, "gateways").contains("istio-system/tlsward-egress"));
+    // The egress gateway route appears once its credential is written.
+    partner_ca(&ca);
     assert_success(&run());
+    let secret = emu
+        .emulator
+        .get(
+            "v1",
+            "secrets",
+            "istio-system",
+            "ledger-partner-example-egress-credential",
+        )
+        .expect("the egress client credential");
+    let keys: BTreeSet<&str> = secret["data"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"].into());
     assert_eq!(
         names(&emu, "gateways"),
         ["istio-system/tlsward-egress", "istio-system/tlsward-gateway"]
@@ -207,6 +255,17 @@ fn in_a_cluster_egress_objects_are_applied_kept_apart_from_the_sites_and_removed
             )
             .unwrap()["spec"],
         theirs["spec"]
+    );
+    // The client credential goes with its section.
+    assert!(
+        emu.emulator
+            .get(
+                "v1",
+                "secrets",
+                "istio-system",
+                "ledger-partner-example-egress-credential"
+            )
+            .is_none()
     );
 }
 
@@ -260,4 +319,109 @@ fn doctor_reports_a_mesh_that_does_not_run_the_outbound_policy_the_config_says()
     );
     mesh_config("accessLogFile: /dev/stdout\noutboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n");
     assert!(mismatch(&doctor()).is_empty());
+}
+
+/// The external server: a certificate for `ledger.partner.example` that is its own CA.
+fn partner(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("partner.pem"), dir.join("partner.key"));
+    openssl_self_signed(
+        &cert,
+        &key,
+        30,
+        "/CN=ledger.partner.example",
+        &[
+            "subjectAltName=DNS:ledger.partner.example",
+            "basicConstraints=critical,CA:TRUE",
+        ],
+    );
+    (cert, key)
+}
+
+#[test]
+fn the_egress_client_credential_is_issued_accepted_by_a_real_nginx_and_rotated_with_the_partners_ca() {
+    let w = Workdir::new();
+    let (server_cert, server_key) = partner(w.path());
+    config(
+        &w,
+        "{files: {dir: out}}",
+        &format!(
+            "services: [{{host: ledger.partner.example, mode: egress-gateway, client_certificate: {{issuer: internal}}, ca_file: {}}}]\n",
+            server_cert.display()
+        ),
+    );
+    let out = w.run_once();
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("held back"), "{stderr}");
+    let creds = w.out().join("credentials/ledger-partner-example-egress");
+    assert_eq!(
+        std::fs::read_to_string(creds.join("ca.crt")).unwrap(),
+        std::fs::read_to_string(&server_cert).unwrap()
+    );
+    assert!(
+        w.out()
+            .join("manifests/istio-system/gateway-tlsward-egress.yaml")
+            .exists()
+    );
+
+    // The partner requires a client certificate from tlsward's issuer; the egress
+    // gateway verifies the partner with ca.crt. Real nginx, real curl.
+    let (port, _nginx) = nginx::start(
+        &w.path().join("nginx"),
+        "ledger.partner.example",
+        &server_cert,
+        &server_key,
+        &w.out().join("trust/internal.crt"),
+    );
+    let host = "ledger.partner.example";
+    let (code, body) = nginx::curl(
+        host,
+        port,
+        &creds.join("ca.crt"),
+        Some((&creds.join("tls.crt"), &creds.join("tls.key"))),
+    );
+    assert_eq!(code, 0, "{body}");
+    assert!(body.starts_with("hello CN=ledger-partner-example-egress"), "{body}");
+    let (code, body) = nginx::curl(host, port, &creds.join("ca.crt"), None);
+    assert_eq!(code, 0, "{body}");
+    assert!(body.contains("400 No required SSL certificate was sent"), "{body}");
+
+    // Nothing due: nothing rewritten.
+    let leaf = std::fs::read_to_string(creds.join("tls.crt")).unwrap();
+    assert_success(&w.run_once());
+    assert_eq!(std::fs::read_to_string(creds.join("tls.crt")).unwrap(), leaf);
+    // The partner's CA changes: the credential is written again, whole, with it.
+    let renewed = w.path().join("renewed");
+    std::fs::create_dir_all(&renewed).unwrap();
+    let (new_cert, _) = partner(&renewed);
+    std::fs::copy(&new_cert, &server_cert).unwrap();
+    let out = w.run_once();
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the external server's CA (ca_file) changed"));
+    assert_eq!(
+        std::fs::read_to_string(creds.join("ca.crt")).unwrap(),
+        std::fs::read_to_string(&server_cert).unwrap()
+    );
+    assert_ne!(std::fs::read_to_string(creds.join("tls.crt")).unwrap(), leaf);
+
+    // The daemon exports it like a site's certificate: ready, and when it expires.
+    let port = free_port();
+    let _daemon = Proc(
+        w.daemon(port, &[])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let series = "tlsward_certificate_ready{site=\"ledger-partner-example-egress\",issuer=\"internal\"}";
+    wait_for(
+        std::time::Duration::from_secs(20),
+        "the egress credential's metric",
+        || (scrape(port, series) == 1.0).then_some(()),
+    );
+    let expiry = scrape(
+        port,
+        "tlsward_certificate_expiration_timestamp_seconds{site=\"ledger-partner-example-egress\",issuer=\"internal\",kind=\"client\",client=\"ledger-partner-example-egress\"}",
+    );
+    assert!(expiry > 0.0, "{expiry}");
 }

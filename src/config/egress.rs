@@ -28,6 +28,16 @@ pub enum OutboundPolicy {
     RegistryOnly,
 }
 
+impl EgressSpec {
+    /// The credential sets of the egress gateway's client certificates.
+    pub fn credential_units(&self) -> impl Iterator<Item = String> + '_ {
+        self.services
+            .iter()
+            .filter(|s| s.mode == EgressMode::EgressGateway)
+            .map(|s| crate::render::egress::credential_unit(&s.host))
+    }
+}
+
 impl OutboundPolicy {
     pub fn as_str(self) -> &'static str {
         match self {

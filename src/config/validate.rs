@@ -389,7 +389,7 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
         check_mesh(&mut c, root, files_store, &site_names);
     }
     if root.get("egress").is_some_and(Value::is_object) {
-        check_egress(&mut c, root);
+        check_egress(&mut c, root, store.as_ref().is_some_and(|s| s.files().is_none()));
     }
     c.problems
 }
@@ -555,7 +555,31 @@ fn check_mesh(c: &mut Checker, root: &Value, files_store: bool, sites: &HashSet<
     }
 }
 
-fn check_egress(c: &mut Checker, root: &Value) {
+fn check_egress(c: &mut Checker, root: &Value, kubernetes: bool) {
+    let egress_ns = root
+        .pointer("/egress/gateway/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("istio-system");
+    let gateway_ns = root
+        .pointer("/gateway/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("istio-system");
+    let through_gateway = entries::<EgressService>(root, "/egress/services")
+        .iter()
+        .any(|(_, s)| s.mode == EgressMode::EgressGateway);
+    if kubernetes && through_gateway && egress_ns != gateway_ns {
+        c.at(
+            "/egress/gateway/namespace",
+            format!("`{egress_ns}` is not the gateway namespace `{gateway_ns}`: tlsward writes the egress gateway's client credentials as Secrets there only"),
+        );
+    }
+    let site_names: HashSet<&str> = root
+        .get("sites")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("name").and_then(Value::as_str))
+        .collect();
     for field in ["namespace", "service"] {
         if let Some(Value::String(v)) = root.pointer(&format!("/egress/gateway/{field}"))
             && let Some(p) = object_name_problem(v)
@@ -579,6 +603,13 @@ fn check_egress(c: &mut Checker, root: &Value) {
             }
         }
         let gateway = service.mode == EgressMode::EgressGateway;
+        let unit = crate::render::egress::credential_unit(&service.host);
+        if gateway && site_names.contains(unit.as_str()) {
+            c.at(
+                format!("{pointer}/host"),
+                format!("its client credential `{unit}` has the name of a site: rename the site"),
+            );
+        }
         match (&service.client_certificate, gateway) {
             (Some(_), false) => c.at_key(
                 format!("{pointer}/client_certificate"),
@@ -594,6 +625,14 @@ fn check_egress(c: &mut Checker, root: &Value) {
                         c.at(
                             format!("{pointer}/client_certificate/issuer"),
                             format!("no issuer named `{issuer}` under issuers"),
+                        );
+                    } else if root
+                        .pointer(&format!("/issuers/{}/ca", escape_pointer(issuer)))
+                        .is_none()
+                    {
+                        c.at(
+                            format!("{pointer}/client_certificate/issuer"),
+                            format!("`{issuer}` is not a `ca` issuer: ACME CAs issue server certificates, not the egress gateway's client certificate"),
                         );
                     }
                 }

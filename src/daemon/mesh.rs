@@ -108,6 +108,35 @@ async fn plaintext_traffic(
         .collect())
 }
 
+/// Why an egress client credential must be written now, or `None` to keep it.
+fn credential_due(
+    stored: Option<&crate::store::CredentialBundle>,
+    wanted_ca: &str,
+    issuer: &str,
+    renew_before: crate::config::RenewBefore,
+    now: time::OffsetDateTime,
+) -> Option<String> {
+    let Some(stored) = stored else {
+        return Some("none yet".into());
+    };
+    if stored.client_ca_pem.as_deref() != Some(wanted_ca) {
+        return Some("the external server's CA (ca_file) changed".into());
+    }
+    if stored.issuer != issuer {
+        return Some(format!("the issuer changed from {} to {issuer}", stored.issuer));
+    }
+    match crate::pki::key_matches(&stored.server.chain_pem, &stored.server.key) {
+        Ok(true) => {}
+        _ => return Some("its key does not match its certificate".into()),
+    }
+    let facts = match crate::pki::facts(&stored.server.chain_pem) {
+        Ok(f) => f,
+        Err(e) => return Some(format!("its certificate is unreadable: {e}")),
+    };
+    let renew_at = crate::plan::renewal::renew_at(facts.not_before, facts.not_after, renew_before, 0.0);
+    (now >= renew_at).then(|| format!("due since {}", crate::plan::rfc3339(renew_at)))
+}
+
 /// What one mesh step did.
 #[derive(Debug, Default)]
 pub struct MeshOutcome {
@@ -266,6 +295,13 @@ impl Runtime {
         };
         let mut plan = policy::plan(&mesh, &inventory, &owned, &ingress, &labels("mesh"), &egress);
         plan.notes.extend(notes);
+        if metrics {
+            // `plan`: what the egress credentials need (nothing is written).
+            let (due, failed) = self.egress_credentials(false, time::OffsetDateTime::now_utc()).await;
+            plan.notes.extend(due);
+            plan.notes
+                .extend(failed.into_iter().map(|f| format!("{}: {}", f.subject, f.message)));
+        }
         if let Some(prometheus) = mesh.prometheus.as_ref().filter(|_| metrics) {
             match plaintext_traffic(prometheus, file.deadlines.request.to_std()).await {
                 Ok(seen) => plan.keep_plaintext_to_strict(seen),
@@ -334,6 +370,9 @@ impl Runtime {
     /// wanted; a refused intent writes nothing. Never touches an object it does not own.
     pub async fn mesh_step(&self) -> MeshOutcome {
         let mut outcome = MeshOutcome::default();
+        // The egress gateway's credentials first: a route waits for its credential.
+        let (_, failures) = self.egress_credentials(true, time::OffsetDateTime::now_utc()).await;
+        outcome.failures.extend(failures);
         let plan = match self.mesh_plan().await {
             Ok(Some(plan)) => {
                 for note in &plan.notes {
@@ -384,6 +423,141 @@ impl Runtime {
             }
         }
         self.mesh_finish(outcome)
+    }
+
+    /// The egress gateway's client credentials: issued by a `ca` issuer and renewed like
+    /// a site's, or copied from `cert_file`/`key_file`, with the external server's CA
+    /// (`ca_file`) as `ca.crt`, written whole through the store (every key checked against
+    /// its certificate). With `write: false` it only says what is due. Returns notes
+    /// (what is due or was written) and failures.
+    async fn egress_credentials(&self, write: bool, now: time::OffsetDateTime) -> (Vec<String>, Vec<Failure>) {
+        use crate::config::EgressMode;
+        use crate::store::{CredentialBundle, KeyPairPem};
+        let (mut notes, mut failures) = (Vec::new(), Vec::new());
+        let file = &self.config.file;
+        let Some(egress) = &file.egress else {
+            return (notes, failures);
+        };
+        let services: Vec<_> = egress
+            .services
+            .iter()
+            .filter(|s| s.mode == EgressMode::EgressGateway)
+            .collect();
+        if services.is_empty() {
+            return (notes, failures);
+        }
+        let units: Vec<String> = egress.credential_units().collect();
+        let stored = match self.store.credentials(&units).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                failures.push(Failure::new(Stage::Mesh, "egress credentials", e.to_string()));
+                return (notes, failures);
+            }
+        };
+        for service in services {
+            let unit = crate::render::egress::credential_unit(&service.host);
+            let subject = format!("egress {}", service.host);
+            let mut fail = |message: String| failures.push(Failure::new(Stage::Mesh, subject.clone(), message));
+            if let Some(what) = stored.foreign.get(&unit) {
+                fail(format!("its credential {what}: left untouched"));
+                continue;
+            }
+            let read =
+                |path: &str, what: &str| std::fs::read_to_string(path).map_err(|e| format!("{what} {path}: {e}"));
+            let ca = match service.ca_file.as_deref().map(|p| read(p, "ca_file")) {
+                Some(Ok(pem)) if crate::pki::certificates_der(&pem).is_ok() => pem,
+                Some(Ok(_)) => {
+                    fail(format!(
+                        "ca_file {}: no PEM certificate in it",
+                        service.ca_file.as_deref().unwrap_or_default()
+                    ));
+                    continue;
+                }
+                Some(Err(e)) => {
+                    fail(e);
+                    continue;
+                }
+                None => continue, // refused by `check`
+            };
+            let Some(cert) = &service.client_certificate else {
+                continue;
+            };
+            let current = stored.owned.get(&unit);
+            let (issuer, provided) = match (&cert.issuer, &cert.cert_file, &cert.key_file) {
+                (Some(issuer), _, _) => (issuer.clone(), None),
+                (None, Some(c), Some(k)) => match (read(c, "cert_file"), read(k, "key_file")) {
+                    (Ok(chain), Ok(key)) => ("files".to_string(), Some((chain, key))),
+                    (Err(e), _) | (_, Err(e)) => {
+                        fail(e);
+                        continue;
+                    }
+                },
+                _ => continue, // refused by `check`
+            };
+            let why = match &provided {
+                Some((chain, key)) => {
+                    let same = current.is_some_and(|c| {
+                        c.server.chain_pem == *chain
+                            && c.server.key.expose() == key.as_str()
+                            && c.client_ca_pem.as_deref() == Some(&ca)
+                    });
+                    (!same).then(|| "the provided certificate, key or CA changed".to_string())
+                }
+                None => credential_due(current, &ca, &issuer, file.renew_before, now),
+            };
+            let Some(why) = why else { continue };
+            if !write {
+                notes.push(format!("egress credential {unit}: write ({why})"));
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let server = match provided {
+                Some((chain, key)) => Ok(KeyPairPem {
+                    chain_pem: chain,
+                    key: crate::pki::PrivateKeyPem::new(key),
+                }),
+                None => {
+                    let Some(spec) = file.issuers.get(&issuer).and_then(|i| i.ca()) else {
+                        continue;
+                    };
+                    match crate::issuer::ca::CaIssuer::open(&issuer, spec, self.store.as_ref(), now).await {
+                        Ok(ca_issuer) => ca_issuer.issue_client(&unit, now).map(|issued| KeyPairPem {
+                            chain_pem: issued.chain_pem,
+                            key: issued.key,
+                        }),
+                        Err(e) => Err(e),
+                    }
+                    .map_err(|e| e.to_string())
+                }
+            };
+            let written = match server {
+                Ok(server) => self
+                    .store
+                    .write_credential(&CredentialBundle {
+                        site: unit.clone(),
+                        issuer: issuer.clone(),
+                        server,
+                        client_ca_pem: Some(ca),
+                        clients: Default::default(),
+                        format: crate::config::SecretFormat::Tls,
+                    })
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            if issuer != "files" {
+                self.metrics
+                    .issued(&issuer, written.is_ok(), started.elapsed().as_secs_f64());
+            }
+            match written {
+                Ok(()) => {
+                    tracing::info!(credential = %unit, reason = %why, "egress client credential written");
+                    notes.push(format!("egress credential {unit}: written ({why})"));
+                }
+                Err(e) => fail(e),
+            }
+        }
+        (notes, failures)
     }
 
     fn mesh_finish(&self, outcome: MeshOutcome) -> MeshOutcome {

@@ -186,13 +186,24 @@ impl Authority {
         })
     }
 
-    /// A client certificate (clientAuth) whose subject CN is `name`.
+    /// A client certificate (clientAuth) whose subject CN is `name`, signed by this root.
     pub fn issue_client(
         &self,
         name: &str,
         alg: KeyAlgorithm,
         validity: time::Duration,
         now: OffsetDateTime,
+    ) -> Result<Issued, rcgen::Error> {
+        self.client_leaf(name, alg, validity, now, false)
+    }
+
+    fn client_leaf(
+        &self,
+        name: &str,
+        alg: KeyAlgorithm,
+        validity: time::Duration,
+        now: OffsetDateTime,
+        include_self: bool,
     ) -> Result<Issued, rcgen::Error> {
         let key = generate_key(alg)?;
         let mut params = CertificateParams::default();
@@ -205,8 +216,9 @@ impl Authority {
         params.not_before = now - backdate(validity);
         params.not_after = now + validity;
         params.serial_number = Some(random_serial());
-        // The client CA is a root that clients' peers trust directly: no chain to add.
-        let chain_pem = self.sign_leaf(params, &key, false)?;
+        // A site's client CA is a root its peers trust directly: no chain to add; an
+        // issuer's intermediate goes with the leaf.
+        let chain_pem = self.sign_leaf(params, &key, include_self)?;
         Ok(Issued {
             chain_pem,
             key: PrivateKeyPem::new(key.serialize_pem()),
@@ -296,6 +308,19 @@ impl CaIssuer {
             root,
             intermediate,
         })
+    }
+
+    /// A client certificate (clientAuth, CN `name`) from the intermediate, the chain
+    /// leaf first: what the egress gateway presents to an external service that trusts
+    /// this issuer's root.
+    pub fn issue_client(&self, name: &str, now: OffsetDateTime) -> Result<Issued, IssueError> {
+        self.intermediate
+            .client_leaf(name, self.spec.key, self.spec.leaf_validity.to_time(), now, true)
+            .map_err(|e| IssueError::Crypto {
+                issuer: self.name.clone(),
+                what: "sign a client certificate",
+                detail: e.to_string(),
+            })
     }
 
     /// The intermediate's fingerprint as stored, without creating anything.

@@ -562,7 +562,15 @@ pub fn plan(config: &ConfigFile, observed: &Observed, now: OffsetDateTime, seed:
             });
         }
     }
-    let configured: BTreeSet<&str> = config.sites.iter().map(|s| s.name.as_str()).collect();
+    // The egress gateway's client credentials are stored like sites' and are not theirs
+    // to remove (the mesh step keeps them).
+    let egress: Vec<String> = config.egress.iter().flat_map(|e| e.credential_units()).collect();
+    let configured: BTreeSet<&str> = config
+        .sites
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(egress.iter().map(String::as_str))
+        .collect();
     let removed_credentials = observed
         .credentials
         .keys()

@@ -29,7 +29,8 @@ pub fn certificate_states(
     now: OffsetDateTime,
     seed: u64,
 ) -> Vec<CertificateState> {
-    plan.credentials
+    let mut states: Vec<CertificateState> = plan
+        .credentials
         .iter()
         .map(|c| {
             let stored = observed.credentials.get(&c.site);
@@ -75,5 +76,27 @@ pub fn certificate_states(
                 clients,
             }
         })
-        .collect()
+        .collect();
+    // The egress gateway's client credentials: the same expiry metrics and alerts (the
+    // mesh step renews them at the moment `renew_before` sets).
+    for unit in config.egress.iter().flat_map(|e| e.credential_units()) {
+        // It is a client certificate: its series are `kind="client"`, `client=<unit>`.
+        let stored = observed.credentials.get(&unit);
+        let renew_at = stored.map(|o| {
+            renewal::renew_at(o.server.not_before, o.server.not_after, config.renew_before, 0.0).unix_timestamp()
+        });
+        states.push(CertificateState {
+            site: unit.clone(),
+            issuer: stored.map(|o| o.issuer.clone()).unwrap_or_default(),
+            hosts: Vec::new(),
+            not_after: None,
+            renew_at: None,
+            ready: stored.is_some_and(|o| o.key_matches && now < o.server.not_after),
+            client_ca_not_after: None,
+            clients: stored
+                .map(|o| vec![(unit.clone(), o.server.not_after.unix_timestamp(), renew_at)])
+                .unwrap_or_default(),
+        });
+    }
+    states
 }

@@ -23,9 +23,15 @@ pub fn service_name(host: &str) -> String {
     host.trim_end_matches('.').replace('.', "-")
 }
 
+/// The credential set of one external service's client certificate (stored like a
+/// site's: its Secret is `<unit>-credential`).
+pub fn credential_unit(host: &str) -> String {
+    format!("{}-egress", service_name(host))
+}
+
 /// The Secret the egress gateway originates mutual TLS with, for one external service.
 pub fn credential_name(host: &str) -> String {
-    format!("{}-egress-credential", service_name(host))
+    crate::model::names::credential_secret(&credential_unit(host))
 }
 
 fn object(kind: &str, namespace: &str, name: &str, labels: &Value, spec: Value) -> Value {

@@ -6,6 +6,7 @@ pub mod bind;
 pub mod dns_scenario;
 pub mod fault;
 pub mod kube_emulator;
+pub mod nginx;
 pub mod pdns;
 pub mod pebble;
 pub mod webhook;
