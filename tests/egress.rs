@@ -157,7 +157,8 @@ fn names(emu: &Running, resource: &str) -> BTreeSet<String> {
 }
 
 #[test]
-fn in_a_cluster_egress_objects_are_applied_kept_apart_from_the_sites_and_removed_and_a_foreign_one_is_untouched() {
+fn in_a_cluster_egress_objects_and_their_credential_are_created_rotated_and_removed_and_a_foreign_service_entry_is_untouched()
+ {
     let emu = Running::start();
     for doc in tlsward::config::yaml::documents(EGRESS_GATEWAY) {
         let (mut object, _) = doc.unwrap();
@@ -210,6 +211,24 @@ fn in_a_cluster_egress_objects_are_applied_kept_apart_from_the_sites_and_removed
         .expect("the egress client credential");
     let keys: BTreeSet<&str> = secret["data"].as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"].into());
+    // The partner rotates its CA: the Secret is rewritten whole (a new ca.crt, a new
+    // client certificate), in place.
+    let before = secret["data"].clone();
+    std::fs::remove_file(&ca).unwrap();
+    partner_ca(&ca);
+    assert_success(&run());
+    let rotated = emu
+        .emulator
+        .get(
+            "v1",
+            "secrets",
+            "istio-system",
+            "ledger-partner-example-egress-credential",
+        )
+        .unwrap();
+    assert_ne!(rotated["data"]["ca.crt"], before["ca.crt"]);
+    assert_ne!(rotated["data"]["tls.crt"], before["tls.crt"]);
+    assert_eq!(rotated["metadata"]["uid"], secret["metadata"]["uid"]);
     assert_eq!(
         names(&emu, "gateways"),
         ["istio-system/tlsward-egress", "istio-system/tlsward-gateway"]
