@@ -183,6 +183,14 @@ fn in_a_cluster_egress_objects_and_their_credential_are_created_rotated_and_remo
             .output()
             .unwrap()
     };
+    let credential = || {
+        emu.emulator.get(
+            "v1",
+            "secrets",
+            "istio-system",
+            "ledger-partner-example-egress-credential",
+        )
+    };
     // Without the partner's CA the credential waits, and so does its route.
     assert!(!run().status.success());
     assert_eq!(
@@ -200,15 +208,7 @@ fn in_a_cluster_egress_objects_and_their_credential_are_created_rotated_and_remo
     // The egress gateway route appears once its credential is written.
     partner_ca(&ca);
     assert_success(&run());
-    let secret = emu
-        .emulator
-        .get(
-            "v1",
-            "secrets",
-            "istio-system",
-            "ledger-partner-example-egress-credential",
-        )
-        .expect("the egress client credential");
+    let secret = credential().expect("the egress client credential");
     let keys: BTreeSet<&str> = secret["data"].as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"].into());
     // The partner rotates its CA: the Secret is rewritten whole (a new ca.crt, a new
@@ -217,15 +217,7 @@ fn in_a_cluster_egress_objects_and_their_credential_are_created_rotated_and_remo
     std::fs::remove_file(&ca).unwrap();
     partner_ca(&ca);
     assert_success(&run());
-    let rotated = emu
-        .emulator
-        .get(
-            "v1",
-            "secrets",
-            "istio-system",
-            "ledger-partner-example-egress-credential",
-        )
-        .unwrap();
+    let rotated = credential().unwrap();
     assert_ne!(rotated["data"]["ca.crt"], before["ca.crt"]);
     assert_ne!(rotated["data"]["tls.crt"], before["tls.crt"]);
     assert_eq!(rotated["metadata"]["uid"], secret["metadata"]["uid"]);
@@ -276,16 +268,7 @@ fn in_a_cluster_egress_objects_and_their_credential_are_created_rotated_and_remo
         theirs["spec"]
     );
     // The client credential goes with its section.
-    assert!(
-        emu.emulator
-            .get(
-                "v1",
-                "secrets",
-                "istio-system",
-                "ledger-partner-example-egress-credential"
-            )
-            .is_none()
-    );
+    assert!(credential().is_none());
 }
 
 #[test]
