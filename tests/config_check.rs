@@ -335,7 +335,7 @@ egress:
     let expected = [
         "F:7:24: egress.gateway.namespace: `Egress` must be lowercase",
         "F:9:50: egress.services[0].client_certificate: only the egress gateway presents a client certificate",
-        "F:10:52: egress.services[1].ca_file: a sidecar originating TLS verifies with the proxy's system roots only",
+        "F:10:61: egress.services[1].ca_file: `partner.pem` is not an absolute path: with `mode: originate` it is where the sidecar finds the CA",
         "F:11:7: egress.services[2]: `client_certificate` is required with `mode: egress-gateway`",
         "F:11:7: egress.services[2]: `ca_file` is required with `mode: egress-gateway`",
         "F:12:103: egress.services[3].client_certificate.issuer: no issuer named `nope` under issuers",

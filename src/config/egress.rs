@@ -102,8 +102,10 @@ pub struct EgressService {
     #[serde(default = "default_tls_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: u16,
-    /// The CA that signs the external server's certificate (PEM), for `originate` and
-    /// `egress-gateway`; without it the proxy's system roots verify it.
+    /// The CA that signs the external server's certificate (PEM). `egress-gateway`: a
+    /// file tlsward reads and puts in the gateway's credential (required). `originate`:
+    /// the path inside the sidecar (mounted there by you), which tlsward never opens;
+    /// without it the proxy's system roots verify the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
     /// The client certificate the egress gateway presents (`egress-gateway` only).

@@ -645,9 +645,10 @@ fn check_egress(c: &mut Checker, root: &Value, kubernetes: bool) {
             (None, false) => {}
         }
         match (service.mode, &service.ca_file) {
-            (EgressMode::Originate, Some(_)) => c.at_key(
+            // The sidecar reads it: a path inside the proxy, which tlsward never opens.
+            (EgressMode::Originate, Some(f)) if !f.starts_with('/') => c.at(
                 format!("{pointer}/ca_file"),
-                "a sidecar originating TLS verifies with the proxy's system roots only: leave `ca_file` out, or use `mode: egress-gateway`, whose credential carries the CA",
+                format!("`{f}` is not an absolute path: with `mode: originate` it is where the sidecar finds the CA (mount it with sidecar.istio.io/userVolumeMount)"),
             ),
             (EgressMode::EgressGateway, None) => c.at(
                 &pointer,

@@ -99,7 +99,8 @@ pub fn objects(egress: &EgressSpec, domain: &str, labels: &Value) -> Vec<Value> 
                     tls_on_port(
                         host,
                         port,
-                        json!({"mode": "SIMPLE", "sni": host, "caCertificates": SYSTEM_ROOTS}),
+                        json!({"mode": "SIMPLE", "sni": host,
+                               "caCertificates": service.ca_file.as_deref().unwrap_or(SYSTEM_ROOTS)}),
                     ),
                 ));
             }
@@ -235,6 +236,16 @@ mod tests {
         assert_eq!(
             objects[1]["spec"]["http"][0]["route"][0]["destination"]["port"]["number"],
             443
+        );
+        // A CA the sidecar has mounted replaces the system roots.
+        let objects = super::objects(
+            &spec("services: [{host: api.partner.example, mode: originate, ca_file: /etc/partner/ca.pem}]"),
+            "cluster.local",
+            &json!({}),
+        );
+        assert_eq!(
+            objects[2]["spec"]["trafficPolicy"]["portLevelSettings"][0]["tls"]["caCertificates"],
+            "/etc/partner/ca.pem"
         );
     }
 
