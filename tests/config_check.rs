@@ -17,6 +17,18 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
+/// Each line of `stderr` starts with its expected text, and there are no others.
+fn assert_lines_start_with(stderr: &str, expected: &[&str]) {
+    let lines: Vec<&str> = stderr.lines().collect();
+    for (i, want) in expected.iter().enumerate() {
+        assert!(
+            lines.get(i).is_some_and(|l| l.starts_with(want)),
+            "line {i}: want {want:?}\nall:\n{stderr}"
+        );
+    }
+    assert_eq!(lines.len(), expected.len(), "{stderr}");
+}
+
 fn check(text: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), text);
@@ -138,7 +150,6 @@ sites:
     let (code, stdout, stderr) = check(text);
     assert_eq!(code, 1);
     assert!(stdout.is_empty());
-    let lines: Vec<&str> = stderr.lines().collect();
     let expected = [
         "F:5:3: gateway.colour: unknown field `colour`, expected one of: namespace, service, selector, name, address",
         "F:7:24: issuers.internal.ca.key: \"ecdsa-p255\" is not one of",
@@ -155,13 +166,7 @@ sites:
         "F:23:34: sites[1].tls.clients: client certificates need `mode: MUTUAL`",
         "F:24:34: sites[1].route.port: expected integer, found a string",
     ];
-    for (i, want) in expected.iter().enumerate() {
-        assert!(
-            lines.get(i).is_some_and(|l| l.starts_with(want)),
-            "line {i}: want {want:?}\nall:\n{stderr}"
-        );
-    }
-    assert_eq!(lines.len(), expected.len(), "{stderr}");
+    assert_lines_start_with(&stderr, &expected);
 }
 
 #[test]
@@ -287,7 +292,6 @@ mesh:
 "#;
     let (code, _, stderr) = check(text);
     assert_eq!(code, 1, "{stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
     let expected = [
         "F:9:19: mesh.mtls[1].namespace: `Legacy` must be lowercase",
         "F:9:33: mesh.mtls[1].port: a port belongs to a service: name the `service` too",
@@ -302,13 +306,7 @@ mesh:
         "F:17:3: mesh.workloads: only for the files store: in a cluster tlsward reads the live Services and pods",
         "F:19:21: mesh.prometheus.url: `prometheus:9090` is not an http(s) URL",
     ];
-    for (i, want) in expected.iter().enumerate() {
-        assert!(
-            lines.get(i).is_some_and(|l| l.starts_with(want)),
-            "line {i}: want {want:?}\nall:\n{stderr}"
-        );
-    }
-    assert_eq!(lines.len(), expected.len(), "{stderr}");
+    assert_lines_start_with(&stderr, &expected);
 }
 
 #[test]
@@ -331,7 +329,6 @@ egress:
 "#;
     let (code, _, stderr) = check(text);
     assert_eq!(code, 1, "{stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
     let expected = [
         "F:7:24: egress.gateway.namespace: `Egress` must be lowercase",
         "F:9:50: egress.services[0].client_certificate: only the egress gateway presents a client certificate",
@@ -343,11 +340,5 @@ egress:
         "F:14:14: egress.services[5].host: `www.httpbin.org` is already egress.services[0]",
         "F:15:91: egress.services[6].client_certificate: set either `issuer`, or both `cert_file` and `key_file`",
     ];
-    for (i, want) in expected.iter().enumerate() {
-        assert!(
-            lines.get(i).is_some_and(|l| l.starts_with(want)),
-            "line {i}: want {want:?}\nall:\n{stderr}"
-        );
-    }
-    assert_eq!(lines.len(), expected.len(), "{stderr}");
+    assert_lines_start_with(&stderr, &expected);
 }

@@ -289,7 +289,6 @@ fn virtual_services<'a>(
             }
         }
         route_destinations(mesh, vs, &object, &namespaces, options, out);
-        external_hosts(mesh, vs, &object, &namespaces, options, out);
         if terminated {
             for d in &vs.destinations {
                 if let Some(svc) = mesh.service_by_host(&d.host, &vs.meta.namespace) {
@@ -313,12 +312,19 @@ fn route_destinations(
     out: &mut Vec<Finding>,
 ) {
     let inventory = mesh.inventory;
+    let mut unregistered = HashSet::new();
     for d in &vs.destinations {
         let Some((name, ns)) = hosts::service_parts(&d.host, &vs.meta.namespace, &inventory.domain) else {
-            continue; // an external host (a ServiceEntry's), not a Service
+            // An external host: a ServiceEntry must register it.
+            unregistered.insert(d.host.as_str());
+            continue;
         };
         if d.host.contains('.') && !namespaces.contains(ns) {
-            continue; // `name.tld`: a domain, not a Service in a namespace we know
+            // `name.tld` (one dot): a domain, not a Service in a namespace we know.
+            if d.host.matches('.').count() == 1 {
+                unregistered.insert(d.host.as_str());
+            }
+            continue;
         }
         match mesh.service(ns, name) {
             None => {
@@ -350,53 +356,36 @@ fn route_destinations(
             }
         }
     }
+    not_registered(inventory, &unregistered, object, options, out);
 }
 
-/// Whether `host`, as a client in `namespace` names it, is outside the cluster's
-/// Services (a short name or `name.ns…` of a namespace we know is a Service's).
-fn is_external(mesh: &Mesh<'_>, host: &str, namespace: &str, namespaces: &HashSet<&str>) -> bool {
-    match hosts::service_parts(host, namespace, &mesh.inventory.domain) {
-        None => true,
-        // `name.tld` reads as `service.namespace`: a domain unless that namespace is known.
-        Some((_, ns)) => host.matches('.').count() == 1 && !namespaces.contains(ns),
-    }
-}
-
-/// A route to an external host no ServiceEntry registers: Istio builds no cluster
-/// for it, so the route's requests get 503 NR (istioctl analyze: IST0101).
-fn external_hosts(
-    mesh: &Mesh<'_>,
-    vs: &VirtualService,
+/// Routes to external hosts no ServiceEntry registers: Istio builds no cluster for
+/// them, so their requests get 503 NR (istioctl analyze: IST0101).
+fn not_registered(
+    inventory: &crate::mesh::Inventory,
+    hosts_routed: &HashSet<&str>,
     object: &ObjectRef,
-    namespaces: &HashSet<&str>,
     options: &Options,
     out: &mut Vec<Finding>,
 ) {
-    let inventory = mesh.inventory;
     let registered = |host: &str| {
         inventory
             .service_entries
             .iter()
             .any(|se| se.hosts.iter().any(|h| hosts::matches(h, host)))
     };
-    let mut seen = HashSet::new();
-    for d in vs.destinations.iter().filter(|d| seen.insert(d.host.as_str())) {
-        if !is_external(mesh, &d.host, &vs.meta.namespace, namespaces) || registered(&d.host) {
-            continue;
-        }
+    let mut routed: Vec<&str> = hosts_routed.iter().copied().filter(|h| !registered(h)).collect();
+    routed.sort_unstable();
+    for host in routed {
         let (severity, elsewhere) = unless_elsewhere(Severity::Error, inventory, "ServiceEntry", options);
         out.push(Finding::new(
             Code::ExternalHostNotRegistered,
             severity,
             object.clone(),
             format!(
-                "routes to {}, which is neither a Service nor in a ServiceEntry: Istio has no cluster for it, so requests get 503 NR{elsewhere}",
-                d.host
+                "routes to {host}, which is neither a Service nor in a ServiceEntry: Istio has no cluster for it, so requests get 503 NR{elsewhere}"
             ),
-            format!(
-                "register {} with a ServiceEntry (tlsward's egress.services does), or correct the destination host",
-                d.host
-            ),
+            format!("register {host} with a ServiceEntry (tlsward's egress.services does), or correct the destination host"),
         ));
     }
 }

@@ -333,13 +333,7 @@ fn glob(pattern: &str, value: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn inventory(yaml: &str) -> Inventory {
-        let mut inv = Inventory::new();
-        for doc in crate::config::yaml::documents(yaml) {
-            inv.add(doc.unwrap().0, "default").unwrap();
-        }
-        inv
-    }
+    use crate::mesh::inventory_of as inventory;
 
     const APP: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio-injection: enabled}}\n\
 ---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: ratings, namespace: shop}\n\

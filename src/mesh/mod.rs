@@ -15,3 +15,13 @@ pub use inventory::{Inventory, ObjectError, ObjectRef, PeerMode};
 
 #[cfg(test)]
 mod tests;
+
+/// An inventory of the objects in a YAML stream (tests build meshes this way).
+#[cfg(test)]
+pub(crate) fn inventory_of(yaml: &str) -> Inventory {
+    let mut inv = Inventory::new();
+    for doc in crate::config::yaml::documents(yaml) {
+        inv.add(doc.unwrap().0, "default").unwrap();
+    }
+    inv
+}

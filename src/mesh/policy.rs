@@ -643,13 +643,7 @@ fn judge(intent: &MeshSpec, before: &Inventory, after: &Inventory) -> Vec<Refuse
 mod tests {
     use super::*;
 
-    fn inventory(yaml: &str) -> Inventory {
-        let mut inv = Inventory::new();
-        for doc in crate::config::yaml::documents(yaml) {
-            inv.add(doc.unwrap().0, "default").unwrap();
-        }
-        inv
-    }
+    use crate::mesh::inventory_of as inventory;
 
     /// The strict-mTLS chapter's blog-app: six services, each with its own account.
     fn blog_app(extra: &str) -> Inventory {
