@@ -54,6 +54,8 @@ fi
 
 # Kubernetes schemas for the rendered chart.
 command -v kubernetes-validate >/dev/null 2>&1 || python3 -m pip install --quiet kubernetes-validate
+# A real Route 53 implementation (moto in server mode), for the Route 53 provider.
+command -v moto_server >/dev/null 2>&1 || python3 -m pip install --quiet 'moto[server]'
 
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

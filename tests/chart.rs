@@ -389,3 +389,47 @@ fn mesh_and_egress_sections_grant_writes_of_their_kinds_and_nothing_more() {
         "{role}"
     );
 }
+
+#[test]
+fn cloud_dns_credentials_reach_the_pod_as_files_an_env_and_an_irsa_annotation() {
+    let objects = template(Some("tests/chart/values-all.yaml"));
+    let sa = objects.iter().find(|o| o["kind"] == "ServiceAccount").unwrap();
+    assert_eq!(
+        sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::111122223333:role/tlsward"
+    );
+    let pod = &objects.iter().find(|o| o["kind"] == "Deployment").unwrap()["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert!(
+        container["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "AWS_SHARED_CREDENTIALS_FILE", "value": "/etc/tlsward/aws/credentials"})),
+        "{container}"
+    );
+    // The Cloudflare token file named in the config is on a mounted Secret.
+    let cm = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
+    let config = cm["data"]["config.yaml"].as_str().unwrap();
+    assert!(
+        config.contains("api_token_file: /etc/tlsward/cloudflare/token"),
+        "{config}"
+    );
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["mountPath"] == "/etc/tlsward/cloudflare" && m["readOnly"] == true),
+        "{mounts:?}"
+    );
+    let volumes = pod["volumes"].as_array().unwrap();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "tlsward-cloudflare"),
+        "{volumes:?}"
+    );
+    // Without values, neither annotations nor extra env appear.
+    let plain = template(None);
+    let sa = plain.iter().find(|o| o["kind"] == "ServiceAccount").unwrap();
+    assert!(sa["metadata"].get("annotations").is_none(), "{sa}");
+}

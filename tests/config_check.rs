@@ -342,3 +342,35 @@ egress:
     ];
     assert_lines_start_with(&stderr, &expected);
 }
+
+#[test]
+fn the_cloud_dns_providers_are_checked_field_by_field_with_positions() {
+    let text = r#"owner_id: o
+store: {files: {dir: out}}
+gateway: {address: {static: [203.0.113.10]}}
+issuers: {ca1: {ca: {}}}
+dns:
+  ttl: 30
+  providers:
+    aws: {route53: {hosted_zone_id: z-lower, region: Mars, endpoint_url: "ftp://x"}}
+    cf: {cloudflare: {zone_id: abc, api_token_file: /t, api_token_env: T, proxied: [shop, nosuch, api]}}
+    cf2: {cloudflare: {zone_id: 023e105f4ecef8ad9ca31a8372d0c353, alias: true}}
+sites:
+  - {name: shop, hosts: [shop.foocorp.example], issuer: ca1, dns: cf, route: {to: shop.default, port: 80}}
+  - {name: api, hosts: [api.foocorp.example], issuer: ca1, dns: aws, route: {to: api.default, port: 80}}
+"#;
+    let (code, _, stderr) = check(text);
+    assert_eq!(code, 1, "{stderr}");
+    let expected = [
+        "F:6:8: dns.ttl: 30s is below Cloudflare's minimum of 60s (provider `cf`)",
+        "F:8:37: dns.providers.aws.route53.hosted_zone_id: `z-lower` is not a hosted zone id",
+        "F:8:54: dns.providers.aws.route53.region: `Mars` is not an AWS region",
+        "F:8:74: dns.providers.aws.route53.endpoint_url: `ftp://x` is not an http(s) URL",
+        "F:9:22: dns.providers.cf.cloudflare: set only one of `api_token_file` and `api_token_env`",
+        "F:9:32: dns.providers.cf.cloudflare.zone_id: `abc` is not a Cloudflare zone id (32 hexadecimal characters)",
+        "F:9:91: dns.providers.cf.cloudflare.proxied[1]: no site named `nosuch` under sites",
+        "F:9:99: dns.providers.cf.cloudflare.proxied[2]: site `api` does not publish through `cf` (its `dns` is `aws`)",
+        "F:10:67: dns.providers.cf2.cloudflare.alias: unknown field",
+    ];
+    assert_lines_start_with(&stderr, &expected);
+}

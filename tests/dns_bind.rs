@@ -97,6 +97,7 @@ async fn a_change_made_after_tlsward_read_the_zone_fails_the_update_and_survives
         host: host.into(),
         site: "s".into(),
         records: vec![RecordSet::new(host, RecordType::A, 60, vec!["203.0.113.10".into()])],
+        alias: false,
     };
 
     // Planned while `new` was free; someone takes it before the update lands.

@@ -436,6 +436,8 @@ pub enum ProviderSpec {
     Rfc2136(Rfc2136Spec),
     Powerdns(PowerDnsSpec),
     Webhook(WebhookSpec),
+    Route53(Route53Spec),
+    Cloudflare(CloudflareSpec),
 }
 
 // The schema of `ProviderSpec`: one optional field per backend, exactly one set (so
@@ -453,6 +455,10 @@ struct ProviderFields {
     powerdns: Option<PowerDnsSpec>,
     /// An external-dns webhook provider.
     webhook: Option<WebhookSpec>,
+    /// An AWS Route 53 hosted zone, through the AWS SDK and its default credential chain.
+    route53: Option<Route53Spec>,
+    /// A Cloudflare zone, through the API v4 with a scoped API token.
+    cloudflare: Option<CloudflareSpec>,
 }
 
 schema_as!(ProviderSpec, ProviderFields);
@@ -514,6 +520,51 @@ fn default_server_id() -> String {
 #[serde(deny_unknown_fields)]
 pub struct WebhookSpec {
     pub url: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Route53Spec {
+    /// The hosted zone's id (`Z…`; a leading `/hostedzone/` is accepted).
+    pub hosted_zone_id: String,
+    /// The region the SDK signs for; Route 53 itself is global.
+    #[serde(default = "default_aws_region")]
+    pub region: String,
+    /// Another Route 53 endpoint (a test server, a proxy); AWS's own when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    /// Publish a load balancer's hostname as an alias A record (allowed at the zone apex)
+    /// instead of a CNAME, where Route 53 can alias it: an Elastic Load Balancing name of
+    /// a known region, or a name inside this hosted zone.
+    #[serde(default)]
+    pub alias: bool,
+}
+
+fn default_aws_region() -> String {
+    "us-east-1".into()
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloudflareSpec {
+    /// The zone's id (32 hexadecimal characters, shown on the zone's overview page).
+    pub zone_id: String,
+    /// A file holding an API token scoped to `Zone.DNS:Edit` on this zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_token_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_token_env: Option<String>,
+    /// Sites whose A/AAAA/CNAME records Cloudflare proxies; every other site's records
+    /// are DNS-only (the gateway terminates TLS).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxied: Vec<String>,
+    /// The API's base URL.
+    #[serde(default = "default_cloudflare_url")]
+    pub endpoint_url: String,
+}
+
+fn default_cloudflare_url() -> String {
+    "https://api.cloudflare.com/client/v4".into()
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -622,14 +673,14 @@ impl ConfigFile {
 }
 
 impl ProviderSpec {
-    /// The zone this provider manages (with its trailing dot, as written); `None` for a
-    /// webhook (its server decides).
+    /// The zone this provider manages (with its trailing dot, as written); `None` where
+    /// the zone is named by an id or the server decides (webhook, Route 53, Cloudflare).
     pub fn zone(&self) -> Option<&str> {
         match self {
             ProviderSpec::Zonefile(z) => Some(&z.zone),
             ProviderSpec::Rfc2136(r) => Some(&r.zone),
             ProviderSpec::Powerdns(p) => Some(&p.zone),
-            ProviderSpec::Webhook(_) => None,
+            ProviderSpec::Webhook(_) | ProviderSpec::Route53(_) | ProviderSpec::Cloudflare(_) => None,
         }
     }
 
@@ -639,6 +690,8 @@ impl ProviderSpec {
             ProviderSpec::Rfc2136(_) => "rfc2136",
             ProviderSpec::Powerdns(_) => "powerdns",
             ProviderSpec::Webhook(_) => "webhook",
+            ProviderSpec::Route53(_) => "route53",
+            ProviderSpec::Cloudflare(_) => "cloudflare",
         }
     }
 }

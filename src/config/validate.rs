@@ -381,6 +381,7 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
             }
         }
     }
+    check_cloudflare(&mut c, root, &providers);
     let site_names: HashSet<&str> = sites
         .iter()
         .filter_map(|s| s.get("name").and_then(Value::as_str))
@@ -744,5 +745,88 @@ fn check_provider(c: &mut Checker, pointer: &str, spec: &ProviderSpec, files_sto
             );
         }
         ProviderSpec::Webhook(w) => c.url(&format!("{pointer}/webhook/url"), &w.url),
+        ProviderSpec::Route53(r) => {
+            let id = r
+                .hosted_zone_id
+                .strip_prefix("/hostedzone/")
+                .unwrap_or(&r.hosted_zone_id);
+            if id.is_empty() || id.len() > 32 || !id.chars().all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit()) {
+                c.at(
+                    format!("{pointer}/route53/hosted_zone_id"),
+                    format!(
+                        "`{}` is not a hosted zone id (uppercase letters and digits, like Z1D633PJN98FT9)",
+                        r.hosted_zone_id
+                    ),
+                );
+            }
+            let region_ok = !r.region.is_empty()
+                && r.region.split('-').count() >= 3
+                && r.region
+                    .chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-');
+            if !region_ok {
+                c.at(
+                    format!("{pointer}/route53/region"),
+                    format!("`{}` is not an AWS region (like eu-west-1)", r.region),
+                );
+            }
+            if let Some(url) = &r.endpoint_url {
+                c.url(&format!("{pointer}/route53/endpoint_url"), url);
+            }
+        }
+        ProviderSpec::Cloudflare(f) => {
+            if f.zone_id.len() != 32 || !f.zone_id.chars().all(|ch| ch.is_ascii_hexdigit()) {
+                c.at(
+                    format!("{pointer}/cloudflare/zone_id"),
+                    format!(
+                        "`{}` is not a Cloudflare zone id (32 hexadecimal characters)",
+                        f.zone_id
+                    ),
+                );
+            }
+            c.one_secret_source(
+                &format!("{pointer}/cloudflare"),
+                "api_token",
+                &f.api_token_file,
+                &f.api_token_env,
+            );
+            c.url(&format!("{pointer}/cloudflare/endpoint_url"), &f.endpoint_url);
+        }
+    }
+}
+
+/// Each site a Cloudflare provider proxies must exist and publish through it, and
+/// Cloudflare takes no TTL below 60 seconds.
+fn check_cloudflare(c: &mut Checker, root: &Value, providers: &HashMap<String, ProviderSpec>) {
+    let site_dns: HashMap<&str, Option<&str>> = root
+        .get("sites")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| Some((s.get("name")?.as_str()?, s.get("dns").and_then(Value::as_str))))
+        .collect();
+    let ttl = root.pointer("/dns/ttl").and_then(Value::as_u64);
+    for (name, spec) in providers {
+        let ProviderSpec::Cloudflare(f) = spec else { continue };
+        if let Some(ttl) = ttl.filter(|t| *t < 60) {
+            c.at(
+                "/dns/ttl",
+                format!("{ttl}s is below Cloudflare's minimum of 60s (provider `{name}`)"),
+            );
+        }
+        for (i, site) in f.proxied.iter().enumerate() {
+            let pointer = format!("/dns/providers/{}/cloudflare/proxied/{i}", escape_pointer(name));
+            match site_dns.get(site.as_str()) {
+                None => c.at(pointer, format!("no site named `{site}` under sites")),
+                Some(dns) if *dns != Some(name.as_str()) => c.at(
+                    pointer,
+                    format!(
+                        "site `{site}` does not publish through `{name}` (its `dns` is {})",
+                        dns.map_or("unset".to_string(), |d| format!("`{d}`"))
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
     }
 }

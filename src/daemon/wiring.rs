@@ -296,10 +296,7 @@ impl Runtime {
         let files_root = file.store.files().map(|f| PathBuf::from(&f.dir)).unwrap_or_default();
         let mut providers: BTreeMap<String, Arc<dyn DnsProvider>> = BTreeMap::new();
         for (name, spec) in &file.dns.providers {
-            providers.insert(
-                name.clone(),
-                crate::dns::provider(name, spec, file.dns.ttl, &files_root, file.deadlines.request.to_std())?,
-            );
+            providers.insert(name.clone(), crate::dns::provider(name, spec, file, &files_root)?);
         }
         let address = match file.gateway.address.as_ref().map(address::from_spec).transpose()? {
             Some(a) => Some(a),

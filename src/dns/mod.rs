@@ -2,15 +2,17 @@
 //! list of changes; ownership (what may be changed) is decided in `registry`, never
 //! in a provider.
 
+pub mod cloudflare;
 pub mod powerdns;
 pub mod registry;
 pub mod rfc2136;
+pub mod route53;
 pub mod webhook;
 pub mod zonefile;
 
 use async_trait::async_trait;
 
-use crate::model::RecordSet;
+use crate::model::{RecordSet, RecordType};
 use registry::ZoneDiff;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,12 +60,24 @@ pub enum DnsError {
 pub fn provider(
     name: &str,
     spec: &crate::config::ProviderSpec,
-    ttl: u32,
+    file: &crate::config::ConfigFile,
     files_root: &std::path::Path,
-    deadline: std::time::Duration,
 ) -> Result<std::sync::Arc<dyn DnsProvider>, DnsError> {
     use crate::config::{ProviderSpec, SecretError, read_secret};
     use std::sync::Arc;
+    let (ttl, deadline) = (file.dns.ttl, file.deadlines.request.to_std());
+    // The hosts of the named sites (Cloudflare proxies these).
+    let hosts_of = |sites: &[String]| -> std::collections::BTreeSet<String> {
+        file.sites
+            .iter()
+            .filter(|s| sites.contains(&s.name))
+            .flat_map(|s| {
+                crate::config::Config::hosts(s)
+                    .into_iter()
+                    .map(|h| h.as_str().to_string())
+            })
+            .collect()
+    };
     let field = |f: &str| format!("dns.providers.{name}.{f}");
     let secret = |source: SecretError| DnsError::Secret {
         provider: name.to_string(),
@@ -83,6 +97,19 @@ pub fn provider(
             Arc::new(powerdns::PowerDnsProvider::new(name, p, &key, deadline)?)
         }
         ProviderSpec::Webhook(w) => Arc::new(webhook::WebhookProvider::new(name, w, deadline)?),
+        ProviderSpec::Route53(r) => Arc::new(route53::Route53Provider::new(name, r, ttl, deadline)),
+        ProviderSpec::Cloudflare(f) => {
+            let token =
+                read_secret(&field("cloudflare.api_token"), &f.api_token_file, &f.api_token_env).map_err(secret)?;
+            Arc::new(cloudflare::CloudflareProvider::new(
+                name,
+                f,
+                &token,
+                hosts_of(&f.proxied),
+                ttl,
+                deadline,
+            )?)
+        }
     })
 }
 
@@ -104,6 +131,49 @@ pub(crate) fn http_unreachable(provider: &str, server: &str, e: reqwest::Error) 
         } else {
             crate::deadline::chain(&e.without_url())
         },
+    }
+}
+
+/// A record value as an HTTP API takes it (PowerDNS, Route 53, Cloudflare): a CNAME
+/// target absolute, TXT text quoted in strings of at most 255 octets.
+pub(crate) fn content(kind: RecordType, value: &str) -> String {
+    match kind {
+        RecordType::CNAME => format!("{value}."),
+        RecordType::TXT => {
+            let mut strings = Vec::new();
+            let mut rest = value;
+            while !rest.is_empty() || strings.is_empty() {
+                let mut cut = rest.len().min(255);
+                while !rest.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                let (head, tail) = rest.split_at(cut);
+                strings.push(format!("\"{}\"", head.replace('\\', "\\\\").replace('"', "\\\"")));
+                rest = tail;
+            }
+            strings.join(" ")
+        }
+        _ => value.to_string(),
+    }
+}
+
+/// The value tlsward compares for an API's record content (the inverse of `content`).
+pub(crate) fn value(kind: RecordType, content: &str) -> String {
+    match kind {
+        RecordType::CNAME => content.trim_end_matches('.').to_ascii_lowercase(),
+        RecordType::TXT => crate::render::zone::unquote_txt(content),
+        _ => content.to_string(),
+    }
+}
+
+/// The type tlsward manages for an API's type name (`Other` for the rest).
+pub(crate) fn record_type(name: &str) -> RecordType {
+    match name {
+        "A" => RecordType::A,
+        "AAAA" => RecordType::AAAA,
+        "CNAME" => RecordType::CNAME,
+        "TXT" => RecordType::TXT,
+        _ => RecordType::Other,
     }
 }
 

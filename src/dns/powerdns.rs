@@ -43,22 +43,6 @@ struct RrRecord {
     disabled: bool,
 }
 
-fn content(kind: RecordType, value: &str) -> String {
-    match kind {
-        RecordType::CNAME => format!("{value}."),
-        RecordType::TXT => format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\"")),
-        _ => value.to_string(),
-    }
-}
-
-fn value(kind: RecordType, content: &str) -> String {
-    match kind {
-        RecordType::CNAME => content.trim_end_matches('.').to_ascii_lowercase(),
-        RecordType::TXT => crate::render::zone::unquote_txt(content),
-        _ => content.to_string(),
-    }
-}
-
 impl PowerDnsProvider {
     pub fn new(
         name: &str,
@@ -126,18 +110,12 @@ impl DnsProvider for PowerDnsProvider {
         let mut sets: BTreeMap<(String, RecordType), (u32, Vec<String>)> = BTreeMap::new();
         for rr in zone.rrsets {
             let name = rr.name.trim_end_matches('.').to_ascii_lowercase();
-            let kind = match rr.kind.as_str() {
-                "A" => RecordType::A,
-                "AAAA" => RecordType::AAAA,
-                "CNAME" => RecordType::CNAME,
-                "TXT" => RecordType::TXT,
-                _ => RecordType::Other,
-            };
+            let kind = super::record_type(&rr.kind);
             let e = sets.entry((name, kind)).or_insert((rr.ttl, Vec::new()));
             for r in rr.records.iter().filter(|r| !r.disabled) {
                 e.1.push(match kind {
                     RecordType::Other => format!("{} {}", rr.kind, r.content),
-                    _ => value(kind, &r.content),
+                    _ => super::value(kind, &r.content),
                 });
             }
         }
@@ -160,7 +138,7 @@ impl DnsProvider for PowerDnsProvider {
                     "type": set.kind.as_str(),
                     "ttl": set.ttl,
                     "changetype": "REPLACE",
-                    "records": set.values.iter().map(|v| json!({"content": content(set.kind, v), "disabled": false})).collect::<Vec<_>>(),
+                    "records": set.values.iter().map(|v| json!({"content": super::content(set.kind, v), "disabled": false})).collect::<Vec<_>>(),
                 }),
                 Change::Delete(set) => json!({
                     "name": format!("{}.", set.name),

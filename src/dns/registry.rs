@@ -98,6 +98,10 @@ pub struct DesiredName {
     pub site: String,
     /// A/AAAA or one CNAME set, never both.
     pub records: Vec<RecordSet>,
+    /// The provider publishes this name's CNAME as an alias A record (Route 53), an
+    /// address record that may share its name with other types, the zone apex's
+    /// SOA and NS included.
+    pub alias: bool,
 }
 
 /// What must still hold at a name when the changes land, for providers that can
@@ -171,7 +175,7 @@ pub fn diff_within(
                 continue;
             }
             let present = names_present.get(host).cloned().unwrap_or_default();
-            let wants_cname = want.records.iter().any(|r| r.kind == RecordType::CNAME);
+            let wants_cname = !want.alias && want.records.iter().any(|r| r.kind == RecordType::CNAME);
             let blocking: Vec<String> = present
                 .iter()
                 .filter(|t| wants_cname || managed_types(host).contains(t))
@@ -188,7 +192,7 @@ pub fn diff_within(
                 ));
                 continue;
             }
-        } else if want.records.iter().any(|r| r.kind == RecordType::CNAME) {
+        } else if !want.alias && want.records.iter().any(|r| r.kind == RecordType::CNAME) {
             // Our name, but someone else's TXT/MX/… sits there too: a CNAME may not join
             // them, so the name keeps what it has rather than lose its address records.
             let foreign: Vec<String> = names_present
@@ -237,7 +241,7 @@ pub fn diff_within(
                     },
                     _ => Guard::Free {
                         name: host.to_string(),
-                        cname: want.records.iter().any(|r| r.kind == RecordType::CNAME),
+                        cname: !want.alias && want.records.iter().any(|r| r.kind == RecordType::CNAME),
                     },
                 });
         }
@@ -279,6 +283,7 @@ mod tests {
             host: host.into(),
             site: "shop".into(),
             records,
+            alias: false,
         }
     }
     fn ours(host: &str) -> RecordSet {

@@ -13,7 +13,7 @@ use std::fmt;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::config::{ConfigFile, IssuerSpec, KeyAlgorithm, SecretFormat, SiteSpec, TlsMode};
+use crate::config::{ConfigFile, IssuerSpec, KeyAlgorithm, ProviderSpec, SecretFormat, SiteSpec, TlsMode};
 use crate::dns::registry::{self, DesiredName, ZoneDiff};
 use crate::model::{Address, CertificateFacts, GatewayAddress, Hostname, ObservedCredential, RecordSet, RecordType};
 use crate::render;
@@ -469,6 +469,7 @@ pub fn desired_names(site: &SiteSpec, address: &GatewayAddress, ttl: u32) -> Vec
                 host: name,
                 site: site.name.clone(),
                 records,
+                alias: false,
             }
         })
         .collect()
@@ -510,10 +511,19 @@ fn plan_zones(config: &ConfigFile, observed: &Observed, conflicts: &mut Vec<Conf
             zones.push(zone);
             continue;
         };
-        let desired: Vec<DesiredName> = sites
+        let mut desired: Vec<DesiredName> = sites
             .iter()
             .flat_map(|s| desired_names(s, address, config.dns.ttl))
             .collect();
+        if let ProviderSpec::Route53(r) = spec
+            && r.alias
+        {
+            for d in &mut desired {
+                d.alias = d.records.iter().any(|r| {
+                    r.kind == RecordType::CNAME && r.values.iter().all(|v| crate::dns::route53::elb_zone(v).is_some())
+                });
+            }
+        }
         zone.diff = registry::diff(&config.owner_id, config.dns.ttl, &desired, current);
         for (name, why) in &zone.diff.conflicts {
             conflicts.push(Conflict {

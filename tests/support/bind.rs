@@ -160,6 +160,7 @@ pub fn a_records(count: usize, prefix: &str, zone: &str) -> Vec<tlsward::dns::re
                 )],
                 host,
                 site: format!("s{i}"),
+                alias: false,
             }
         })
         .collect()

@@ -3,9 +3,11 @@
 #![allow(dead_code)]
 
 pub mod bind;
+pub mod cloudflare;
 pub mod dns_scenario;
 pub mod fault;
 pub mod kube_emulator;
+pub mod moto;
 pub mod nginx;
 pub mod pdns;
 pub mod pebble;
@@ -21,13 +23,22 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tlsward");
 /// A config plus the directory it writes into, both temporary.
 pub struct Workdir {
     pub dir: tempfile::TempDir,
+    /// Environment every command of this workdir runs with (beside the test's own).
+    pub env: Vec<(String, String)>,
 }
 
 impl Workdir {
     pub fn new() -> Workdir {
         Workdir {
             dir: tempfile::tempdir().unwrap(),
+            env: Vec::new(),
         }
+    }
+    /// This workdir with `pairs` added to every command's environment.
+    pub fn with_env(mut self, pairs: &[(&str, &str)]) -> Workdir {
+        self.env
+            .extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
     }
     pub fn path(&self) -> &Path {
         self.dir.path()
@@ -45,6 +56,7 @@ impl Workdir {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.current_dir(self.path()).args(args).env("NO_COLOR", "1");
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
     /// `tlsward run` (the daemon) on the config, its endpoints on 127.0.0.1:`port`.

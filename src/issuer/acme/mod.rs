@@ -590,6 +590,7 @@ impl AcmeIssuer {
                 host: name.clone(),
                 site: site.to_string(),
                 records: vec![RecordSet::new(name.clone(), RecordType::TXT, *ttl, v.clone())],
+                alias: false,
             })
             .collect();
         let scope: BTreeSet<String> = values.keys().cloned().collect();
