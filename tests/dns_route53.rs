@@ -286,3 +286,45 @@ sites:
     assert_eq!(b.lookup("shop.foocorp.example", "A"), vec!["203.0.113.10"]);
     dns_scenario::assert_foreign_intact(&b);
 }
+
+#[test]
+fn the_daemon_counts_record_changes_by_provider_and_result() {
+    let w = workdir();
+    let moto = Moto::start(&w.path().join("moto"), &[]);
+    let zone = seeded(&moto);
+    let b = MotoBackend {
+        moto: &moto,
+        zone,
+        url: moto.url(),
+        extra: "",
+    };
+    // frontend shares its name with a foreign TXT, so its CNAME is a conflict;
+    // inventory is free: its CNAME and its ownership record are two changes.
+    w.write_config(&dns_scenario::config(
+        &b.provider(),
+        "lb-1.elb.example.net",
+        &["frontend", "inventory"],
+    ));
+    let port = free_port();
+    let _daemon = Proc(
+        w.daemon(port, &[])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let success = "tlsward_dns_record_changes_total{provider=\"corp\",result=\"success\"}";
+    let conflict = "tlsward_dns_record_changes_total{provider=\"corp\",result=\"conflict\"}";
+    wait_for(
+        std::time::Duration::from_secs(60),
+        "the first pass's DNS changes",
+        || (scrape(port, success) >= 2.0 && scrape(port, conflict) >= 1.0).then_some(()),
+    );
+    assert_eq!(scrape(port, success), 2.0);
+    assert_eq!(
+        b.lookup("inventory.foocorp.example", "CNAME"),
+        vec!["lb-1.elb.example.net."]
+    );
+    assert!(b.lookup("frontend.foocorp.example", "CNAME").is_empty());
+    dns_scenario::assert_foreign_intact(&b);
+}
