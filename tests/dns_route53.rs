@@ -328,3 +328,36 @@ fn the_daemon_counts_record_changes_by_provider_and_result() {
     assert!(b.lookup("frontend.foocorp.example", "CNAME").is_empty());
     dns_scenario::assert_foreign_intact(&b);
 }
+
+#[test]
+fn a_zone_larger_than_one_page_is_read_whole() {
+    let w = workdir();
+    let moto = Moto::start(&w.path().join("moto"), &[]);
+    let zone = seeded(&moto);
+    // 400 foreign names (moto answers 300 record sets a page), one of them where a site
+    // wants to publish: that name is only known from page two or later.
+    let names: Vec<String> = (0..400).map(|i| format!("f{i:03}.foocorp.example.")).collect();
+    let sets: Vec<(&str, &str, &[&str])> = names.iter().map(|n| (n.as_str(), "A", &["198.51.100.9"][..])).collect();
+    moto.seed(&zone, &sets);
+    let proxy = Route53Proxy::start(&moto.url());
+    let b = MotoBackend {
+        moto: &moto,
+        zone: zone.clone(),
+        url: proxy.url(),
+        extra: "",
+    };
+    let mut config = dns_scenario::config(&b.provider(), "203.0.113.10", &["inventory"]);
+    config.push_str("  - {name: late, hosts: [f399.foocorp.example], issuer: internal, dns: corp, route: {to: late.default, port: 80}}\n");
+    w.write_config(&config);
+    let out = w.run_once();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("f399.foocorp.example: has A records without tlsward's ownership record"),
+        "{stderr}"
+    );
+    let reads = proxy.count("GET /2013-04-01/hostedzone/");
+    assert!(reads >= 2, "one page read: {:?}", proxy.log.lock().unwrap());
+    assert_eq!(b.lookup("f399.foocorp.example", "A"), vec!["198.51.100.9"]);
+    assert_eq!(b.lookup("inventory.foocorp.example", "A"), vec!["203.0.113.10"]);
+}

@@ -684,6 +684,15 @@ impl ProviderSpec {
         }
     }
 
+    /// How `plan` names the zone: its name, or the id a hosted provider knows it by.
+    pub fn zone_label(&self) -> String {
+        match self {
+            ProviderSpec::Route53(r) => r.hosted_zone_id.clone(),
+            ProviderSpec::Cloudflare(f) => f.zone_id.clone(),
+            other => other.zone().unwrap_or_default().to_string(),
+        }
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match self {
             ProviderSpec::Zonefile(_) => "zonefile",

@@ -480,7 +480,7 @@ fn plan_zones(config: &ConfigFile, observed: &Observed, conflicts: &mut Vec<Conf
     for (provider, spec) in &config.dns.providers {
         let mut zone = ZonePlan {
             provider: provider.clone(),
-            zone: spec.zone().unwrap_or_default().to_string(),
+            zone: spec.zone_label(),
             diff: ZoneDiff::default(),
             unavailable: None,
         };
