@@ -181,35 +181,10 @@ fn dns01_publishes_and_removes_its_challenge_records() {
         "127.0.0.1:1",
         &[("PEBBLE_VA_ALWAYS_VALID", "1"), ("PEBBLE_VA_NOSLEEP", "1")],
     );
-    w.write_config(&format!(
-        r#"owner_id: acme-test
-store: {{files: {{dir: out}}}}
-gateway: {{address: {{static: [203.0.113.10]}}}}
-issuers:
-  pebble:
-    acme: {{directory: "{dir}", email: ops@foocorp.example, ca_bundle_file: {ca}, solver: {{dns01: {{provider: cf}}}}}}
-dns:
-  providers:
-    cf: {provider}
-sites:
-  - {{name: shop, hosts: [shop.foocorp.example, "*.apps.foocorp.example"], issuer: pebble, dns: cf, route: {{to: shop.default, port: 80}}}}
-"#,
-        dir = pebble.directory(),
-        ca = pebble.tls_ca.display(),
-        provider = b.provider(),
-    ));
+    w.write_config(&dns_scenario::dns01_config(&pebble, &b.provider()));
     assert_success(&w.run_once());
-    assert!(w.out().join("credentials/shop/tls.crt").exists(), "no certificate");
     // The challenge went through Cloudflare: its records were posted, then deleted.
     let batches = cf.requests("batch ");
     assert!(batches.len() >= 3, "{batches:?}");
-    for name in [
-        "_acme-challenge.shop.foocorp.example",
-        "_acme-challenge.apps.foocorp.example",
-        "_tlsward._acme-challenge.shop.foocorp.example",
-    ] {
-        assert!(b.lookup(name, "TXT").is_empty(), "{name} left behind");
-    }
-    assert_eq!(b.lookup("shop.foocorp.example", "A"), vec!["203.0.113.10"]);
-    dns_scenario::assert_foreign_intact(&b);
+    dns_scenario::assert_dns01_done(&w, &b);
 }

@@ -29,6 +29,18 @@ impl Backend for MotoBackend<'_> {
     }
 }
 
+impl<'a> MotoBackend<'a> {
+    /// The zone `zone` in `moto`, reached at `url` (moto's own, or a proxy's).
+    fn new(moto: &'a Moto, zone: &str, url: String) -> MotoBackend<'a> {
+        MotoBackend {
+            moto,
+            zone: zone.to_string(),
+            url,
+            extra: "",
+        }
+    }
+}
+
 fn seeded(moto: &Moto) -> String {
     let zone = moto.create_zone("foocorp.example");
     moto.seed(
@@ -53,12 +65,7 @@ fn records_follow_the_address_and_foreign_records_survive() {
     let w = workdir();
     let moto = Moto::start(&w.path().join("moto"), &[]);
     let zone = seeded(&moto);
-    let b = MotoBackend {
-        moto: &moto,
-        zone,
-        url: moto.url(),
-        extra: "",
-    };
+    let b = MotoBackend::new(&moto, &zone, moto.url());
     dns_scenario::records_follow_the_address_and_foreign_records_survive(&w, &b);
 }
 
@@ -68,10 +75,8 @@ fn an_elb_hostname_is_an_alias_record_even_at_the_zone_apex() {
     let moto = Moto::start(&w.path().join("moto"), &[]);
     let zone = moto.create_zone("foocorp.example");
     let b = MotoBackend {
-        moto: &moto,
-        zone: zone.clone(),
-        url: moto.url(),
         extra: ", alias: true",
+        ..MotoBackend::new(&moto, &zone, moto.url())
     };
     let config = |address: &str| {
         format!(
@@ -130,12 +135,7 @@ fn throttling_is_retried_with_backoff_and_a_persistent_one_is_a_clear_error() {
     let moto = Moto::start(&w.path().join("moto"), &[]);
     let zone = seeded(&moto);
     let proxy = Route53Proxy::start(&moto.url());
-    let b = MotoBackend {
-        moto: &moto,
-        zone: zone.clone(),
-        url: proxy.url(),
-        extra: "",
-    };
+    let b = MotoBackend::new(&moto, &zone, proxy.url());
     proxy
         .faults
         .throttle_changes
@@ -181,12 +181,7 @@ fn refused_credentials_and_a_wrong_zone_are_errors_naming_the_zone() {
     // creating the zone); tlsward's test keys are unknown to it.
     let moto = Moto::start(&w.path().join("moto"), &[("INITIAL_NO_AUTH_ACTION_COUNT", "1")]);
     let zone = moto.create_zone("foocorp.example");
-    let b = MotoBackend {
-        moto: &moto,
-        zone: zone.clone(),
-        url: moto.url(),
-        extra: "",
-    };
+    let b = MotoBackend::new(&moto, &zone, moto.url());
     w.write_config(&dns_scenario::config(&b.provider(), "203.0.113.10", &["frontend"]));
     let out = w.run_once();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -199,12 +194,7 @@ fn refused_credentials_and_a_wrong_zone_are_errors_naming_the_zone() {
 
     let w = workdir();
     let moto = Moto::start(&w.path().join("moto"), &[]);
-    let b = MotoBackend {
-        moto: &moto,
-        zone: "Z0NOSUCHZONE42".into(),
-        url: moto.url(),
-        extra: "",
-    };
+    let b = MotoBackend::new(&moto, "Z0NOSUCHZONE42", moto.url());
     w.write_config(&dns_scenario::config(&b.provider(), "203.0.113.10", &["frontend"]));
     let out = w.run_once();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -231,29 +221,8 @@ fn dns01_answers_only_once_the_challenge_change_is_insync() {
         &[("PEBBLE_VA_ALWAYS_VALID", "1"), ("PEBBLE_VA_NOSLEEP", "1")],
     );
     proxy.faults.pending_reads.store(2, std::sync::atomic::Ordering::SeqCst);
-    let b = MotoBackend {
-        moto: &moto,
-        zone: zone.clone(),
-        url: proxy.url(),
-        extra: "",
-    };
-    w.write_config(&format!(
-        r#"owner_id: acme-test
-store: {{files: {{dir: out}}}}
-gateway: {{address: {{static: [203.0.113.10]}}}}
-issuers:
-  pebble:
-    acme: {{directory: "{dir}", email: ops@foocorp.example, ca_bundle_file: {ca}, solver: {{dns01: {{provider: aws}}}}}}
-dns:
-  providers:
-    aws: {provider}
-sites:
-  - {{name: shop, hosts: [shop.foocorp.example, "*.apps.foocorp.example"], issuer: pebble, dns: aws, route: {{to: shop.default, port: 80}}}}
-"#,
-        dir = pebble.directory(),
-        ca = pebble.tls_ca.display(),
-        provider = b.provider(),
-    ));
+    let b = MotoBackend::new(&moto, &zone, proxy.url());
+    w.write_config(&dns_scenario::dns01_config(&pebble, &b.provider()));
     let out = w.run_once();
     assert_success(&out);
     let log = proxy.log.lock().unwrap().clone();
@@ -272,19 +241,7 @@ sites:
             .any(|l| l.ends_with("/rrset (_acme-challenge)")),
         "{log:?}"
     );
-    assert!(
-        std::fs::read_to_string(w.out().join("credentials/shop/tls.crt")).is_ok(),
-        "no certificate"
-    );
-    for name in [
-        "_acme-challenge.shop.foocorp.example",
-        "_acme-challenge.apps.foocorp.example",
-        "_tlsward._acme-challenge.shop.foocorp.example",
-    ] {
-        assert!(b.lookup(name, "TXT").is_empty(), "{name} left behind");
-    }
-    assert_eq!(b.lookup("shop.foocorp.example", "A"), vec!["203.0.113.10"]);
-    dns_scenario::assert_foreign_intact(&b);
+    dns_scenario::assert_dns01_done(&w, &b);
 }
 
 #[test]
@@ -292,12 +249,7 @@ fn the_daemon_counts_record_changes_by_provider_and_result() {
     let w = workdir();
     let moto = Moto::start(&w.path().join("moto"), &[]);
     let zone = seeded(&moto);
-    let b = MotoBackend {
-        moto: &moto,
-        zone,
-        url: moto.url(),
-        extra: "",
-    };
+    let b = MotoBackend::new(&moto, &zone, moto.url());
     // frontend shares its name with a foreign TXT, so its CNAME is a conflict;
     // inventory is free: its CNAME and its ownership record are two changes.
     w.write_config(&dns_scenario::config(
@@ -306,13 +258,7 @@ fn the_daemon_counts_record_changes_by_provider_and_result() {
         &["frontend", "inventory"],
     ));
     let port = free_port();
-    let _daemon = Proc(
-        w.daemon(port, &[])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _daemon = w.quiet_daemon(port);
     let success = "tlsward_dns_record_changes_total{provider=\"corp\",result=\"success\"}";
     let conflict = "tlsward_dns_record_changes_total{provider=\"corp\",result=\"conflict\"}";
     wait_for(
@@ -340,12 +286,7 @@ fn a_zone_larger_than_one_page_is_read_whole() {
     let sets: Vec<(&str, &str, &[&str])> = names.iter().map(|n| (n.as_str(), "A", &["198.51.100.9"][..])).collect();
     moto.seed(&zone, &sets);
     let proxy = Route53Proxy::start(&moto.url());
-    let b = MotoBackend {
-        moto: &moto,
-        zone: zone.clone(),
-        url: proxy.url(),
-        extra: "",
-    };
+    let b = MotoBackend::new(&moto, &zone, proxy.url());
     let mut config = dns_scenario::config(&b.provider(), "203.0.113.10", &["inventory"]);
     config.push_str("  - {name: late, hosts: [f399.foocorp.example], issuer: internal, dns: corp, route: {to: late.default, port: 80}}\n");
     w.write_config(&config);

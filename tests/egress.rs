@@ -408,13 +408,7 @@ fn the_egress_client_credential_is_issued_accepted_by_a_real_nginx_and_rotated_w
 
     // The daemon exports it like a site's certificate: ready, and when it expires.
     let port = free_port();
-    let _daemon = Proc(
-        w.daemon(port, &[])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _daemon = w.quiet_daemon(port);
     let series = "tlsward_certificate_ready{site=\"ledger-partner-example-egress\",issuer=\"internal\"}";
     wait_for(
         std::time::Duration::from_secs(20),

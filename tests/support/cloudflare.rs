@@ -68,8 +68,7 @@ type Shared = Arc<Mutex<Zone>>;
 pub struct Cloudflare {
     pub port: u16,
     pub zone: Shared,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _served: super::Served,
 }
 
 fn envelope(status: StatusCode, result: Value, info: Option<Value>) -> Response {
@@ -286,31 +285,15 @@ impl Cloudflare {
         let zone: Shared = Arc::new(Mutex::new(zone));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        listener.set_nonblocking(true).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = Router::new()
             .route("/client/v4/zones/{zone}/dns_records", get(list))
             .route("/client/v4/zones/{zone}/dns_records/batch", post(batch))
             .with_state(zone.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-            });
-        });
+        let served = super::Served::start(listener, app);
         Cloudflare {
             port,
             zone,
-            stop: Some(stop),
-            thread: Some(thread),
+            _served: served,
         }
     }
 
@@ -347,16 +330,5 @@ impl Cloudflare {
     pub fn requests(&self, what: &str) -> Vec<String> {
         let zone = self.zone.lock().unwrap();
         zone.log.iter().filter(|l| l.contains(what)).cloned().collect()
-    }
-}
-
-impl Drop for Cloudflare {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }

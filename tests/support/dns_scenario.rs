@@ -103,3 +103,39 @@ pub fn records_follow_the_address_and_foreign_records_survive(w: &Workdir, b: &d
     );
     assert_foreign_intact(b);
 }
+
+/// A config issuing a wildcard and a plain name from Pebble (`pebble`) through DNS-01
+/// on `provider` (a YAML flow mapping), its records published there too.
+pub fn dns01_config(pebble: &super::pebble::Pebble, provider: &str) -> String {
+    format!(
+        r#"owner_id: acme-test
+store: {{files: {{dir: out}}}}
+gateway: {{address: {{static: [203.0.113.10]}}}}
+issuers:
+  pebble:
+    acme: {{directory: "{dir}", email: ops@foocorp.example, ca_bundle_file: {ca}, solver: {{dns01: {{provider: corp}}}}}}
+dns:
+  providers:
+    corp: {provider}
+sites:
+  - {{name: shop, hosts: [shop.foocorp.example, "*.apps.foocorp.example"], issuer: pebble, dns: corp, route: {{to: shop.default, port: 80}}}}
+"#,
+        dir = pebble.directory(),
+        ca = pebble.tls_ca.display(),
+    )
+}
+
+/// After a `dns01_config` pass: a certificate, no challenge record left behind, the
+/// site's own record in place, every foreign record intact.
+pub fn assert_dns01_done(w: &Workdir, b: &dyn Backend) {
+    assert!(w.out().join("credentials/shop/tls.crt").exists(), "no certificate");
+    for name in [
+        "_acme-challenge.shop.foocorp.example",
+        "_acme-challenge.apps.foocorp.example",
+        "_tlsward._acme-challenge.shop.foocorp.example",
+    ] {
+        assert!(b.lookup(name, "TXT").is_empty(), "{name} left behind");
+    }
+    assert_eq!(b.lookup("shop.foocorp.example", "A"), vec!["203.0.113.10"]);
+    assert_foreign_intact(b);
+}

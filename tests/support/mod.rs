@@ -67,6 +67,17 @@ impl Workdir {
         c
     }
 
+    /// The daemon started on `port` with its output discarded, stopped when dropped.
+    pub fn quiet_daemon(&self, port: u16) -> Proc {
+        Proc(
+            self.daemon(port, &[])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
     /// `tlsward run --once` on the config.
     pub fn run_once(&self) -> Output {
         self.command(&["run", "--once", "--config", "tlsward.yaml", "--log-format", "json"])
@@ -96,6 +107,48 @@ pub fn assert_success(out: &Output) {
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An axum app served from `listener` on a thread of its own, stopped when dropped.
+pub struct Served {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Served {
+    pub fn start(listener: TcpListener, app: axum::Router) -> Served {
+        listener.set_nonblocking(true).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+        });
+        Served {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A child process killed (by PID) when dropped.

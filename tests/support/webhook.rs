@@ -18,8 +18,7 @@ type Records = Arc<Mutex<BTreeMap<(String, String), Endpoint>>>;
 pub struct Webhook {
     pub port: u16,
     pub records: Records,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _served: super::Served,
 }
 
 fn json(body: impl serde::Serialize) -> Response {
@@ -101,32 +100,16 @@ impl Webhook {
         ));
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
-        listener.set_nonblocking(true).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = Router::new()
             .route("/", get(negotiate))
             .route("/records", get(list).post(apply))
             .route("/adjustendpoints", post(adjust))
             .with_state(records.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-            });
-        });
+        let served = super::Served::start(listener, app);
         Webhook {
             port,
             records,
-            stop: Some(stop),
-            thread: Some(thread),
+            _served: served,
         }
     }
 
@@ -148,16 +131,5 @@ impl Webhook {
             .unwrap_or_default();
         out.sort();
         out
-    }
-}
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
