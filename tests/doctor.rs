@@ -200,7 +200,7 @@ fn every_fixture_object_is_valid_against_the_kubernetes_and_istio_schemas() {
         }
     }
     let list: Vec<Value> = istio.iter().map(|o| serde_json::from_str(o).unwrap()).collect();
-    support::assert_valid_istio(&list);
+    support::assert_valid_objects(&list);
 
     let dir = tempfile::tempdir().unwrap();
     let files: Vec<PathBuf> = core

@@ -30,7 +30,7 @@ spec: {template: {metadata: {labels: {istio: egressgateway}}, spec: {serviceAcco
 #[test]
 fn the_talks_options_are_valid_istio_objects() {
     let objects = rendered();
-    assert_valid_istio(&objects);
+    assert_valid_objects(&objects);
     assert_eq!(objects.len(), 1 + 3 + 3 + 2);
 }
 

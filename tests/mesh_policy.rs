@@ -75,7 +75,7 @@ fn generated_policies_are_valid_istio_objects() {
             "AuthorizationPolicy"
         ]
     );
-    support::assert_valid_istio(&objects);
+    support::assert_valid_objects(&objects);
 }
 
 #[test]

@@ -206,6 +206,13 @@ pub struct GatewaySpec {
     /// The load balancer's address when there is no Service to follow (files store).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<AddressSpec>,
+    /// Which API routes the sites: Istio's Gateway and VirtualServices, or the
+    /// Kubernetes Gateway API's Gateway and HTTPRoutes.
+    #[serde(default)]
+    pub api: GatewayApi,
+    /// With `api: gateway-api`: the Gateway's `gatewayClassName`.
+    #[serde(default = "default_gateway_class")]
+    pub class: String,
 }
 
 impl Default for GatewaySpec {
@@ -216,8 +223,25 @@ impl Default for GatewaySpec {
             selector: default_selector(),
             name: default_gateway_name(),
             address: None,
+            api: GatewayApi::default(),
+            class: default_gateway_class(),
         }
     }
+}
+
+/// The API tlsward drives the ingress through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum GatewayApi {
+    /// `networking.istio.io` Gateway and VirtualServices.
+    #[default]
+    Istio,
+    /// `gateway.networking.k8s.io/v1` Gateway and HTTPRoutes.
+    GatewayApi,
+}
+
+fn default_gateway_class() -> String {
+    "istio".into()
 }
 
 fn default_namespace() -> String {

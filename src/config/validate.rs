@@ -166,6 +166,18 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
                 "must select the gateway workload by at least one label",
             );
         }
+        if g.api == GatewayApi::GatewayApi {
+            if let Some(p) = subdomain_problem(&g.class) {
+                c.at("/gateway/class", p);
+            }
+            if root.pointer("/store/kubernetes").is_some() {
+                c.at(
+                    "/gateway/api",
+                    "`gateway-api` is written to the files store only in this version (manifests/); use `istio` with the Kubernetes store",
+                );
+            }
+            check_gateway_api_sites(&mut c, root);
+        }
     }
     // Read on its own, so that an error elsewhere in `gateway` does not hide these.
     if let Some(addr) = piece::<AddressSpec>(root, "/gateway/address") {
@@ -393,6 +405,41 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
         check_egress(&mut c, root, store.as_ref().is_some_and(|s| s.files().is_none()));
     }
     c.problems
+}
+
+/// What the Gateway API's v1 listeners cannot carry: client certificate validation
+/// (MUTUAL), a Secret that is not `kubernetes.io/tls`, and more than 64 listeners on the
+/// one Gateway (an HTTPS listener per host, and the shared HTTP listener).
+fn check_gateway_api_sites(c: &mut Checker, root: &Value) {
+    let sites = root.get("sites").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut listeners = 1;
+    for (i, site) in sites.iter().enumerate() {
+        if site.pointer("/tls/mode").and_then(Value::as_str) == Some("MUTUAL") {
+            c.at(
+                format!("/sites/{i}/tls/mode"),
+                "the Gateway API's v1 listeners do not validate client certificates: use `gateway.api: istio` for MUTUAL sites",
+            );
+        }
+        if let Some(format) = site.pointer("/tls/format").and_then(Value::as_str)
+            && format != "tls"
+        {
+            c.at(
+                format!("/sites/{i}/tls/format"),
+                format!("`{format}`: a Gateway API listener references a kubernetes.io/tls Secret: use `format: tls`"),
+            );
+        }
+        listeners += site.get("hosts").and_then(Value::as_array).map_or(0, Vec::len);
+    }
+    if listeners > crate::render::gateway_api::MAX_LISTENERS {
+        c.at(
+            "/sites",
+            format!(
+                "{} hosts need {listeners} listeners (one per host, and one for HTTP): a Gateway API Gateway holds at most {}",
+                listeners - 1,
+                crate::render::gateway_api::MAX_LISTENERS
+            ),
+        );
+    }
 }
 
 /// A service account name: a DNS subdomain (lowercase labels joined by dots).

@@ -2,13 +2,14 @@
 //! inputs always render the same bytes, so an unchanged world writes nothing.
 
 pub mod egress;
+pub mod gateway_api;
 pub mod zone;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
-use crate::config::{ConfigFile, SecretFormat, SiteSpec, TlsMode};
+use crate::config::{ConfigFile, GatewayApi, SecretFormat, SiteSpec, TlsMode};
 use crate::model::names;
 
 const ISTIO_API: &str = "networking.istio.io/v1";
@@ -216,13 +217,17 @@ pub fn objects_iter<'a>(
     ready: &'a BTreeSet<String>,
     challenged: &'a BTreeMap<String, (String, u16)>,
 ) -> impl Iterator<Item = Value> + 'a {
+    if config.gateway.api == GatewayApi::GatewayApi {
+        return Box::new(gateway_api::objects(config, ready, challenged).into_iter())
+            as Box<dyn Iterator<Item = Value>>;
+    }
     let names: BTreeSet<String> = challenged.keys().cloned().collect();
     let shards = gateway_shards(config);
     // One Gateway at a time: 10,000 sites' servers need not be in memory at once.
     let gateways = gateway_sites(config, ready, &names)
         .into_iter()
         .map(move |(name, sites)| gateway(config, &name, &sites, ready, &names));
-    gateways.chain(config.sites.iter().flat_map(move |site| {
+    Box::new(gateways.chain(config.sites.iter().flat_map(move |site| {
         let mut out = Vec::new();
         if ready.contains(&site.name) {
             out.push(virtual_service(config, shards, site));
@@ -232,12 +237,15 @@ pub fn objects_iter<'a>(
             out.push(challenge_virtual_service(config, site, (host, *port)));
         }
         out
-    }))
+    })))
 }
 
 /// The `kind/name` of every object `objects` renders, without rendering them (the
 /// plan needs only the names; rendering 10,000 sites' objects is the apply step's cost).
 pub fn object_keys(config: &ConfigFile, ready: &BTreeSet<String>, challenged: &BTreeSet<String>) -> Vec<String> {
+    if config.gateway.api == GatewayApi::GatewayApi {
+        return gateway_api::object_keys(config, ready, challenged);
+    }
     let mut out: Vec<String> = gateway_sites(config, ready, challenged)
         .keys()
         .map(|g| format!("gateway/{g}"))

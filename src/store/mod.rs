@@ -217,13 +217,28 @@ pub fn contains(current: &Value, wanted: &Value) -> bool {
     }
 }
 
-/// `kind/name` of an object, as `owned_objects` lists them.
+/// `kind/name` of an object, as `owned_objects` lists them (`kind.group/name` for the
+/// Gateway API's kinds).
 pub fn object_key(object: &Value) -> String {
-    format!(
-        "{}/{}",
-        object["kind"].as_str().unwrap_or_default().to_ascii_lowercase(),
-        object["metadata"]["name"].as_str().unwrap_or_default()
-    )
+    let kind = object["kind"].as_str().unwrap_or_default().to_ascii_lowercase();
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let group = object["apiVersion"]
+        .as_str()
+        .and_then(|v| v.split_once('/'))
+        .map(|(g, _)| g);
+    match group {
+        // The Gateway API's kinds by `kind.group` (its Gateway is not Istio's), and a
+        // ReferenceGrant, which lives beside what it grants, with its namespace.
+        Some(g) if g == crate::render::gateway_api::GROUP => {
+            if kind == "referencegrant" {
+                let ns = object["metadata"]["namespace"].as_str().unwrap_or_default();
+                format!("{kind}.{g}/{ns}/{name}")
+            } else {
+                format!("{kind}.{g}/{name}")
+            }
+        }
+        _ => format!("{kind}/{name}"),
+    }
 }
 
 /// Checks every key of a bundle against its certificate; the one gate before any write.

@@ -1,5 +1,5 @@
-// Validates Istio objects against @kubernetes-models/istio's schemas (installed by
-// scripts/test.sh under .tools/npm). Usage: node validate.mjs NODE_MODULES FILE.json
+// Validates Istio and Gateway API objects against @kubernetes-models/istio's and
+// @kubernetes-models/gateway-api's schemas (installed by scripts/test.sh under .tools/npm). Usage: node validate.mjs NODE_MODULES FILE.json
 // where FILE.json is an array of objects; prints each invalid one and exits 1.
 import { readFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
@@ -9,7 +9,8 @@ const objects = JSON.parse(readFileSync(file, 'utf8'));
 let invalid = 0;
 for (const object of objects) {
   const [group, version] = object.apiVersion.split('/');
-  const path = `${modules}/@kubernetes-models/istio/${group}/${version}/${object.kind}.js`;
+  const model = group.endsWith('.k8s.io') ? 'gateway-api' : 'istio';
+  const path = `${modules}/@kubernetes-models/${model}/${group}/${version}/${object.kind}.js`;
   const module = await import(pathToFileURL(path));
   try {
     new module[object.kind](object).validate();

@@ -375,9 +375,10 @@ pub fn kube_daemon(w: &Workdir, emu: &kube_emulator::Running, port: u16) -> Proc
     )
 }
 
-/// Asserts that every object is valid against Istio's CRD schemas
-/// (@kubernetes-models/istio, installed by scripts/test.sh, through tests/doctor/validate.mjs).
-pub fn assert_valid_istio(objects: &[serde_json::Value]) {
+/// Asserts that every object is valid against Istio's or the Gateway API's CRD schemas
+/// (@kubernetes-models/istio and /gateway-api, installed by scripts/test.sh, through
+/// tests/doctor/validate.mjs).
+pub fn assert_valid_objects(objects: &[serde_json::Value]) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("objects.json");
