@@ -66,9 +66,9 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
 # The Kubernetes scenarios again against an API server with Istio before 1.22, which
-# serves networking.istio.io/v1beta1 only.
-TLSWARD_EMULATOR_ISTIO=v1beta1 cargo test --locked --test kube_store --test kube_leader --test acme_pebble --test mesh_kube --test egress
+# serves networking.istio.io/v1beta1 only (and ReferenceGrant as v1beta1 only).
+TLSWARD_EMULATOR_ISTIO=v1beta1 cargo test --locked --test kube_store --test kube_leader --test acme_pebble --test mesh_kube --test egress --test gateway_api_kube
 # And once more with tlsward as the chart's ServiceAccount, under the Roles and
 # ClusterRoles the chart renders (the emulator enforces RBAC).
-TLSWARD_EMULATOR_RBAC=chart cargo test --locked --test kube_store --test kube_leader --test acme_pebble --test mesh_kube --test doctor_live --test egress
+TLSWARD_EMULATOR_RBAC=chart cargo test --locked --test kube_store --test kube_leader --test acme_pebble --test mesh_kube --test doctor_live --test egress --test gateway_api_kube
 cargo bench --locked --no-run

@@ -433,3 +433,55 @@ fn cloud_dns_credentials_reach_the_pod_as_files_an_env_and_an_irsa_annotation() 
     let sa = plain.iter().find(|o| o["kind"] == "ServiceAccount").unwrap();
     assert!(sa["metadata"].get("annotations").is_none(), "{sa}");
 }
+
+#[test]
+fn the_gateway_api_is_granted_only_when_configured_and_only_its_kinds() {
+    let has_gateway_api = |objects: &[Value]| -> Vec<(String, Vec<String>, Vec<String>)> {
+        objects
+            .iter()
+            .filter(|o| matches!(o["kind"].as_str(), Some("Role" | "ClusterRole")))
+            .flat_map(|o| {
+                let name = o["metadata"]["name"].as_str().unwrap().to_string();
+                o["rules"].as_array().unwrap().iter().filter_map(move |r| {
+                    let groups: Vec<&str> = r["apiGroups"].as_array()?.iter().filter_map(Value::as_str).collect();
+                    groups.contains(&"gateway.networking.k8s.io").then(|| {
+                        let (resources, verbs) = resources_and_verbs(r);
+                        (
+                            name.clone(),
+                            resources.iter().map(|s| s.to_string()).collect(),
+                            verbs.iter().map(|s| s.to_string()).collect(),
+                        )
+                    })
+                })
+            })
+            .collect()
+    };
+    assert!(has_gateway_api(&template(None)).is_empty());
+    let objects = template_release("demo", "tlsward", None, &["config.gateway.api=gateway-api"]);
+    let mut rules = has_gateway_api(&objects);
+    rules.sort();
+    let verbs: Vec<String> = ["get", "list", "create", "patch", "delete"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(
+        rules,
+        vec![
+            (
+                "demo-tlsward".to_string(),
+                vec!["gateways".to_string(), "httproutes".to_string()],
+                verbs.clone()
+            ),
+            (
+                "demo-tlsward-gateway-api".to_string(),
+                vec!["referencegrants".to_string()],
+                verbs
+            ),
+        ]
+    );
+    let binding = objects
+        .iter()
+        .find(|o| o["kind"] == "ClusterRoleBinding" && o["metadata"]["name"] == "demo-tlsward-gateway-api")
+        .expect("the ReferenceGrant ClusterRole is bound");
+    assert_eq!(binding["subjects"][0]["name"], "demo-tlsward");
+}

@@ -170,12 +170,6 @@ pub fn semantics(root: &Value) -> Vec<Problem> {
             if let Some(p) = subdomain_problem(&g.class) {
                 c.at("/gateway/class", p);
             }
-            if root.pointer("/store/kubernetes").is_some() {
-                c.at(
-                    "/gateway/api",
-                    "`gateway-api` is written to the files store only in this version (manifests/); use `istio` with the Kubernetes store",
-                );
-            }
             check_gateway_api_sites(&mut c, root);
         }
     }

@@ -295,7 +295,10 @@ impl Runtime {
             let gateways: BTreeSet<String> = owned_now
                 .iter()
                 .chain(&plan.objects)
-                .filter_map(|k| k.strip_prefix("gateway/"))
+                .filter_map(|k| {
+                    k.strip_prefix("gateway/")
+                        .or_else(|| k.strip_prefix("gateway.gateway.networking.k8s.io/"))
+                })
                 .map(str::to_string)
                 .collect();
             let gateways: Vec<String> = gateways.into_iter().collect();

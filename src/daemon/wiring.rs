@@ -110,6 +110,8 @@ struct ClusterKey {
     deadline: std::time::Duration,
     /// Whether Secrets and Istio objects are watched (the daemon) or read per pass (`--once`).
     watch_store: bool,
+    /// `gateway.api: gateway-api`.
+    gateway_api: bool,
 }
 
 /// The Kubernetes side of the wiring: the store, and the watches that keep its mirrors,
@@ -139,14 +141,17 @@ impl Cluster {
         let (client, server) = crate::deadline::kube_client(key.deadline, KubeUse::Requests)
             .await
             .map_err(cluster)?;
-        let store = Arc::new(KubeStore::new(
-            client.clone(),
-            &server,
-            &key.namespace,
-            &key.state_namespace,
-            &key.owner,
-            key.deadline,
-        ));
+        let store = Arc::new(
+            KubeStore::new(
+                client.clone(),
+                &server,
+                &key.namespace,
+                &key.state_namespace,
+                &key.owner,
+                key.deadline,
+            )
+            .with_gateway_api(key.gateway_api),
+        );
         let (address_changes, address) = tokio::sync::watch::channel(None);
         let mut tasks = Vec::new();
         if key.service.is_some() || key.http01 || key.watch_store {
@@ -264,6 +269,7 @@ impl Runtime {
                     http01: file.uses_http01(),
                     deadline: file.deadlines.request.to_std(),
                     watch_store,
+                    gateway_api: file.gateway.api == crate::config::GatewayApi::GatewayApi,
                 };
                 let mut kept = memory.cluster.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 if kept.as_ref().is_none_or(|c| c.key != key) {

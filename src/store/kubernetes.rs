@@ -61,7 +61,16 @@ pub struct KubeStore {
     sync_deadline: std::time::Duration,
     /// The served version of networking.istio.io, discovered once.
     istio_version: tokio::sync::OnceCell<&'static str>,
+    /// `gateway.api: gateway-api`: the sites are routed by the Gateway API's objects.
+    gateway_api: bool,
+    /// tlsward's Gateway API objects by key, as last listed or applied.
+    gateway_api_seen: Arc<Mirror<ObjectView>>,
+    /// The served version of ReferenceGrant, discovered once.
+    grant_version: tokio::sync::OnceCell<&'static str>,
 }
+
+#[path = "kube_gateway_api.rs"]
+mod gateway_api;
 
 /// The API server refuses an Event note over 1024 bytes: longer messages are cut on a
 /// character boundary and end in `…`.
@@ -325,7 +334,16 @@ impl KubeStore {
             virtual_services: Arc::default(),
             sync_deadline: request_deadline,
             istio_version: tokio::sync::OnceCell::new(),
+            gateway_api: false,
+            gateway_api_seen: Arc::default(),
+            grant_version: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// This store routing sites through the Gateway API's objects (`gateway.api`).
+    pub fn with_gateway_api(mut self, on: bool) -> KubeStore {
+        self.gateway_api = on;
+        self
     }
 
     fn secrets(&self) -> Api<Secret> {
@@ -991,6 +1009,8 @@ impl StateStore for KubeStore {
 impl ObjectStore for KubeStore {
     async fn owned_objects(&self) -> Result<Vec<String>, StoreError> {
         let mut keys = Vec::new();
+        // Istio's objects in either mode: after a switch to the Gateway API, the old
+        // Gateway and VirtualServices are unwanted and go.
         for kind in ISTIO_KINDS {
             keys.extend(
                 self.owned_of(kind)
@@ -998,6 +1018,9 @@ impl ObjectStore for KubeStore {
                     .into_iter()
                     .map(|name| format!("{}/{name}", kind.to_ascii_lowercase())),
             );
+        }
+        if self.gateway_api {
+            keys.extend(self.owned_gateway_api().await?);
         }
         Ok(keys)
     }
@@ -1007,6 +1030,12 @@ impl ObjectStore for KubeStore {
         if kind == "Secret" {
             // Credential Secrets are written whole by write_credential, never applied.
             return Ok(false);
+        }
+        if object["apiVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with(crate::render::gateway_api::GROUP))
+        {
+            return self.apply_gateway_api(object).await;
         }
         let version = self.istio_version().await?;
         // Rendered as v1; the same schema is served as v1beta1 by older Istio.
@@ -1040,10 +1069,17 @@ impl ObjectStore for KubeStore {
     }
 
     async fn credentials_named_by_gateways(&self, gateways: &[String]) -> Result<BTreeMap<String, String>, StoreError> {
+        let mut named = BTreeMap::new();
+        if self.gateway_api {
+            for name in gateways {
+                for credential in self.gateway_api_credentials(name).await? {
+                    named.insert(credential, name.clone());
+                }
+            }
+        }
         let version = self.istio_version().await?;
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &self.namespace, &istio(version, "Gateway"));
-        let mut named = BTreeMap::new();
         for name in gateways {
             let live = api
                 .get_opt(name)
@@ -1060,6 +1096,10 @@ impl ObjectStore for KubeStore {
     }
 
     fn objects_generation(&self) -> Option<u64> {
+        if self.gateway_api {
+            // The Gateway API's objects are not watched: every pass compares them.
+            return None;
+        }
         // Generations are process-wide and increasing: the newer one moves with either.
         Some(
             self.gateways
@@ -1249,6 +1289,9 @@ impl ObjectStore for KubeStore {
     }
 
     async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+        if self.delete_gateway_api(key).await? {
+            return Ok(());
+        }
         let Some((kind, name)) = key.split_once('/') else {
             return Ok(());
         };

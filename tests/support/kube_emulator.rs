@@ -50,7 +50,8 @@
 //! - watch bookmarks and `sendInitialEvents` are not served [they are];
 //!   `timeoutSeconds` ends a watch like the real server.
 //! - compaction happens only when a test calls `compact()` [periodically].
-//! - the Istio kinds are opaque objects [validated against their CRD schema].
+//! - the Istio and Gateway API kinds are opaque objects [validated against their CRD
+//!   schema]; ReferenceGrant is served as v1 and v1beta1, stored apart [one object].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -197,6 +198,24 @@ const RESOURCES: &[(&str, &str, &str, &str, bool, bool)] = &[
         true,
         true,
     ),
+    ("gateway.networking.k8s.io", "v1", "gateways", "Gateway", true, true),
+    ("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", true, true),
+    (
+        "gateway.networking.k8s.io",
+        "v1",
+        "referencegrants",
+        "ReferenceGrant",
+        true,
+        false,
+    ),
+    (
+        "gateway.networking.k8s.io",
+        "v1beta1",
+        "referencegrants",
+        "ReferenceGrant",
+        true,
+        false,
+    ),
 ];
 
 /// The Istio API the emulator serves: both versions (Istio ≥ 1.22), or only v1beta1
@@ -222,6 +241,13 @@ pub fn security_api() -> String {
 
 fn served(group: &str, version: &str) -> bool {
     !group.ends_with(".istio.io") || istio_versions().contains(&version)
+}
+
+/// Whether one resource is served: as `served`, and ReferenceGrant only as v1beta1 on
+/// the older cluster `TLSWARD_EMULATOR_ISTIO=v1beta1` stands for (Gateway API releases
+/// before ReferenceGrant v1). [The two versions are stored apart, as for Istio's.]
+fn served_resource(group: &str, version: &str, resource: &str) -> bool {
+    served(group, version) && !(resource == "referencegrants" && version == "v1" && istio_versions() == ["v1beta1"])
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -584,7 +610,7 @@ fn parse_target(path: &str) -> Option<Target> {
         [r, n, s] => (*r, Some(n.to_string()), Some(s.to_string())),
         _ => return None,
     };
-    if !served(group, version) {
+    if !served_resource(group, version, resource) {
         return None;
     }
     let resource = Resource::find(group, version, resource)?;
@@ -1580,7 +1606,7 @@ fn discovery(path: &str) -> Option<Value> {
     let resources_of = |group: &str, version: &str| -> Value {
         let list: Vec<Value> = RESOURCES
             .iter()
-            .filter(|r| r.0 == group && r.1 == version && served(r.0, r.1))
+            .filter(|r| r.0 == group && r.1 == version && served_resource(r.0, r.1, r.2))
             .flat_map(|r| {
                 let short: &[&str] = match r.2 {
                     "services" => &["svc"],
@@ -1739,6 +1765,8 @@ pub fn chart_rbac(namespace: &str) -> Vec<Value> {
             "rbac.listSecrets=true",
             "--set",
             "rbac.mesh=true",
+            "--set",
+            "rbac.gatewayApi=true",
             "--set",
             &format!("config.gateway.namespace={namespace}"),
         ])
