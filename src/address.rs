@@ -110,103 +110,164 @@ pub fn from_spec(spec: &AddressSpec) -> Result<Box<dyn AddressSource>, AddressEr
     Ok(Box::new(StaticAddress(GatewayAddress::new(addresses))))
 }
 
-/// In a cluster: the addresses in the gateway Service's `status.loadBalancer.ingress`.
-pub struct ServiceAddress {
-    api: kube::Api<k8s_openapi::api::core::v1::Service>,
-    name: String,
-    /// The address as the Service watch last saw it (read without a request).
+/// Where a cluster reports the load balancer's address: the gateway Service's
+/// `status.loadBalancer.ingress`, or (`gateway.api: gateway-api`) the Gateway's
+/// `status.addresses`, which the Gateway's controller fills in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddressObject {
+    Service(String),
+    Gateway(String),
+}
+
+impl AddressObject {
+    fn api(&self, client: kube::Client, namespace: &str) -> kube::Api<kube::api::DynamicObject> {
+        let resource = match self {
+            AddressObject::Service(_) => {
+                kube::discovery::ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&())
+            }
+            AddressObject::Gateway(_) => kube::discovery::ApiResource::from_gvk_with_plural(
+                &kube::core::GroupVersionKind::gvk(crate::render::gateway_api::GROUP, "v1", "Gateway"),
+                "gateways",
+            ),
+        };
+        kube::Api::namespaced_with(client, namespace, &resource)
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            AddressObject::Service(n) | AddressObject::Gateway(n) => n,
+        }
+    }
+
+    /// How errors and logs name it.
+    fn what(&self) -> String {
+        match self {
+            AddressObject::Service(n) => n.clone(),
+            AddressObject::Gateway(n) => format!("{n} (the Gateway API Gateway's status.addresses)"),
+        }
+    }
+
+    /// The addresses the object reports (IPs and hostnames).
+    pub fn addresses(&self, object: &serde_json::Value) -> GatewayAddress {
+        let mut out = Vec::new();
+        let mut add = |ip: Option<&str>, host: Option<&str>| {
+            if let Some(ip) = ip.and_then(|ip| ip.parse().ok()) {
+                out.push(Address::Ip(ip));
+            }
+            if let Some(h) = host.and_then(|h| Hostname::parse(h, false).ok()) {
+                out.push(Address::Hostname(h));
+            }
+        };
+        match self {
+            AddressObject::Service(_) => {
+                for i in object["status"]["loadBalancer"]["ingress"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    add(i["ip"].as_str(), i["hostname"].as_str());
+                }
+            }
+            AddressObject::Gateway(_) => {
+                for a in object["status"]["addresses"].as_array().into_iter().flatten() {
+                    let value = a["value"].as_str();
+                    // `type` defaults to IPAddress; other types name no address of ours.
+                    match a["type"].as_str().unwrap_or("IPAddress") {
+                        "IPAddress" => add(value, None),
+                        "Hostname" => add(None, value),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        GatewayAddress::new(out)
+    }
+}
+
+/// In a cluster: the address the gateway Service or Gateway reports.
+pub struct ClusterAddress {
+    api: kube::Api<kube::api::DynamicObject>,
+    object: AddressObject,
+    /// The address as the watch last saw it (read without a request).
     watched: Option<tokio::sync::watch::Receiver<Option<GatewayAddress>>>,
 }
 
-impl ServiceAddress {
-    /// `watched`: the value `watch_service` keeps; until it has one, the Service is read.
+impl ClusterAddress {
+    /// `watched`: the value `watch_address` keeps; until it has one, the object is read.
     pub fn new(
         client: kube::Client,
         namespace: &str,
-        name: &str,
+        object: AddressObject,
         watched: Option<tokio::sync::watch::Receiver<Option<GatewayAddress>>>,
     ) -> Self {
-        ServiceAddress {
-            api: kube::Api::namespaced(client, namespace),
-            name: name.to_string(),
+        ClusterAddress {
+            api: object.api(client, namespace),
+            object,
             watched,
         }
     }
 }
 
-/// The load balancer addresses a Service reports (IPs and hostnames).
-pub fn service_addresses(service: &k8s_openapi::api::core::v1::Service) -> GatewayAddress {
-    let ingress = service
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .cloned()
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    for i in ingress {
-        if let Some(ip) = i.ip.as_deref().and_then(|ip| ip.parse().ok()) {
-            out.push(Address::Ip(ip));
-        }
-        if let Some(h) = i.hostname.as_deref().and_then(|h| Hostname::parse(h, false).ok()) {
-            out.push(Address::Hostname(h));
-        }
-    }
-    GatewayAddress::new(out)
-}
-
 #[async_trait]
-impl AddressSource for ServiceAddress {
+impl AddressSource for ClusterAddress {
     async fn current(&self) -> Result<GatewayAddress, AddressError> {
         if let Some(seen) = self.watched.as_ref().and_then(|w| w.borrow().clone()) {
             return Ok(seen);
         }
-        let service = self.api.get(&self.name).await.map_err(|e| AddressError::Service {
-            service: self.name.clone(),
-            detail: e.to_string(),
-        })?;
-        Ok(service_addresses(&service))
+        let object = self
+            .api
+            .get(self.object.name())
+            .await
+            .map_err(|e| AddressError::Service {
+                service: self.object.what(),
+                detail: e.to_string(),
+            })?;
+        Ok(self
+            .object
+            .addresses(&serde_json::to_value(&object).unwrap_or_default()))
     }
 }
 
-/// Watches the gateway Service and publishes its load balancer addresses in `changes`
-/// whenever they change: DNS follows without waiting for a timer, and a pass reads the
-/// address from memory.
-pub async fn watch_service(
+/// Watches the gateway Service (or Gateway) and publishes its load balancer addresses
+/// in `changes` whenever they change: DNS follows without waiting for a timer, and a
+/// pass reads the address from memory.
+pub async fn watch_address(
     client: kube::Client,
     namespace: String,
-    name: String,
+    object: AddressObject,
     changes: tokio::sync::watch::Sender<Option<GatewayAddress>>,
 ) {
     use futures::StreamExt;
     use kube::runtime::watcher;
-    let api: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::namespaced(client, &namespace);
+    let api = object.api(client, &namespace);
+    let name = object.name().to_string();
+    let what = object.what();
     let mut last: Option<GatewayAddress> = None;
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut stream = watcher(api, config).boxed();
     while let Some(event) = stream.next().await {
-        let service = match event {
+        let seen = match event {
             Ok(watcher::Event::Apply(s)) | Ok(watcher::Event::InitApply(s)) => s,
             Ok(watcher::Event::Delete(_)) => {
-                // Gone: a pass reads the Service again (and reports it missing).
+                // Gone: a pass reads it again (and reports it missing).
                 last = None;
                 changes.send_replace(None);
                 continue;
             }
             Ok(_) => continue,
             Err(e) => {
-                tracing::warn!(service = %name, error = %e, "watching the gateway Service failed; retrying");
+                tracing::warn!(service = %what, error = %e, "watching the gateway's address failed; retrying");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 continue;
             }
         };
-        if service.metadata.name.as_deref() != Some(name.as_str()) {
+        if seen.metadata.name.as_deref() != Some(name.as_str()) {
             continue;
         }
-        let now = service_addresses(&service);
+        let now = object.addresses(&serde_json::to_value(&seen).unwrap_or_default());
         if last.as_ref() != Some(&now) {
             if last.is_some() {
-                tracing::info!(service = %name, address = ?now.addresses().iter().map(|a| a.to_string()).collect::<Vec<_>>(), "load balancer address changed");
+                tracing::info!(service = %what, address = ?now.addresses().iter().map(|a| a.to_string()).collect::<Vec<_>>(), "load balancer address changed");
             }
             last = Some(now.clone());
             changes.send_replace(Some(now));

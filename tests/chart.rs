@@ -460,22 +460,20 @@ fn the_gateway_api_is_granted_only_when_configured_and_only_its_kinds() {
     let objects = template_release("demo", "tlsward", None, &["config.gateway.api=gateway-api"]);
     let mut rules = has_gateway_api(&objects);
     rules.sort();
-    let verbs: Vec<String> = ["get", "list", "create", "patch", "delete"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let words = |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
     assert_eq!(
         rules,
         vec![
             (
                 "demo-tlsward".to_string(),
-                vec!["gateways".to_string(), "httproutes".to_string()],
-                verbs.clone()
+                words(&["gateways", "httproutes"]),
+                // watch: the Gateway's status.addresses is followed like the Service's.
+                words(&["get", "list", "watch", "create", "patch", "delete"])
             ),
             (
                 "demo-tlsward-gateway-api".to_string(),
-                vec!["referencegrants".to_string()],
-                verbs
+                words(&["referencegrants"]),
+                words(&["get", "list", "create", "patch", "delete"])
             ),
         ]
     );

@@ -210,3 +210,114 @@ fn switching_from_istio_replaces_the_gateway_and_virtual_services() {
     // The credential stayed through the switch.
     assert!(emu.emulator.get("v1", "secrets", NS, "frontend-credential").is_some());
 }
+
+/// Writes the Gateway's `status` as its controller would (a merge patch of `/status`).
+fn set_gateway_status(emu: &Running, status: Value) {
+    use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "Gateway"),
+            "gateways",
+        );
+        let api: Api<DynamicObject> = Api::namespaced_with(emu.client().await, NS, &ar);
+        api.patch_status(
+            "tlsward-gateway",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await
+        .unwrap();
+    });
+}
+
+#[test]
+fn dns_follows_the_address_in_the_gateway_status_as_the_controller_changes_it() {
+    use support::webhook::Webhook;
+    let emu = Running::start();
+    let hook = Webhook::start(Vec::new());
+    let w = Workdir::new();
+    w.write_config(
+        &config(&[&FRONTEND.replace("issuer: internal,", "issuer: internal, dns: hook,")]).replace(
+            "sites:\n",
+            &format!(
+                "dns: {{providers: {{hook: {{webhook: {{url: \"http://127.0.0.1:{}\"}}}}}}}}\nsites:\n",
+                hook.port
+            ),
+        ),
+    );
+    let port = free_port();
+    let _daemon = kube_daemon(&w, &emu, port);
+    // The daemon creates the Gateway; its controller (here, the test) then reports the
+    // load balancer's address in its status.
+    wait_for(std::time::Duration::from_secs(30), "the Gateway", || {
+        emu.emulator.get(GW, "gateways", NS, "tlsward-gateway").map(|_| ())
+    });
+    assert!(hook.lookup("frontend.foocorp.example", "A").is_empty());
+    set_gateway_status(
+        &emu,
+        json!({"addresses": [{"type": "IPAddress", "value": "203.0.113.10"}]}),
+    );
+    wait_for(std::time::Duration::from_secs(30), "the A record", || {
+        (hook.lookup("frontend.foocorp.example", "A") == ["203.0.113.10"]).then_some(())
+    });
+    // The cloud replaces the load balancer: the status now names a hostname.
+    set_gateway_status(
+        &emu,
+        json!({"addresses": [{"type": "Hostname", "value": "lb-2.elb.example.net"}]}),
+    );
+    wait_for(std::time::Duration::from_secs(30), "the CNAME", || {
+        (hook.lookup("frontend.foocorp.example", "CNAME") == ["lb-2.elb.example.net."]).then_some(())
+    });
+    assert!(hook.lookup("frontend.foocorp.example", "A").is_empty());
+}
+
+#[test]
+fn a_listener_whose_refs_do_not_resolve_is_reported_and_fails_run_once() {
+    let emu = Running::start();
+    let w = Workdir::new();
+    w.write_config(&config(&[FRONTEND]));
+    assert_success(&run(&w, &emu));
+    let generation = gateway(&emu)["metadata"]["generation"].as_i64().unwrap();
+    let refused = |observed: i64| {
+        json!({
+            "conditions": [
+                {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "observedGeneration": observed, "lastTransitionTime": "2026-11-29T00:00:00Z"},
+                {"type": "Programmed", "status": "True", "reason": "Programmed", "message": "", "observedGeneration": observed, "lastTransitionTime": "2026-11-29T00:00:00Z"},
+            ],
+            "listeners": [{"name": "https-frontend-0", "attachedRoutes": 1, "supportedKinds": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}], "conditions": [
+                {"type": "ResolvedRefs", "status": "False", "reason": "RefNotPermitted", "message": "secret istio-system/frontend-credential is not permitted", "observedGeneration": observed, "lastTransitionTime": "2026-11-29T00:00:00Z"},
+            ]}],
+        })
+    };
+    set_gateway_status(&emu, refused(generation));
+    let out = run(&w, &emu);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Gateway istio-system/tlsward-gateway listener https-frontend-0: the Gateway API controller reports ResolvedRefs=False (RefNotPermitted): secret istio-system/frontend-credential is not permitted"),
+        "{stderr}"
+    );
+    // plan says the same, without writing.
+    let writes = emu.emulator.writes().len();
+    let plan = w
+        .command(&["plan", "--config", "tlsward.yaml"])
+        .env("KUBECONFIG", emu.kubeconfig.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(text.contains("ResolvedRefs=False (RefNotPermitted)"), "{text}");
+    assert_eq!(emu.emulator.writes().len(), writes);
+    // The status as a valid Gateway API status (the controller's shape).
+    let mut g = gateway(&emu);
+    strip_server_fields(&mut g);
+    g["status"] = refused(generation);
+    assert_valid_objects(&[g]);
+
+    // A condition about an older generation speaks of a spec that is gone: not reported.
+    set_gateway_status(&emu, refused(generation - 1));
+    assert_success(&run(&w, &emu));
+}

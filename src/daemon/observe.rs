@@ -66,6 +66,7 @@ impl Runtime {
             unreadable_credentials: unreadable,
             credentials,
             owned_objects: self.store.owned_objects().await?,
+            routing: self.store.routing_status(),
             ..Observed::default()
         };
         let mut stored = None;

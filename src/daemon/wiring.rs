@@ -104,8 +104,9 @@ struct ClusterKey {
     namespace: String,
     state_namespace: String,
     owner: String,
-    /// The gateway Service followed (none when `gateway.address` is given).
-    service: Option<String>,
+    /// The gateway Service (or Gateway API Gateway) followed for the load balancer's
+    /// address (none when `gateway.address` is given).
+    service: Option<address::AddressObject>,
     http01: bool,
     deadline: std::time::Duration,
     /// Whether Secrets and Istio objects are watched (the daemon) or read per pass (`--once`).
@@ -161,7 +162,7 @@ impl Cluster {
                 .map_err(cluster)?
                 .0;
             if let Some(svc) = &key.service {
-                tasks.push(tokio::spawn(address::watch_service(
+                tasks.push(tokio::spawn(address::watch_address(
                     watches.clone(),
                     key.namespace.clone(),
                     svc.clone(),
@@ -265,7 +266,14 @@ impl Runtime {
                     namespace: file.gateway.namespace.clone(),
                     state_namespace: file.state_namespace().to_string(),
                     owner: file.owner_id.clone(),
-                    service: file.gateway.address.is_none().then(|| file.gateway.service.clone()),
+                    service: file.gateway.address.is_none().then(|| match file.gateway.api {
+                        crate::config::GatewayApi::Istio => {
+                            address::AddressObject::Service(file.gateway.service.clone())
+                        }
+                        crate::config::GatewayApi::GatewayApi => {
+                            address::AddressObject::Gateway(file.gateway.name.clone())
+                        }
+                    }),
                     http01: file.uses_http01(),
                     deadline: file.deadlines.request.to_std(),
                     watch_store,
@@ -283,10 +291,10 @@ impl Runtime {
                 }
                 let c = kept.expect("set above");
                 if let Some(svc) = &c.key.service {
-                    service_source = Some(Box::new(address::ServiceAddress::new(
+                    service_source = Some(Box::new(address::ClusterAddress::new(
                         c.client.clone(),
                         &c.key.namespace,
-                        svc,
+                        svc.clone(),
                         Some(c.address.clone()),
                     )));
                     address_changes = c.address.clone();

@@ -38,6 +38,9 @@ pub struct Observed {
     pub zones: BTreeMap<String, Result<Vec<RecordSet>, String>>,
     /// `kind/name` of the objects tlsward owns in the store.
     pub owned_objects: Vec<String>,
+    /// Conditions the Gateway API's controller reports `False` for tlsward's objects'
+    /// current generation (subject, condition): reported, and a pass does not converge.
+    pub routing: Vec<(String, String)>,
     /// Site → the renewal window its ACME CA suggests (ARI, RFC 9773), when it offers one.
     pub renewal_windows: BTreeMap<String, (OffsetDateTime, OffsetDateTime)>,
 }
@@ -608,6 +611,12 @@ pub fn plan(config: &ConfigFile, observed: &Observed, now: OffsetDateTime, seed:
         render::object_keys(config, &serving, &challenge_routes.keys().cloned().collect())
     };
     let objects_to_delete = render::unwanted(&objects, &observed.owned_objects);
+    for (subject, condition) in &observed.routing {
+        conflicts.push(Conflict {
+            subject: subject.clone(),
+            message: format!("the Gateway API controller reports {condition}"),
+        });
+    }
     let zones = plan_zones(config, observed, &mut conflicts);
     Plan {
         challenge_routes,

@@ -76,6 +76,7 @@ impl KubeStore {
     /// applies that change nothing).
     pub(super) async fn owned_gateway_api(&self) -> Result<Vec<String>, StoreError> {
         let mut seen = std::collections::BTreeMap::new();
+        let mut problems = Vec::new();
         for (kind, _, local) in KINDS {
             let version = self.gateway_api_version(kind).await?;
             let selector = format!("{}={},!{}", names::OWNER, self.owner, names::PART);
@@ -99,6 +100,8 @@ impl KubeStore {
                             o.metadata.namespace.clone().unwrap_or_default()
                         )
                     };
+                    let subject = format!("{kind} {}/{name}", o.metadata.namespace.clone().unwrap_or_default());
+                    problems.extend(status_problems(&subject, o.metadata.generation, &o.data["status"]));
                     let mut view = object_fields(&o);
                     view["apiVersion"] = Value::String(format!("{GROUP}/{version}"));
                     view["kind"] = Value::String(kind.to_string());
@@ -113,6 +116,7 @@ impl KubeStore {
         }
         let keys = seen.keys().cloned().collect();
         self.gateway_api_seen.replace(seen);
+        *self.gateway_api_problems.lock().unwrap_or_else(|e| e.into_inner()) = problems;
         Ok(keys)
     }
 
@@ -175,6 +179,15 @@ impl KubeStore {
         }
     }
 
+    /// What the Gateway API's controller reported against tlsward's objects as last
+    /// listed (subject, condition).
+    pub(super) fn gateway_api_status(&self) -> Vec<(String, String)> {
+        self.gateway_api_problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The Secrets the live Gateway API Gateway `name` names in its listeners.
     pub(super) async fn gateway_api_credentials(&self, name: &str) -> Result<Vec<String>, StoreError> {
         let api = self.gateway_api("Gateway", "v1", Some(&self.namespace));
@@ -196,9 +209,80 @@ impl KubeStore {
     }
 }
 
+/// The conditions a Gateway API controller reports as `False` against an object's
+/// current generation (older ones speak of a spec that is gone): the Gateway's
+/// `Accepted` and `Programmed`, each listener's, and each parent's of an HTTPRoute.
+fn status_problems(what: &str, generation: Option<i64>, status: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut judge = |subject: String, conditions: &Value| {
+        for c in conditions.as_array().into_iter().flatten() {
+            let current = match (c["observedGeneration"].as_i64(), generation) {
+                (Some(seen), Some(now)) => seen == now,
+                _ => true,
+            };
+            if c["status"] == "False" && current {
+                out.push((
+                    subject.clone(),
+                    format!(
+                        "{}=False ({}): {}",
+                        c["type"].as_str().unwrap_or_default(),
+                        c["reason"].as_str().unwrap_or_default(),
+                        c["message"].as_str().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+    };
+    judge(what.to_string(), &status["conditions"]);
+    for l in status["listeners"].as_array().into_iter().flatten() {
+        judge(
+            format!("{what} listener {}", l["name"].as_str().unwrap_or_default()),
+            &l["conditions"],
+        );
+    }
+    for p in status["parents"].as_array().into_iter().flatten() {
+        let parent = &p["parentRef"];
+        let section = parent["sectionName"]
+            .as_str()
+            .map(|s| format!("/{s}"))
+            .unwrap_or_default();
+        judge(
+            format!("{what} on {}{section}", parent["name"].as_str().unwrap_or_default()),
+            &p["conditions"],
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_false_conditions_of_the_current_generation_are_problems() {
+        let status = serde_json::json!({
+            "conditions": [
+                {"type": "Accepted", "status": "True", "reason": "Accepted", "observedGeneration": 2},
+                {"type": "Programmed", "status": "False", "reason": "Invalid", "message": "old", "observedGeneration": 1},
+            ],
+            "listeners": [{"name": "https-a-0", "conditions": [
+                {"type": "ResolvedRefs", "status": "False", "reason": "RefNotPermitted", "message": "no grant", "observedGeneration": 2},
+            ]}],
+        });
+        assert_eq!(
+            status_problems("Gateway istio-system/gw", Some(2), &status),
+            vec![(
+                "Gateway istio-system/gw listener https-a-0".to_string(),
+                "ResolvedRefs=False (RefNotPermitted): no grant".to_string()
+            )]
+        );
+        let route = serde_json::json!({"parents": [{"parentRef": {"name": "gw", "sectionName": "http"}, "conditions": [
+            {"type": "ResolvedRefs", "status": "False", "reason": "BackendNotFound", "message": "no svc"}]}]});
+        assert_eq!(
+            status_problems("HTTPRoute istio-system/a", Some(1), &route)[0].0,
+            "HTTPRoute istio-system/a on gw/http"
+        );
+    }
 
     #[test]
     fn keys_parse_back_to_kind_namespace_and_name() {

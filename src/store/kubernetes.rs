@@ -67,6 +67,8 @@ pub struct KubeStore {
     gateway_api_seen: Arc<Mirror<ObjectView>>,
     /// The served version of ReferenceGrant, discovered once.
     grant_version: tokio::sync::OnceCell<&'static str>,
+    /// Conditions the Gateway API's controller reported `False`, as last listed.
+    gateway_api_problems: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 #[path = "kube_gateway_api.rs"]
@@ -337,6 +339,7 @@ impl KubeStore {
             gateway_api: false,
             gateway_api_seen: Arc::default(),
             grant_version: tokio::sync::OnceCell::new(),
+            gateway_api_problems: std::sync::Mutex::default(),
         }
     }
 
@@ -1093,6 +1096,10 @@ impl ObjectStore for KubeStore {
             }
         }
         Ok(named)
+    }
+
+    fn routing_status(&self) -> Vec<(String, String)> {
+        self.gateway_api_status()
     }
 
     fn objects_generation(&self) -> Option<u64> {

@@ -178,6 +178,11 @@ pub trait ObjectStore: Send + Sync {
     fn objects_generation(&self) -> Option<u64> {
         None
     }
+    /// What the routing API's controller reports wrong with tlsward's objects, as of the
+    /// last `owned_objects` (subject, condition): the Gateway API's `False` conditions.
+    fn routing_status(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// The apiVersion Istio objects are written with, where a server decides it
     /// (`networking.istio.io/v1`, or `v1beta1` before Istio 1.22); `None` for files.
     async fn istio_api(&self) -> Result<Option<String>, StoreError> {

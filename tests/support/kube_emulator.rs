@@ -28,6 +28,8 @@
 //!   `data` and dropped, `type` defaulted to `Opaque` and immutable (422),
 //!   `kubernetes.io/tls` without `tls.crt`/`tls.key` (422), label keys and values
 //!   validated (422), an events.k8s.io Event `note` over 1024 bytes (422).
+//! - `metadata.generation`: 1 at creation, one more on every change outside metadata and
+//!   status (what a controller's `observedGeneration` is compared with).
 //! - timestamps in whole seconds.
 //!
 //! Where it is simpler than the real API server (the real behaviour in brackets):
@@ -1224,6 +1226,7 @@ fn create(emu: &Emulator, t: &Target, mut v: Value, manager: String) -> Response
     meta.insert("resourceVersion".into(), json!(db.rv.to_string()));
     meta.insert("uid".into(), json!(format!("uid-{}", db.rv)));
     meta.insert("creationTimestamp".into(), json!(now()));
+    meta.insert("generation".into(), json!(1));
     meta.remove("managedFields");
     let owned = fields(&v);
     let stored = Stored {
@@ -1312,6 +1315,26 @@ fn keep_status(target: &mut Value, source: &Value) {
 
 /// Stores `next` in place of `current` as an update by `manager` (a replace or a
 /// patch): admission first, then ownership of the changed fields moves to `manager`.
+/// `metadata.generation` after a write: 1 for a new object, one more whenever anything
+/// but metadata and status changed (as the API server counts spec changes).
+fn next_generation(before: Option<&Value>, after: &Value) -> Value {
+    let spec = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("metadata");
+            m.remove("status");
+        }
+        v
+    };
+    match before {
+        None => json!(1),
+        Some(b) => {
+            let g = b["metadata"]["generation"].as_u64().unwrap_or(1);
+            json!(if spec(b) == spec(after) { g } else { g + 1 })
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn commit_update(
     emu: &Emulator,
@@ -1350,6 +1373,7 @@ fn commit_update(
         stored.managers.retain(|_, (_, p)| !p.is_empty());
         db.rv += 1;
         next["metadata"]["resourceVersion"] = json!(db.rv.to_string());
+        next["metadata"]["generation"] = next_generation(Some(&current.object), &next);
         stored.object = next;
     }
     let rendered = render(&stored);
@@ -1523,6 +1547,8 @@ fn apply(emu: &Emulator, t: &Target, name: &str, patch: Value, manager: &str, fo
         meta.insert("resourceVersion".into(), json!(db.rv.to_string()));
         meta.entry("uid").or_insert(json!(format!("uid-{}", db.rv)));
         meta.entry("creationTimestamp").or_insert(json!(now()));
+        let generation = next_generation(existing.as_ref().map(|e| &e.object), &stored.object);
+        stored.object["metadata"]["generation"] = generation;
     }
     let rendered = render(&stored);
     db.objects.insert(k, stored);
