@@ -291,6 +291,63 @@ fn in_a_cluster_the_http01_challenge_is_routed_through_the_gateway_while_pending
 }
 
 #[test]
+fn with_the_gateway_api_the_http01_challenge_is_routed_by_an_httproute_while_pending() {
+    use support::kube_emulator::Running;
+    let s = setup(&[("PEBBLE_VA_NOSLEEP", "1")]);
+    let emu = Running::start();
+    let text = s
+        .config(
+            "{http01: {service: \"tlsward-acme-solver.tlsward.svc.cluster.local:8089\"}}",
+            "shop.foocorp.example",
+        )
+        .replace("store: {files: {dir: out}}", "store: {kubernetes: {}}")
+        .replace("gateway: {address:", "gateway: {api: gateway-api, address:");
+    s.w.write_config(&text);
+    let out = s.command().env("KUBECONFIG", emu.kubeconfig.path()).output().unwrap();
+    assert_success(&out);
+    let writes = emu.emulator.writes();
+    let changed = |method: &str, resource: &str, name: &str| -> Vec<usize> {
+        writes
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.method == method && w.resource == resource && w.name == name && w.changed)
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let route = changed("PATCH", "httproutes", "http-shop");
+    let issued = writes
+        .iter()
+        .position(|w| w.resource == "secrets" && w.name == "shop-credential" && w.changed)
+        .expect("the credential was written");
+    // Routed to the solver before the order, back to the plain redirect after it.
+    assert!(route.len() == 2 && route[0] < issued && issued < route[1], "{writes:?}");
+    // The grant in the solver's namespace (the site's backend has its own, in `default`).
+    let in_solver_ns = |method: &str| -> Vec<usize> {
+        changed(method, "referencegrants", "tlsward-from-istio-system")
+            .into_iter()
+            .filter(|i| writes[*i].namespace == "tlsward")
+            .collect()
+    };
+    let (grant, ungrant) = (in_solver_ns("PATCH"), in_solver_ns("DELETE"));
+    assert!(
+        grant.len() == 1 && grant[0] < route[0] && ungrant.len() == 1 && issued < ungrant[0],
+        "the solver's namespace is granted only while the challenge is routed: {writes:?}"
+    );
+    let http = emu
+        .emulator
+        .get(
+            "gateway.networking.k8s.io/v1",
+            "httproutes",
+            "istio-system",
+            "http-shop",
+        )
+        .unwrap();
+    let rules = http["spec"]["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{http}");
+    assert_eq!(rules[0]["filters"][0]["type"], "RequestRedirect");
+}
+
+#[test]
 fn with_two_replicas_the_follower_answers_the_challenges_the_leader_published() {
     use support::kube_emulator::Running;
     let s = setup(&[("PEBBLE_VA_NOSLEEP", "1")]);
