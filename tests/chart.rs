@@ -471,6 +471,12 @@ fn the_gateway_api_is_granted_only_when_configured_and_only_its_kinds() {
                 words(&["get", "list", "watch", "create", "patch", "delete"])
             ),
             (
+                "demo-tlsward-doctor".to_string(),
+                words(&["gateways", "httproutes"]),
+                // doctor reads their controller's conditions.
+                words(&["get", "list"])
+            ),
+            (
                 "demo-tlsward-gateway-api".to_string(),
                 words(&["referencegrants"]),
                 words(&["get", "list", "create", "patch", "delete"])

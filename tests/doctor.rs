@@ -172,7 +172,7 @@ fn unreadable_input_exits_2_with_file_line_and_column() {
 /// core kinds against the Kubernetes 1.31 schemas (kubernetes-validate), Istio kinds
 /// against @kubernetes-models/istio's (both installed by scripts/test.sh).
 #[test]
-fn every_fixture_object_is_valid_against_the_kubernetes_and_istio_schemas() {
+fn every_fixture_object_is_valid_against_the_kubernetes_istio_and_gateway_api_schemas() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let modules = root.join(".tools/npm/node_modules");
     assert!(
@@ -191,7 +191,7 @@ fn every_fixture_object_is_valid_against_the_kubernetes_and_istio_schemas() {
             }
             for item in items {
                 let api = item["apiVersion"].as_str().unwrap_or_default();
-                if api.ends_with(".istio.io/v1") || api.contains(".istio.io/") {
+                if api.contains(".istio.io/") || api.starts_with("gateway.networking.k8s.io/") {
                     istio.insert(item.to_string());
                 } else if api == "v1" || api == "apps/v1" {
                     core.insert(item.to_string());

@@ -311,6 +311,29 @@ fn a_listener_whose_refs_do_not_resolve_is_reported_and_fails_run_once() {
     let text = String::from_utf8_lossy(&plan.stdout);
     assert!(text.contains("ResolvedRefs=False (RefNotPermitted)"), "{text}");
     assert_eq!(emu.emulator.writes().len(), writes);
+    // doctor, live, finds it too.
+    let doctor = w
+        .command(&["doctor", "--config", "tlsward.yaml", "--format", "json"])
+        .env("KUBECONFIG", emu.kubeconfig.path())
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&doctor.stdout)
+        .unwrap_or_else(|_| panic!("no JSON: {}", String::from_utf8_lossy(&doctor.stderr)));
+    assert_eq!(doctor.status.code(), Some(1), "{report}");
+    let findings: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["code"] == "GatewayApiConditionFalse")
+        .collect();
+    assert_eq!(findings.len(), 1, "{report}");
+    assert_eq!(
+        findings[0]["object"],
+        json!({"kind": "Gateway", "namespace": NS, "name": "tlsward-gateway"})
+    );
+    assert!(findings[0]["message"].as_str().unwrap().contains(
+        "listener https-frontend-0: the Gateway API controller reports ResolvedRefs=False (RefNotPermitted)"
+    ));
     // The status as a valid Gateway API status (the controller's shape).
     let mut g = gateway(&emu);
     strip_server_fields(&mut g);

@@ -78,6 +78,7 @@ codes! {
     VirtualServiceHostNotFoundInGateway => Some("IST0132"),
     RouteDestinationNotFound => Some("IST0101"),
     ExternalHostNotRegistered => None,
+    GatewayApiConditionFalse => None,
     PortNameNotUnderNamingConvention => Some("IST0118"),
     MTLSConflict => None,
     AuthorizationNeedsMTLS => None,
@@ -203,6 +204,7 @@ pub fn diagnose_serving(
     findings.extend(routing::check(&mesh, &gateways, options));
     findings.extend(security::check(&mesh, &gateways));
     findings.extend(security::outbound_policy(inventory, options));
+    findings.extend(gateway_api_conditions(inventory));
     let mut report = Report {
         findings,
         ignored: inventory.ignored.clone(),
@@ -210,6 +212,24 @@ pub fn diagnose_serving(
     report.sort();
     let expected = selector.map_or_else(Vec::new, |s| served::expectations(inventory, &gateways, s, options.now));
     (report, expected)
+}
+
+/// What the Gateway API's controller says is wrong with a Gateway or HTTPRoute it has
+/// seen in its current form (`RefNotPermitted`, `BackendNotFound`, `Invalid`, …).
+fn gateway_api_conditions(inventory: &Inventory) -> Vec<Finding> {
+    inventory
+        .gateway_api_conditions
+        .iter()
+        .map(|(object, subject, condition)| {
+            Finding::new(
+                Code::GatewayApiConditionFalse,
+                Severity::Error,
+                object.clone(),
+                format!("{subject}: the Gateway API controller reports {condition}"),
+                "fix what the condition names: a Secret or Service in another namespace needs a ReferenceGrant there, a listener's certificateRefs must name an existing kubernetes.io/tls Secret, a backendRef an existing Service and port",
+            )
+        })
+        .collect()
 }
 
 /// An error finding about something the input may simply not hold, made a warning

@@ -345,6 +345,9 @@ pub struct Inventory {
     pub service_entries: Vec<ServiceEntry>,
     /// The mesh's `outboundTrafficPolicy.mode` and the ConfigMap it is read from.
     pub outbound_policy: Option<(ObjectRef, String)>,
+    /// The Gateway API's Gateways and HTTPRoutes with a condition their controller
+    /// reports `False` for the current generation: (object, subject, condition).
+    pub gateway_api_conditions: Vec<(ObjectRef, String, String)>,
     /// Objects of kinds nothing here reads, by kind.
     pub ignored: BTreeMap<String, usize>,
     /// Istio's root namespace (mesh-wide policy lives there).
@@ -414,6 +417,18 @@ impl Inventory {
         let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
         let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        if group == crate::render::gateway_api::GROUP && matches!(kind.as_str(), "Gateway" | "HTTPRoute") {
+            let namespace = object["metadata"]["namespace"].as_str().unwrap_or(default_namespace);
+            let at = ObjectRef::new(&kind, namespace, name);
+            let subject = format!("{kind} {namespace}/{name}");
+            let generation = object["metadata"]["generation"].as_i64();
+            for (subject, condition) in
+                crate::render::gateway_api::false_conditions(&subject, generation, &object["status"])
+            {
+                self.gateway_api_conditions.push((at.clone(), subject, condition));
+            }
+            return Ok(());
+        }
         let known = match (group, kind.as_str()) {
             ("", "Namespace" | "Pod" | "Service" | "Secret") => true,
             // Istio's mesh config; other ConfigMaps say nothing about traffic.

@@ -242,9 +242,80 @@ pub fn object_keys(config: &ConfigFile, ready: &BTreeSet<String>, challenged: &B
     out
 }
 
+/// The conditions a Gateway API controller reports as `False` against an object's
+/// current generation (older ones speak of a spec that is gone): the Gateway's
+/// `Accepted` and `Programmed`, each listener's, and each parent's of an HTTPRoute.
+pub fn false_conditions(what: &str, generation: Option<i64>, status: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut judge = |subject: String, conditions: &Value| {
+        for c in conditions.as_array().into_iter().flatten() {
+            let current = match (c["observedGeneration"].as_i64(), generation) {
+                (Some(seen), Some(now)) => seen == now,
+                _ => true,
+            };
+            if c["status"] == "False" && current {
+                out.push((
+                    subject.clone(),
+                    format!(
+                        "{}=False ({}): {}",
+                        c["type"].as_str().unwrap_or_default(),
+                        c["reason"].as_str().unwrap_or_default(),
+                        c["message"].as_str().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+    };
+    judge(what.to_string(), &status["conditions"]);
+    for l in status["listeners"].as_array().into_iter().flatten() {
+        judge(
+            format!("{what} listener {}", l["name"].as_str().unwrap_or_default()),
+            &l["conditions"],
+        );
+    }
+    for p in status["parents"].as_array().into_iter().flatten() {
+        let parent = &p["parentRef"];
+        let section = parent["sectionName"]
+            .as_str()
+            .map(|s| format!("/{s}"))
+            .unwrap_or_default();
+        judge(
+            format!("{what} on {}{section}", parent["name"].as_str().unwrap_or_default()),
+            &p["conditions"],
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_false_conditions_of_the_current_generation_are_problems() {
+        let status = serde_json::json!({
+            "conditions": [
+                {"type": "Accepted", "status": "True", "reason": "Accepted", "observedGeneration": 2},
+                {"type": "Programmed", "status": "False", "reason": "Invalid", "message": "old", "observedGeneration": 1},
+            ],
+            "listeners": [{"name": "https-a-0", "conditions": [
+                {"type": "ResolvedRefs", "status": "False", "reason": "RefNotPermitted", "message": "no grant", "observedGeneration": 2},
+            ]}],
+        });
+        assert_eq!(
+            crate::render::gateway_api::false_conditions("Gateway istio-system/gw", Some(2), &status),
+            vec![(
+                "Gateway istio-system/gw listener https-a-0".to_string(),
+                "ResolvedRefs=False (RefNotPermitted): no grant".to_string()
+            )]
+        );
+        let route = serde_json::json!({"parents": [{"parentRef": {"name": "gw", "sectionName": "http"}, "conditions": [
+            {"type": "ResolvedRefs", "status": "False", "reason": "BackendNotFound", "message": "no svc"}]}]});
+        assert_eq!(
+            crate::render::gateway_api::false_conditions("HTTPRoute istio-system/a", Some(1), &route)[0].0,
+            "HTTPRoute istio-system/a on gw/http"
+        );
+    }
 
     fn config(extra_sites: &str) -> ConfigFile {
         let text = format!(

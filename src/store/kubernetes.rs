@@ -1128,7 +1128,7 @@ impl ObjectStore for KubeStore {
         };
         // (group, version, kind, plural, only the gateway namespace); Gateways before
         // Secrets, so the credentials they name are known if Secrets must be read by name.
-        let kinds: [(&str, &str, &str, &str, bool); 11] = [
+        let mut kinds: Vec<(&str, &str, &str, &str, bool)> = vec![
             ("", "v1", "Namespace", "namespaces", false),
             ("", "v1", "Pod", "pods", false),
             ("", "v1", "Service", "services", false),
@@ -1159,6 +1159,12 @@ impl ObjectStore for KubeStore {
                 false,
             ),
         ];
+        if self.gateway_api {
+            // Their controller's conditions (doctor's GatewayApiConditionFalse).
+            let group = crate::render::gateway_api::GROUP;
+            kinds.push((group, "v1", "Gateway", "gateways", false));
+            kinds.push((group, "v1", "HTTPRoute", "httproutes", false));
+        }
         let mut credential_names: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         for (group, version, kind, plural, namespaced) in kinds {
             if !only.is_empty() && !only.contains(&kind) {
@@ -1191,7 +1197,7 @@ impl ObjectStore for KubeStore {
                 v["metadata"] = serde_json::to_value(&o.metadata).unwrap_or_default();
                 v["apiVersion"] = Value::String(types.api_version.clone());
                 v["kind"] = Value::String(types.kind.clone());
-                if kind == "Gateway" {
+                if kind == "Gateway" && group == ISTIO_GROUP {
                     for server in v["spec"]["servers"].as_array().into_iter().flatten() {
                         if let Some(name) = server["tls"]["credentialName"].as_str() {
                             credential_names.insert(name.to_string());
