@@ -52,6 +52,16 @@ sites:
         )
     }
 
+    /// An HTTP-01 config for shop on the Kubernetes store, its solver behind the chart's
+    /// Service.
+    fn in_cluster(&self) -> String {
+        self.config(
+            "{http01: {service: \"tlsward-acme-solver.tlsward.svc.cluster.local:8089\"}}",
+            "shop.foocorp.example",
+        )
+        .replace("store: {files: {dir: out}}", "store: {kubernetes: {}}")
+    }
+
     /// `tlsward run --once` with the solver where Pebble's VA looks for it.
     fn command(&self) -> Command {
         let solver = format!("127.0.0.1:{}", self.pebble.http_port);
@@ -237,12 +247,7 @@ fn in_a_cluster_the_http01_challenge_is_routed_through_the_gateway_while_pending
     use support::kube_emulator::Running;
     let s = setup(&[("PEBBLE_VA_NOSLEEP", "1")]);
     let emu = Running::start();
-    let text = s
-        .config(
-            "{http01: {service: \"tlsward-acme-solver.tlsward.svc.cluster.local:8089\"}}",
-            "shop.foocorp.example",
-        )
-        .replace("store: {files: {dir: out}}", "store: {kubernetes: {}}");
+    let text = s.in_cluster();
     s.w.write_config(&text);
     let out = s.command().env("KUBECONFIG", emu.kubeconfig.path()).output().unwrap();
     assert_success(&out);
@@ -296,11 +301,7 @@ fn with_the_gateway_api_the_http01_challenge_is_routed_by_an_httproute_while_pen
     let s = setup(&[("PEBBLE_VA_NOSLEEP", "1")]);
     let emu = Running::start();
     let text = s
-        .config(
-            "{http01: {service: \"tlsward-acme-solver.tlsward.svc.cluster.local:8089\"}}",
-            "shop.foocorp.example",
-        )
-        .replace("store: {files: {dir: out}}", "store: {kubernetes: {}}")
+        .in_cluster()
         .replace("gateway: {address:", "gateway: {api: gateway-api, address:");
     s.w.write_config(&text);
     let out = s.command().env("KUBECONFIG", emu.kubeconfig.path()).output().unwrap();

@@ -176,6 +176,19 @@ fn reference_grants(
         .collect()
 }
 
+/// The sites the Gateway serves: ready ones, and those with a challenge routed.
+fn served<'a>(
+    config: &'a ConfigFile,
+    ready: &BTreeSet<String>,
+    challenged: &BTreeMap<String, (String, u16)>,
+) -> Vec<&'a SiteSpec> {
+    config
+        .sites
+        .iter()
+        .filter(|s| ready.contains(&s.name) || challenged.contains_key(&s.name))
+        .collect()
+}
+
 /// Every Gateway API object tlsward wants (see the module's doc), in apply order:
 /// grants before the routes that need them, the Gateway before its routes.
 pub fn objects(
@@ -183,11 +196,7 @@ pub fn objects(
     ready: &BTreeSet<String>,
     challenged: &BTreeMap<String, (String, u16)>,
 ) -> Vec<Value> {
-    let served: Vec<&SiteSpec> = config
-        .sites
-        .iter()
-        .filter(|s| ready.contains(&s.name) || challenged.contains_key(&s.name))
-        .collect();
+    let served = served(config, ready, challenged);
     if served.is_empty() {
         return Vec::new();
     }
@@ -218,11 +227,7 @@ pub fn object_keys(config: &ConfigFile, ready: &BTreeSet<String>, challenged: &B
         .filter_map(|s| Some((s.clone(), solver(config, s)?)))
         .collect();
     let challenged = &challenged;
-    let served: Vec<&SiteSpec> = config
-        .sites
-        .iter()
-        .filter(|s| ready.contains(&s.name) || challenged.contains_key(&s.name))
-        .collect();
+    let served = served(config, ready, challenged);
     if served.is_empty() {
         return Vec::new();
     }
@@ -324,16 +329,17 @@ mod tests {
         crate::config::Config::parse("t.yaml", &text).unwrap()
     }
 
-    #[test]
-    fn keys_name_exactly_the_rendered_objects_in_order() {
+    /// Site a ready, site b (HTTP-01, backend in the gateway namespace) challenged.
+    fn a_ready_and_b_challenged() -> (ConfigFile, BTreeSet<String>, BTreeMap<String, (String, u16)>) {
         let config =
             config("  - {name: b, hosts: [b.example.com], issuer: le, route: {to: b.istio-system, port: 80}}\n");
-        let ready: BTreeSet<String> = ["a".to_string()].into();
-        let challenged: BTreeMap<String, (String, u16)> = [(
-            "b".to_string(),
-            ("tlsward-acme-solver.tlsward.svc.cluster.local".to_string(), 8089),
-        )]
-        .into();
+        let solver = ("tlsward-acme-solver.tlsward.svc.cluster.local".to_string(), 8089);
+        (config, ["a".to_string()].into(), [("b".to_string(), solver)].into())
+    }
+
+    #[test]
+    fn keys_name_exactly_the_rendered_objects_in_order() {
+        let (config, ready, challenged) = a_ready_and_b_challenged();
         let rendered: Vec<String> = objects(&config, &ready, &challenged)
             .iter()
             .map(crate::store::object_key)
@@ -356,14 +362,7 @@ mod tests {
 
     #[test]
     fn a_ready_site_gets_a_listener_per_host_and_a_pending_one_only_its_challenge() {
-        let config =
-            config("  - {name: b, hosts: [b.example.com], issuer: le, route: {to: b.istio-system, port: 80}}\n");
-        let ready: BTreeSet<String> = ["a".to_string()].into();
-        let challenged: BTreeMap<String, (String, u16)> = [(
-            "b".to_string(),
-            ("tlsward-acme-solver.tlsward.svc.cluster.local".to_string(), 8089),
-        )]
-        .into();
+        let (config, ready, challenged) = a_ready_and_b_challenged();
         let objects = objects(&config, &ready, &challenged);
         let gateway = objects.iter().find(|o| o["kind"] == "Gateway").unwrap();
         let listeners = gateway["spec"]["listeners"].as_array().unwrap();
