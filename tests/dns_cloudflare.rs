@@ -188,3 +188,32 @@ fn dns01_publishes_and_removes_its_challenge_records() {
     assert!(batches.len() >= 3, "{batches:?}");
     dns_scenario::assert_dns01_done(&w, &b);
 }
+
+#[test]
+fn a_token_file_readable_by_others_is_reported_when_the_config_is_loaded() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = Workdir::new();
+    let cf = Cloudflare::start(&FOREIGN);
+    let b = backend(&w, &cf, TOKEN);
+    w.write_config(&dns_scenario::config(&b.provider(), "203.0.113.10", &["frontend"]));
+    let warning = "secret file readable by other users";
+    std::fs::set_permissions(&b.token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = w.run_once();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_success(&out);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(warning))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        line.contains("\"level\":\"WARN\"")
+            && line.contains("dns.providers.corp.cloudflare.api_token_file")
+            && line.contains("\"mode\":\"0644\""),
+        "{line}"
+    );
+    assert!(!stderr.contains(TOKEN), "the token itself reached the log");
+    std::fs::set_permissions(&b.token_file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = w.run_once();
+    assert_success(&out);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(warning));
+}

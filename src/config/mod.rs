@@ -82,11 +82,31 @@ impl fmt::Display for ConfigErrors {
 /// the config path, for the message); never inline.
 pub fn read_secret(field: &str, file: &Option<String>, env: &Option<String>) -> Result<String, SecretError> {
     match (file, env) {
-        (Some(path), _) => std::fs::read_to_string(path).map_err(|e| SecretError(format!("{field}_file {path}: {e}"))),
+        (Some(path), _) => {
+            warn_if_others_may_read(field, path);
+            std::fs::read_to_string(path).map_err(|e| SecretError(format!("{field}_file {path}: {e}")))
+        }
         (None, Some(var)) => std::env::var(var).map_err(|_| SecretError(format!("{field}_env: ${var} is not set"))),
         (None, None) => Err(SecretError(format!(
             "{field}: neither {field}_file nor {field}_env is set"
         ))),
+    }
+}
+
+/// Says so (a warning, when the config is loaded) when a secret file is readable by
+/// users other than its owner and group (`o+r`): another process on the machine can
+/// read the key.
+fn warn_if_others_may_read(field: &str, path: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o004 != 0
+    {
+        tracing::warn!(
+            field = %format!("{field}_file"),
+            path = %path,
+            mode = %format!("{:04o}", meta.permissions().mode() & 0o7777),
+            "secret file readable by other users: chmod o-r (in a pod, mount it with defaultMode 0440)"
+        );
     }
 }
 

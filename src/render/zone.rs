@@ -128,18 +128,8 @@ impl Zone {
 }
 
 fn quote_txt(v: &str) -> String {
-    // A TXT string is at most 255 octets: longer text is split into several strings.
-    let escaped: Vec<String> = v
-        .as_bytes()
-        .chunks(255)
-        .map(|c| {
-            format!(
-                "\"{}\"",
-                String::from_utf8_lossy(c).replace('\\', "\\\\").replace('"', "\\\"")
-            )
-        })
-        .collect();
-    escaped.join(" ")
+    // At most 255 octets a string (cut between characters), `""` for empty text.
+    crate::dns::content(RecordType::TXT, v)
 }
 
 pub fn unquote_txt(rdata: &str) -> String {
@@ -186,6 +176,35 @@ fn strip_comment(line: &str) -> &str {
         escaped = false;
     }
     line
+}
+
+/// A line's grouping parentheses (outside quoted strings: `"a (b"` is text) as a
+/// depth change, and the line with them blanked out.
+fn ungroup(content: &str) -> (i32, String) {
+    let mut delta = 0;
+    let mut out = String::with_capacity(content.len());
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for c in content.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            '(' if !in_quotes => {
+                delta += 1;
+                out.push(' ');
+                continue;
+            }
+            ')' if !in_quotes => {
+                delta -= 1;
+                out.push(' ');
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    (delta, out)
 }
 
 /// Splits on whitespace, keeping quoted strings whole (quotes included).
@@ -253,9 +272,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Zone, ParseError> {
             pending_start = i + 1;
             starts_blank = content.starts_with([' ', '\t']);
         }
-        depth += content.matches('(').count() as i32 - content.matches(')').count() as i32;
+        let (delta, ungrouped) = ungroup(content);
+        depth += delta;
         pending.push(' ');
-        pending.push_str(&content.replace(['(', ')'], " "));
+        pending.push_str(&ungrouped);
         if depth > 0 {
             continue;
         }
@@ -434,6 +454,17 @@ mod tests {
         let back = parse(&z.render(), "z.example.").unwrap();
         assert_eq!(back.record_sets(), z.record_sets());
         assert_eq!(back.soa, z.soa);
+    }
+
+    #[test]
+    fn parentheses_and_semicolons_inside_quotes_are_text() {
+        let text = "$ORIGIN z.example.\n@ 3600 IN SOA ns. h. ( 1 2 3 4\n 5 )\na 60 IN TXT \"x (y; z\" ; a comment\nb 60 IN TXT \"\\\" )\"\n";
+        let z = parse(text, "z.example").unwrap();
+        let sets = z.record_sets();
+        let txt = |n: &str| sets.iter().find(|s| s.name == n).unwrap().values.clone();
+        assert_eq!(txt("a.z.example"), ["x (y; z"]);
+        assert_eq!(txt("b.z.example"), ["\" )"]);
+        assert_eq!(z.soa.minimum, 5);
     }
 
     #[test]
