@@ -399,3 +399,72 @@ fn a_tls_failure_reaching_the_acme_server_shows_the_verdict() {
     assert!(line.contains(&format!("GET https://127.0.0.1:{port}/dir")), "{line}");
     assert!(line.contains("CaUsedAsEndEntity"), "the TLS verdict is missing: {line}");
 }
+
+/// ACME etiquette (RFC 8555 §6.6): a `rateLimited` answer with a short Retry-After is
+/// asked again exactly then, not before and not with the client's own backoff.
+#[test]
+fn a_short_retry_after_is_honoured_to_the_second() {
+    use support::fault::AcmeFault;
+    let w = Workdir::new();
+    let pebble = pebble(&w);
+    let upstream = format!("127.0.0.1:{}", pebble.port);
+    let fault = AcmeFault::RateLimit {
+        step: AcmeStep::Order,
+        retry_after: "2",
+        times: 1,
+    };
+    let proxy = AcmeStall::start_with(&w.path().join("proxy"), &upstream, &pebble.tls_ca, fault);
+    w.write_config(&acme_config(&proxy, "10s", "15m"));
+    let solver = format!("127.0.0.1:{}", free_port());
+    let (out, _) = run_once_bounded(&w, &["--solver-listen", &solver], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(w.out().join("credentials/shop/tls.crt").exists(), "{err}");
+    let orders = proxy.arrivals(AcmeStep::Order);
+    assert_eq!(orders.len(), 2, "{err}");
+    let waited = orders[1] - orders[0];
+    // Retry-After has whole seconds: asked again 2 s later, within the second.
+    assert!(
+        waited >= Duration::from_millis(1950) && waited < Duration::from_secs(3),
+        "asked again after {waited:?}"
+    );
+    assert!(
+        err.contains("the ACME server asked to be left alone (Retry-After)"),
+        "{err}"
+    );
+}
+
+/// A long Retry-After: nothing more is sent to that CA within the pass (no retries of
+/// our own), the error says until when, and the rest of the pass goes on.
+#[test]
+fn a_long_retry_after_sends_nothing_more_and_says_until_when() {
+    use support::fault::AcmeFault;
+    let w = Workdir::new();
+    let pebble = pebble(&w);
+    let upstream = format!("127.0.0.1:{}", pebble.port);
+    let fault = AcmeFault::RateLimit {
+        step: AcmeStep::Order,
+        retry_after: "3600",
+        times: 100,
+    };
+    let proxy = AcmeStall::start_with(&w.path().join("proxy"), &upstream, &pebble.tls_ca, fault);
+    w.write_config(&acme_config(&proxy, "10s", "15m"));
+    let solver = format!("127.0.0.1:{}", free_port());
+    let (out, took) = run_once_bounded(&w, &["--solver-listen", &solver], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_eq!(proxy.arrivals(AcmeStep::Order).len(), 1, "{err}");
+    // The next request (a fresh nonce) was not sent, and the error says until when.
+    let server = format!("https://127.0.0.1:{}/", proxy.port);
+    assert!(
+        err.lines()
+            .any(|l| l.contains("issuer `pebble`: cannot create the order:")
+                && l.contains(&server)
+                && l.contains(": not sent: the CA asked to be left alone until ")
+                && l.contains("(Retry-After)")),
+        "{err}"
+    );
+    assert!(w.out().join("credentials/blog/tls.crt").exists(), "{err}");
+    assert!(!w.out().join("credentials/shop/tls.crt").exists());
+}

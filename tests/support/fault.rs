@@ -104,12 +104,26 @@ impl AcmeStep {
     }
 }
 
-/// An HTTPS proxy before Pebble that never answers the first request of one step.
+/// What the proxy does to the requests of one step.
+pub enum AcmeFault {
+    /// Never answers them.
+    Stall(AcmeStep),
+    /// Answers the first `times` of them `429 Too Many Requests` with a `rateLimited`
+    /// problem document and `Retry-After: retry_after` (RFC 8555 §6.6).
+    RateLimit {
+        step: AcmeStep,
+        retry_after: &'static str,
+        times: usize,
+    },
+}
+
+/// An HTTPS proxy before Pebble that injects one `AcmeFault`, logging every request.
 pub struct AcmeStall {
     pub port: u16,
     /// The CA of the proxy's TLS certificate (`ca_bundle_file` for tlsward).
     pub tls_ca: PathBuf,
     held: Arc<AtomicUsize>,
+    log: Arc<std::sync::Mutex<Vec<(std::time::Instant, AcmeStep)>>>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -117,6 +131,16 @@ impl AcmeStall {
     /// Proxies to the Pebble at `upstream` (`127.0.0.1:PORT`, trusting `upstream_ca`),
     /// holding requests of `stall` forever. Files go in `dir`.
     pub fn start(dir: &std::path::Path, upstream: &str, upstream_ca: &std::path::Path, stall: AcmeStep) -> AcmeStall {
+        Self::start_with(dir, upstream, upstream_ca, AcmeFault::Stall(stall))
+    }
+
+    /// Proxies to the Pebble at `upstream`, injecting `fault`.
+    pub fn start_with(
+        dir: &std::path::Path,
+        upstream: &str,
+        upstream_ca: &std::path::Path,
+        fault: AcmeFault,
+    ) -> AcmeStall {
         std::fs::create_dir_all(dir).unwrap();
         let identity = super::LoopbackTls::new(&["127.0.0.1"]);
         let tls_ca = dir.join("stall-ca.pem");
@@ -135,12 +159,14 @@ impl AcmeStall {
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let port = listener.local_addr().unwrap().port();
         let held = Arc::new(AtomicUsize::new(0));
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let state = Arc::new(Proxy {
             upstream: upstream.to_string(),
             host: format!("127.0.0.1:{port}"),
             client: upstream_client,
-            stall,
+            fault,
             held: held.clone(),
+            log: log.clone(),
         });
         runtime.spawn(async move {
             loop {
@@ -163,6 +189,7 @@ impl AcmeStall {
             port,
             tls_ca,
             held,
+            log,
             _runtime: runtime,
         }
     }
@@ -175,6 +202,12 @@ impl AcmeStall {
     pub fn held(&self) -> usize {
         self.held.load(Ordering::SeqCst)
     }
+
+    /// When each request of `step` arrived, in order.
+    pub fn arrivals(&self, step: AcmeStep) -> Vec<std::time::Instant> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|(_, s)| *s == step).map(|(t, _)| *t).collect()
+    }
 }
 
 struct Proxy {
@@ -183,8 +216,9 @@ struct Proxy {
     /// client keeps talking to the proxy.
     host: String,
     client: reqwest::Client,
-    stall: AcmeStep,
+    fault: AcmeFault,
     held: Arc<AtomicUsize>,
+    log: Arc<std::sync::Mutex<Vec<(std::time::Instant, AcmeStep)>>>,
 }
 
 impl Proxy {
@@ -194,9 +228,30 @@ impl Proxy {
     ) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
         use http_body_util::BodyExt;
         let (parts, body) = req.into_parts();
-        if AcmeStep::of(parts.uri.path()) == Some(self.stall) {
-            self.held.fetch_add(1, Ordering::SeqCst);
-            std::future::pending::<()>().await;
+        let step = AcmeStep::of(parts.uri.path());
+        if let Some(step) = step {
+            self.log.lock().unwrap().push((std::time::Instant::now(), step));
+        }
+        match &self.fault {
+            AcmeFault::Stall(stall) if step == Some(*stall) => {
+                self.held.fetch_add(1, Ordering::SeqCst);
+                std::future::pending::<()>().await;
+            }
+            AcmeFault::RateLimit {
+                step: limited,
+                retry_after,
+                times,
+            } if step == Some(*limited) && self.held.fetch_add(1, Ordering::SeqCst) < *times => {
+                let problem = r#"{"type": "urn:ietf:params:acme:error:rateLimited", "detail": "too many new orders recently", "status": 429}"#;
+                return hyper::Response::builder()
+                    .status(429)
+                    .header("content-type", "application/problem+json")
+                    .header("retry-after", *retry_after)
+                    .header("replay-nonce", "tlsward-test-nonce-rate-limited")
+                    .body(http_body_util::Full::new(bytes::Bytes::from_static(problem.as_bytes())))
+                    .unwrap();
+            }
+            _ => {}
         }
         let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         let url = format!(

@@ -24,6 +24,15 @@ pub enum ExchangeError {
         url: String,
         deadline: Duration,
     },
+    #[error(
+        "{method} {url}: not sent: the CA asked to be left alone until {} (Retry-After)",
+        crate::plan::rfc3339(*until)
+    )]
+    RetryAfter {
+        method: String,
+        url: String,
+        until: time::OffsetDateTime,
+    },
     #[error("{method} {url}: {}", crate::deadline::chain(source))]
     Transport {
         method: String,
@@ -60,6 +69,47 @@ pub fn is_deadline(e: &instant_acme::Error) -> bool {
     }
 }
 
+/// How long a request waits for a CA's Retry-After to pass; a later one fails at once
+/// (the next pass asks again, and is held the same way until then).
+pub const RETRY_AFTER_WAIT: Duration = Duration::from_secs(30);
+
+/// Each ACME server's Retry-After (RFC 8555 §6.6), by origin: no request goes to it
+/// before that moment, from any issuer or pass of this process.
+fn holds() -> &'static std::sync::Mutex<std::collections::HashMap<String, time::OffsetDateTime>> {
+    static HOLDS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, time::OffsetDateTime>>> =
+        std::sync::OnceLock::new();
+    HOLDS.get_or_init(Default::default)
+}
+
+/// `scheme://host:port` of a URL.
+fn origin(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}", rest.split('/').next().unwrap_or_default()),
+        None => url.to_string(),
+    }
+}
+
+/// Until when the server at `url` asked to be left alone, if it still is.
+pub fn held_until(url: &str) -> Option<time::OffsetDateTime> {
+    let now = time::OffsetDateTime::now_utc();
+    holds()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&origin(url))
+        .copied()
+        .filter(|t| *t > now)
+}
+
+/// A Retry-After value: delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
+pub fn parse_retry_after(value: &str, now: time::OffsetDateTime) -> Option<time::OffsetDateTime> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(now + time::Duration::seconds(seconds.min(i64::MAX as u64) as i64));
+    }
+    let date = value.strip_suffix(" GMT").map(|v| format!("{v} +0000"))?;
+    time::OffsetDateTime::parse(&date, &time::format_description::well_known::Rfc2822).ok()
+}
+
 impl HttpClient for DeadlineClient {
     fn request(
         &self,
@@ -71,6 +121,17 @@ impl HttpClient for DeadlineClient {
             let (parts, body) = req.into_parts();
             let method = parts.method.to_string();
             let url = parts.uri.to_string();
+            if let Some(until) = held_until(&url) {
+                let wait = until - time::OffsetDateTime::now_utc();
+                if wait > time::Duration::try_from(RETRY_AFTER_WAIT).unwrap_or(time::Duration::ZERO) {
+                    return Err(instant_acme::Error::Other(Box::new(ExchangeError::RetryAfter {
+                        method,
+                        url,
+                        until,
+                    })));
+                }
+                tokio::time::sleep(wait.try_into().unwrap_or_default()).await;
+            }
             let fail = |source: reqwest::Error| {
                 let e = if source.is_timeout() {
                     ExchangeError::Deadline {
@@ -98,6 +159,19 @@ impl HttpClient for DeadlineClient {
                 .send()
                 .await
                 .map_err(fail)?;
+            if matches!(response.status().as_u16(), 429 | 503)
+                && let Some(until) = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, time::OffsetDateTime::now_utc()))
+            {
+                tracing::warn!(server = %origin(&url), until = %crate::plan::rfc3339(until), status = response.status().as_u16(), "the ACME server asked to be left alone (Retry-After)");
+                holds()
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(origin(&url), until);
+            }
             let mut builder = http::Response::builder().status(response.status());
             if let Some(headers) = builder.headers_mut() {
                 *headers = response.headers().clone();
@@ -113,5 +187,28 @@ impl HttpClient for DeadlineClient {
                 body: Box::new(bytes),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let now = time::macros::datetime!(2026-11-29 06:00:00 UTC);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(time::macros::datetime!(2026-11-29 06:02:00 UTC))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 29 Nov 2026 07:30:00 GMT", now),
+            Some(time::macros::datetime!(2026-11-29 07:30:00 UTC))
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(
+            origin("https://acme.example:14000/order-plz/1"),
+            "https://acme.example:14000"
+        );
     }
 }

@@ -766,7 +766,15 @@ impl Issuer for AcmeIssuer {
         let mut attempt = 1;
         loop {
             match self.attempt(request).await {
-                Err(e @ IssueError::Retryable { .. }) if attempt < ATTEMPTS => {
+                // A rate limit is asked again only when the CA said when (the transport
+                // waits for that moment): never sooner, and never without its word.
+                Err(IssueError::Retryable {
+                    why: Retryable::RateLimited,
+                    ..
+                }) if attempt < ATTEMPTS && http::held_until(&self.spec.directory).is_some() => {
+                    attempt += 1;
+                }
+                Err(e @ IssueError::Retryable { why, .. }) if attempt < ATTEMPTS && why != Retryable::RateLimited => {
                     tracing::warn!(issuer = %self.name, site = %request.site, attempt, error = %e, "ACME attempt failed; retrying");
                     let jitter = 0.8 + 0.4 * rand::random::<f64>();
                     tokio::time::sleep(delay.mul_f64(jitter)).await;
