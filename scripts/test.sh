@@ -72,5 +72,5 @@ TLSWARD_EMULATOR_ISTIO=v1beta1 cargo test --locked --test kube_store --test kube
 # ClusterRoles the chart renders (the emulator enforces RBAC).
 TLSWARD_EMULATOR_RBAC=chart cargo test --locked --test kube_store --test kube_leader --test acme_pebble --test mesh_kube --test doctor_live --test egress --test gateway_api_kube
 # The reliability figures (the fuzzed-input counts), printed.
-cargo test --locked --test fuzz_input -- --nocapture --test-threads 1 2>&1 | grep '^fuzz:'
+cargo test --locked --test fuzz_input -- --nocapture --test-threads 1 2>&1 | grep -o 'fuzz: .*'
 cargo bench --locked --no-run
