@@ -64,13 +64,21 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked
+# (The random kills run once, below, where their figure is printed.)
+cargo test --locked -- --skip two_hundred_random_kills
 # The Kubernetes scenarios again against an API server with Istio before 1.22, which
 # serves networking.istio.io/v1beta1 only (and ReferenceGrant as v1beta1 only).
 TLSWARD_EMULATOR_ISTIO=v1beta1 cargo test --locked --test kube_store --test kube_leader --test acme_pebble --test mesh_kube --test egress --test gateway_api_kube
 # And once more with tlsward as the chart's ServiceAccount, under the Roles and
 # ClusterRoles the chart renders (the emulator enforces RBAC).
 TLSWARD_EMULATOR_RBAC=chart cargo test --locked --test kube_store --test kube_leader --test acme_pebble --test mesh_kube --test doctor_live --test egress --test gateway_api_kube
-# The reliability figures (the fuzzed-input counts), printed.
-cargo test --locked --test fuzz_input -- --nocapture --test-threads 1 2>&1 | grep -o 'fuzz: .*'
+# The reliability figures, printed (a failing run shows its whole output instead).
+figure() {
+  local pattern=$1 out
+  shift
+  if ! out=$("$@" 2>&1); then echo "$out"; return 1; fi
+  grep -o "$pattern.*" <<<"$out"
+}
+figure 'fuzz: ' cargo test --locked --test fuzz_input -- --nocapture --test-threads 1
+figure 'kills: ' cargo test --locked --test random_kills -- --nocapture
 cargo bench --locked --no-run
