@@ -68,13 +68,7 @@ fn sites_become_listeners_and_routes_after_their_secrets_and_a_no_op_pass_writes
     let g = gateway(&emu);
     assert_eq!(g["spec"]["gatewayClassName"], "istio");
     assert_eq!(listener_secrets(&g), ["frontend-credential", "status-credential"]);
-    let managers: Vec<&str> = g["metadata"]["managedFields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["manager"].as_str().unwrap())
-        .collect();
-    assert_eq!(managers, ["tlsward"]);
+    assert_eq!(support::kube_emulator::managers(&g), ["tlsward"]);
     // Every Secret a listener names was written before the Gateway was.
     let writes = emu.emulator.writes();
     let position = |resource: &str, name: &str| {
@@ -115,12 +109,7 @@ fn sites_become_listeners_and_routes_after_their_secrets_and_a_no_op_pass_writes
     let out = run(&w, &emu);
     assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("converged: 0 credential(s) written"));
-    assert_eq!(
-        emu.emulator.writes().len(),
-        before,
-        "writes: {:?}",
-        &emu.emulator.writes()[before..]
-    );
+    emu.assert_no_writes_since(before);
 }
 
 /// The object as its author wrote it (the schemas know nothing of server fields).

@@ -64,13 +64,7 @@ fn credentials_become_sds_secrets_and_objects_are_applied_after_them() {
         .expect("the Gateway");
     let servers = gw["spec"]["servers"].as_array().unwrap();
     assert_eq!(servers.len(), 4);
-    let managers: Vec<&str> = gw["metadata"]["managedFields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["manager"].as_str().unwrap())
-        .collect();
-    assert_eq!(managers, vec!["tlsward"]);
+    assert_eq!(support::kube_emulator::managers(&gw), vec!["tlsward"]);
     assert!(
         emu.emulator
             .get(&support::kube_emulator::istio_api(), "virtualservices", NS, "inventory")
@@ -115,12 +109,7 @@ fn a_restart_reissues_nothing_and_a_no_op_pass_makes_zero_writes() {
     let out = run(&w, &emu);
     assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("converged: 0 credential(s) written"));
-    assert_eq!(
-        emu.emulator.writes().len(),
-        before,
-        "writes: {:?}",
-        &emu.emulator.writes()[before..]
-    );
+    emu.assert_no_writes_since(before);
     assert_eq!(
         tlsward::pki::facts(&data(&secret(&emu, "frontend-credential").unwrap(), "tls.crt"))
             .unwrap()

@@ -130,13 +130,7 @@ fn policies_are_created_kept_changed_and_removed_and_nothing_else_is_touched() {
         json!(["cluster.local/ns/istio-system/sa/ingress-sa"])
     );
     assert_eq!(frontend["metadata"]["labels"]["tlsward.io/owner"], "mesh-test");
-    let managers: Vec<&str> = frontend["metadata"]["managedFields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["manager"].as_str().unwrap())
-        .collect();
-    assert_eq!(managers, ["tlsward"]);
+    assert_eq!(support::kube_emulator::managers(&frontend), ["tlsward"]);
 
     // Nothing changed: no policy write at all.
     let before = policy_writes(&emu).len();

@@ -1813,6 +1813,16 @@ pub fn chart_rbac(namespace: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The field managers of an object, as its `managedFields` name them.
+pub fn managers(object: &Value) -> Vec<&str> {
+    object["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["manager"].as_str())
+        .collect()
+}
+
 /// An emulator serving on a free loopback port from its own thread, for a test.
 pub struct Running {
     pub emulator: Emulator,
@@ -1861,6 +1871,17 @@ impl Running {
             kubectl_home: tempfile::tempdir().unwrap(),
             _runtime: runtime,
         }
+    }
+
+    /// Asserts that the emulator received no write since it had `before` of them.
+    pub fn assert_no_writes_since(&self, before: usize) {
+        let writes = self.emulator.writes();
+        assert_eq!(
+            writes.len(),
+            before,
+            "writes: {:?}",
+            &writes[before.min(writes.len())..]
+        );
     }
 
     /// The real kubectl 1.31 (installed by scripts/test.sh), pointed at this emulator.
