@@ -468,3 +468,37 @@ fn a_long_retry_after_sends_nothing_more_and_says_until_when() {
     assert!(w.out().join("credentials/blog/tls.crt").exists(), "{err}");
     assert!(!w.out().join("credentials/shop/tls.crt").exists());
 }
+
+/// `max_concurrent_orders`: with a CA that never finalizes (each order ends at the
+/// 2 s request deadline), one order at a time means the orders arrive 2 s apart; with
+/// room for all three they arrive together.
+#[test]
+fn an_issuer_keeps_at_most_its_concurrent_orders_open() {
+    let w = Workdir::new();
+    let pebble = pebble(&w);
+    let upstream = format!("127.0.0.1:{}", pebble.port);
+    let spread = |limit: usize| -> Vec<Duration> {
+        let w = Workdir::new();
+        let stall = AcmeStall::start(&w.path().join("stall"), &upstream, &pebble.tls_ca, AcmeStep::Finalize);
+        let mut text = acme_config(&stall, "2s", "15m").replace(
+            "solver: {http01: {}}}",
+            &format!("solver: {{http01: {{}}}}, max_concurrent_orders: {limit}}}"),
+        );
+        for i in 1..3 {
+            text.push_str(&format!(
+                "  - {{name: shop{i}, hosts: [shop{i}.t.example], issuer: pebble, route: {{to: shop.default.svc.cluster.local, port: 80}}}}\n"
+            ));
+        }
+        w.write_config(&text);
+        let solver = format!("127.0.0.1:{}", free_port());
+        let (out, _) = run_once_bounded(&w, &["--solver-listen", &solver], &[]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let orders = stall.arrivals(AcmeStep::Order);
+        assert_eq!(orders.len(), 3, "{}", stderr(&out));
+        orders.windows(2).map(|p| p[1] - p[0]).collect()
+    };
+    let one = spread(1);
+    assert!(one.iter().all(|d| *d >= Duration::from_millis(1900)), "{one:?}");
+    let three = spread(3);
+    assert!(three.iter().all(|d| *d < Duration::from_secs(1)), "{three:?}");
+}

@@ -349,6 +349,14 @@ pub struct AcmeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eab: Option<EabSpec>,
     pub solver: SolverSpec,
+    /// Orders this issuer has open at once in a pass; more sites wait their turn.
+    #[serde(default = "default_concurrent_orders")]
+    #[schemars(range(min = 1, max = 16))]
+    pub max_concurrent_orders: usize,
+}
+
+fn default_concurrent_orders() -> usize {
+    4
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

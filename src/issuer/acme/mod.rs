@@ -145,6 +145,8 @@ pub struct AcmeIssuer {
     /// Replaced when the server no longer knows the stored account.
     account: tokio::sync::RwLock<Account>,
     solver: Solver,
+    /// One permit per order open at once (`max_concurrent_orders`).
+    orders: tokio::sync::Semaphore,
 }
 
 fn acme_error<'a>(issuer: &'a str, what: &'static str) -> impl Fn(instant_acme::Error) -> IssueError + 'a {
@@ -269,6 +271,7 @@ impl AcmeIssuer {
             store,
             account: tokio::sync::RwLock::new(account),
             solver,
+            orders: tokio::sync::Semaphore::new(spec.max_concurrent_orders.max(1)),
         }
     }
 
@@ -762,6 +765,12 @@ async fn create_account(
 #[async_trait]
 impl Issuer for AcmeIssuer {
     async fn issue(&self, request: &ServerRequest) -> Result<Issued, IssueError> {
+        // Never closed: the permit only counts.
+        let _order = self
+            .orders
+            .acquire()
+            .await
+            .expect("the orders semaphore is never closed");
         let mut delay = Duration::from_millis(500);
         let mut attempt = 1;
         loop {
