@@ -400,23 +400,29 @@ fn a_tls_failure_reaching_the_acme_server_shows_the_verdict() {
     assert!(line.contains("CaUsedAsEndEntity"), "the TLS verdict is missing: {line}");
 }
 
-/// ACME etiquette (RFC 8555 §6.6): a `rateLimited` answer with a short Retry-After is
-/// asked again exactly then, not before and not with the client's own backoff.
-#[test]
-fn a_short_retry_after_is_honoured_to_the_second() {
-    use support::fault::AcmeFault;
+/// `run --once` through a proxy before Pebble that answers the first `times` new-order
+/// requests 429 `rateLimited` with `Retry-After: retry_after`.
+fn rate_limited_run(retry_after: &'static str, times: usize) -> (Workdir, AcmeStall, Output, Duration) {
     let w = Workdir::new();
     let pebble = pebble(&w);
     let upstream = format!("127.0.0.1:{}", pebble.port);
-    let fault = AcmeFault::RateLimit {
+    let fault = support::fault::AcmeFault::RateLimit {
         step: AcmeStep::Order,
-        retry_after: "2",
-        times: 1,
+        retry_after,
+        times,
     };
     let proxy = AcmeStall::start_with(&w.path().join("proxy"), &upstream, &pebble.tls_ca, fault);
     w.write_config(&acme_config(&proxy, "10s", "15m"));
     let solver = format!("127.0.0.1:{}", free_port());
-    let (out, _) = run_once_bounded(&w, &["--solver-listen", &solver], &[]);
+    let (out, took) = run_once_bounded(&w, &["--solver-listen", &solver], &[]);
+    (w, proxy, out, took)
+}
+
+/// ACME etiquette (RFC 8555 §6.6): a `rateLimited` answer with a short Retry-After is
+/// asked again exactly then, not before and not with the client's own backoff.
+#[test]
+fn a_short_retry_after_is_honoured_to_the_second() {
+    let (w, proxy, out, _) = rate_limited_run("2", 1);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(w.out().join("credentials/shop/tls.crt").exists(), "{err}");
@@ -438,19 +444,7 @@ fn a_short_retry_after_is_honoured_to_the_second() {
 /// our own), the error says until when, and the rest of the pass goes on.
 #[test]
 fn a_long_retry_after_sends_nothing_more_and_says_until_when() {
-    use support::fault::AcmeFault;
-    let w = Workdir::new();
-    let pebble = pebble(&w);
-    let upstream = format!("127.0.0.1:{}", pebble.port);
-    let fault = AcmeFault::RateLimit {
-        step: AcmeStep::Order,
-        retry_after: "3600",
-        times: 100,
-    };
-    let proxy = AcmeStall::start_with(&w.path().join("proxy"), &upstream, &pebble.tls_ca, fault);
-    w.write_config(&acme_config(&proxy, "10s", "15m"));
-    let solver = format!("127.0.0.1:{}", free_port());
-    let (out, took) = run_once_bounded(&w, &["--solver-listen", &solver], &[]);
+    let (w, proxy, out, took) = rate_limited_run("3600", 100);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(took < Duration::from_secs(20), "{took:?}");

@@ -291,14 +291,13 @@ impl Runtime {
         let named = if plan.removed_credentials.is_empty() {
             BTreeMap::new()
         } else {
-            // Every Gateway tlsward had or wants (a shard may have just been emptied).
+            // Every Gateway tlsward had or wants (a shard may have just been emptied), of
+            // Istio's API or the Gateway API's.
+            let gateway_api = format!("gateway.{}/", crate::render::gateway_api::GROUP);
             let gateways: BTreeSet<String> = owned_now
                 .iter()
                 .chain(&plan.objects)
-                .filter_map(|k| {
-                    k.strip_prefix("gateway/")
-                        .or_else(|| k.strip_prefix("gateway.gateway.networking.k8s.io/"))
-                })
+                .filter_map(|k| k.strip_prefix("gateway/").or_else(|| k.strip_prefix(&gateway_api)))
                 .map(str::to_string)
                 .collect();
             let gateways: Vec<String> = gateways.into_iter().collect();

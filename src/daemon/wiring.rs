@@ -106,7 +106,7 @@ struct ClusterKey {
     owner: String,
     /// The gateway Service (or Gateway API Gateway) followed for the load balancer's
     /// address (none when `gateway.address` is given).
-    service: Option<address::AddressObject>,
+    address_object: Option<address::AddressObject>,
     http01: bool,
     deadline: std::time::Duration,
     /// Whether Secrets and Istio objects are watched (the daemon) or read per pass (`--once`).
@@ -155,17 +155,17 @@ impl Cluster {
         );
         let (address_changes, address) = tokio::sync::watch::channel(None);
         let mut tasks = Vec::new();
-        if key.service.is_some() || key.http01 || key.watch_store {
+        if key.address_object.is_some() || key.http01 || key.watch_store {
             // One client for every watch.
             let watches = crate::deadline::kube_client(key.deadline, KubeUse::Watches)
                 .await
                 .map_err(cluster)?
                 .0;
-            if let Some(svc) = &key.service {
+            if let Some(object) = &key.address_object {
                 tasks.push(tokio::spawn(address::watch_address(
                     watches.clone(),
                     key.namespace.clone(),
-                    svc.clone(),
+                    object.clone(),
                     address_changes,
                 )));
             }
@@ -256,7 +256,7 @@ impl Runtime {
         let file = &config.file;
         // Only the Kubernetes wiring below shares answers between replicas.
         http01.set_board(None);
-        let mut service_source: Option<Box<dyn AddressSource>> = None;
+        let mut cluster_source: Option<Box<dyn AddressSource>> = None;
         let mut address_changes = tokio::sync::watch::channel(None).1;
         let mut cluster = None;
         let store: Arc<dyn Store> = match file.store.files() {
@@ -266,7 +266,7 @@ impl Runtime {
                     namespace: file.gateway.namespace.clone(),
                     state_namespace: file.state_namespace().to_string(),
                     owner: file.owner_id.clone(),
-                    service: file.gateway.address.is_none().then(|| match file.gateway.api {
+                    address_object: file.gateway.address.is_none().then(|| match file.gateway.api {
                         crate::config::GatewayApi::Istio => {
                             address::AddressObject::Service(file.gateway.service.clone())
                         }
@@ -290,11 +290,11 @@ impl Runtime {
                         .clone_from(&kept);
                 }
                 let c = kept.expect("set above");
-                if let Some(svc) = &c.key.service {
-                    service_source = Some(Box::new(address::ClusterAddress::new(
+                if let Some(object) = &c.key.address_object {
+                    cluster_source = Some(Box::new(address::ClusterAddress::new(
                         c.client.clone(),
                         &c.key.namespace,
-                        svc.clone(),
+                        object.clone(),
                         Some(c.address.clone()),
                     )));
                     address_changes = c.address.clone();
@@ -314,7 +314,7 @@ impl Runtime {
         }
         let address = match file.gateway.address.as_ref().map(address::from_spec).transpose()? {
             Some(a) => Some(a),
-            None => service_source,
+            None => cluster_source,
         };
         let seed = seed_for(&file.owner_id);
         let dns_locks = providers.keys().map(|k| (k.clone(), Arc::default())).collect();

@@ -26,6 +26,15 @@ fn resource(kind: &str, version: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, version, kind), plural)
 }
 
+/// An object as compared before an apply (see `object_fields`), with the version and
+/// kind it was read or applied as: its key is `store::object_key`'s.
+fn view(object: &DynamicObject, version: &str, kind: &str) -> Value {
+    let mut view = object_fields(object);
+    view["apiVersion"] = Value::String(format!("{GROUP}/{version}"));
+    view["kind"] = Value::String(kind.to_string());
+    view
+}
+
 /// A Gateway API key (`kind.group/[namespace/]name`) as (kind, namespace, name).
 fn parse_key<'a>(key: &'a str, gateway_namespace: &'a str) -> Option<(&'static str, &'a str, &'a str)> {
     let (kind, rest) = key.split_once('/')?;
@@ -90,27 +99,19 @@ impl KubeStore {
                 &api,
                 ListParams::default().labels(&selector),
                 &mut |o: DynamicObject| {
-                    let name = o.metadata.name.clone().unwrap_or_default();
-                    let lower = kind.to_ascii_lowercase();
-                    let key = if local {
-                        format!("{lower}.{GROUP}/{name}")
-                    } else {
-                        format!(
-                            "{lower}.{GROUP}/{}/{name}",
-                            o.metadata.namespace.clone().unwrap_or_default()
-                        )
-                    };
-                    let subject = format!("{kind} {}/{name}", o.metadata.namespace.clone().unwrap_or_default());
+                    let subject = format!(
+                        "{kind} {}/{}",
+                        o.metadata.namespace.as_deref().unwrap_or_default(),
+                        o.metadata.name.as_deref().unwrap_or_default()
+                    );
                     problems.extend(crate::render::gateway_api::false_conditions(
                         &subject,
                         o.metadata.generation,
                         &o.data["status"],
                     ));
-                    let mut view = object_fields(&o);
-                    view["apiVersion"] = Value::String(format!("{GROUP}/{version}"));
-                    view["kind"] = Value::String(kind.to_string());
+                    let view = view(&o, version, kind);
                     seen.insert(
-                        key,
+                        super::super::object_key(&view),
                         (o.metadata.resource_version.clone(), ObjectView::from(view.to_string())),
                     );
                 },
@@ -147,9 +148,7 @@ impl KubeStore {
             .patch(name, &PatchParams::apply(names::FIELD_MANAGER), &Patch::Apply(&object))
             .await
             .map_err(self.api_error(format!("{kind} {namespace}/{name}")))?;
-        let mut view = object_fields(&applied);
-        view["apiVersion"] = object["apiVersion"].clone();
-        view["kind"] = object["kind"].clone();
+        let view = view(&applied, version, kind);
         self.gateway_api_seen.saw(
             &key,
             applied.metadata.resource_version.as_deref(),
