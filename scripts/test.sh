@@ -64,8 +64,27 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-# (The random kills run once, below, where their figure is printed.)
-cargo test --locked -- --skip two_hundred_random_kills
+# Every line tlsward writes in any test is also copied here (tests/support: tlsward());
+# tests/log_scan.rs reads them all for key material, last.
+TLSWARD_TEST_LOGS=$(mktemp -d)
+export TLSWARD_TEST_LOGS
+background=$(mktemp -d)
+# On any exit the background runs are waited for (they stop their servers themselves).
+trap 'wait; rm -rf "$TLSWARD_TEST_LOGS" "$background"' EXIT
+cargo test --locked --no-run
+# The injected faults and the soak mostly wait (on backoffs, on the clock): they run
+# beside the rest, from their built binaries, and print their figures at the end.
+test_binary() {
+  cargo test --locked --no-run --test "$1" --message-format=json 2>/dev/null \
+    | grep -o '"executable":"[^"]*"' | tail -n 1 | cut -d'"' -f4
+}
+for t in faults soak; do
+  (TLSWARD_SOAK_MINUTES=3 "$(test_binary "$t")" --nocapture >"$background/$t.out" 2>&1; echo $? >"$background/$t.rc") &
+done
+# (The random kills, injected faults, soak and log scan run once, below, where their
+# figures are printed.)
+cargo test --locked -- --skip two_hundred_random_kills --skip faults_keep_ --skip faults_leave_ \
+  --skip a_daemon_renewing_without_pause_stays_flat --skip no_test_logged_key_material
 # The Kubernetes scenarios again against an API server with Istio before 1.22, which
 # serves networking.istio.io/v1beta1 only (and ReferenceGrant as v1beta1 only).
 TLSWARD_EMULATOR_ISTIO=v1beta1 cargo test --locked --test kube_store --test kube_leader --test acme_pebble --test mesh_kube --test egress --test gateway_api_kube
@@ -81,4 +100,11 @@ figure() {
 }
 figure 'fuzz: ' cargo test --locked --test fuzz_input -- --nocapture --test-threads 1
 figure 'kills: ' cargo test --locked --test random_kills -- --nocapture
+wait
+for t in faults soak; do
+  if [ "$(cat "$background/$t.rc")" != 0 ]; then cat "$background/$t.out"; exit 1; fi
+  grep -o "^$t: .*" "$background/$t.out"
+done
 cargo bench --locked --no-run
+# Last: every line of every run above, read for key material.
+figure 'log scan: ' cargo test --locked --test log_scan -- --nocapture

@@ -68,6 +68,10 @@ pub async fn kube_client(deadline: Duration, usage: KubeUse) -> Result<(kube::Cl
     let server = config.cluster_url.to_string();
     config.connect_timeout = Some(deadline);
     config.write_timeout = Some(deadline);
+    // kube's own retry of 429/503/504 waits up to 15 times with a backoff growing to
+    // 1,000 s: one request could outlive any deadline. A refused request fails its step
+    // instead, and the pass retries on its own backoff (10 s doubling to 5 min).
+    config.default_retry = false;
     if usage == KubeUse::Requests {
         config.read_timeout = Some(deadline);
         // Count from the request, not from when a pooled connection went idle.

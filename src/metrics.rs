@@ -27,6 +27,7 @@ pub const BUILD_INFO: &str = "tlsward_build_info";
 pub const RECONCILE: &str = "tlsward_reconcile";
 pub const RECONCILE_DURATION: &str = "tlsward_reconcile_duration_seconds";
 pub const DOCTOR_FINDINGS: &str = "tlsward_doctor_findings";
+pub const RUNTIME_TASKS: &str = "tlsward_runtime_tasks";
 
 /// Outcomes of looking at the config file again, as `tlsward_config_reloads_total{result}`
 /// names them: `applied`, `invalid` (kept the running one), `unusable` (valid but its
@@ -77,6 +78,8 @@ pub struct Metrics {
     reconciles: Family<Labels, Counter>,
     reconcile_duration: Histogram,
     doctor: Family<Labels, Gauge>,
+    /// Tasks alive in the async runtime, read at each scrape (flat on an idle daemon).
+    tasks: Gauge,
     /// What `record_state` last set (a keyed digest of the certificates, and the
     /// addresses): the same state again changes no series.
     recorded: Mutex<(u64, Vec<String>)>,
@@ -106,6 +109,7 @@ impl Metrics {
             reconciles: Family::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
             doctor: Family::default(),
+            tasks: Gauge::default(),
             recorded: Mutex::default(),
             digest_key: Default::default(),
             registry: Registry::default(),
@@ -175,6 +179,7 @@ impl Metrics {
         for reason in crate::daemon::WakeReason::ALL {
             let _ = m.reconciles.get_or_create(&labels(&[("reason", reason.as_str())]));
         }
+        registry.register(RUNTIME_TASKS, "Tasks alive in the async runtime", m.tasks.clone());
         let build: Family<Labels, Gauge> = Family::default();
         build
             .get_or_create(&labels(&[
@@ -320,6 +325,9 @@ impl Metrics {
     /// The exposition text (OpenMetrics, which Prometheus scrapes natively).
     pub fn render(&self) -> String {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.tasks.set(runtime.metrics().num_alive_tasks() as i64);
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

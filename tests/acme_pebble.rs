@@ -65,16 +65,7 @@ sites:
     /// `tlsward run --once` with the solver where Pebble's VA looks for it.
     fn command(&self) -> Command {
         let solver = format!("127.0.0.1:{}", self.pebble.http_port);
-        self.w.command(&[
-            "run",
-            "--once",
-            "--config",
-            "tlsward.yaml",
-            "--log-format",
-            "json",
-            "--solver-listen",
-            &solver,
-        ])
+        self.w.once(&["--solver-listen", &solver])
     }
 
     fn run_once(&self) -> Output {

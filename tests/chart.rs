@@ -140,7 +140,7 @@ fn the_rendered_config_passes_tlsward_check() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("config.yaml");
         std::fs::write(&f, cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
-        let (code, out) = sh(Command::new(BIN).arg("check").arg("--config").arg(&f));
+        let (code, out) = sh(tlsward().arg("check").arg("--config").arg(&f));
         assert_eq!(code, 0, "{out}");
     }
 }
@@ -301,7 +301,7 @@ fn http01_issuers_are_pointed_at_this_releases_solver_service() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("config.yaml");
     std::fs::write(&file, text).unwrap();
-    let (code, out) = sh(Command::new(BIN).arg("check").arg("--config").arg(&file));
+    let (code, out) = sh(tlsward().arg("check").arg("--config").arg(&file));
     assert_eq!(code, 0, "{out}");
     let service = config["issuers"]["le"]["acme"]["solver"]["http01"]["service"]
         .as_str()

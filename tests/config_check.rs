@@ -1,14 +1,13 @@
 //! `tlsward check` and `tlsward schema` as a user runs them: exit codes, every error
 //! at once as FILE:LINE:COL: field.path: message, and a schema that agrees with check.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn tlsward(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tlsward"))
-        .args(args)
-        .output()
-        .expect("run tlsward")
+    support::tlsward().args(args).output().expect("run tlsward")
 }
 
 fn write_config(dir: &Path, text: &str) -> PathBuf {
@@ -45,7 +44,7 @@ fn check(text: &str) -> (i32, String, String) {
 
 /// `tlsward run --once` on `config`, with `dir` as the working directory (its `out/`).
 fn run_once_in(dir: &Path, config: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tlsward"))
+    support::tlsward()
         .current_dir(dir)
         .args(["run", "--once", "--config"])
         .arg(config)

@@ -10,7 +10,7 @@ mod support;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::fault::{AcmeStall, AcmeStep, Tarpit};
+use support::fault::{AcmeStep, Fault, FaultProxy, Faulty, Tarpit};
 use support::kube_emulator::Running;
 use support::pebble::Pebble;
 use support::*;
@@ -97,7 +97,7 @@ fn acme_step_error(step: AcmeStep) -> (&'static str, &'static str) {
     }
 }
 
-fn acme_config(stall: &AcmeStall, request_deadline: &str, pass_deadline: &str) -> String {
+fn acme_config(stall: &FaultProxy, request_deadline: &str, pass_deadline: &str) -> String {
     format!(
         "owner_id: t\nstore: {{files: {{dir: out}}}}\ndeadlines: {{request: {request_deadline}, pass: {pass_deadline}}}\nissuers:\n  internal: {{ca: {{}}}}\n  pebble: {{acme: {{directory: \"{}\", ca_bundle_file: {}, solver: {{http01: {{}}}}}}}}\nsites:\n  - {{name: shop, hosts: [shop.t.example], issuer: pebble, route: {{to: shop.default.svc.cluster.local, port: 80}}}}\n{INTERNAL_SITE}",
         stall.directory(),
@@ -105,17 +105,9 @@ fn acme_config(stall: &AcmeStall, request_deadline: &str, pass_deadline: &str) -
     )
 }
 
+/// No random nonce rejection: each test stalls exactly one step.
 fn pebble(w: &Workdir) -> Pebble {
-    Pebble::start(
-        &w.path().join("pebble"),
-        "127.0.0.1:1",
-        // No random nonce rejection: each test stalls exactly one step.
-        &[
-            ("PEBBLE_VA_ALWAYS_VALID", "1"),
-            ("PEBBLE_VA_NOSLEEP", "1"),
-            ("PEBBLE_WFE_NONCEREJECT", "0"),
-        ],
-    )
+    Pebble::instant(&w.path().join("pebble"))
 }
 
 /// A stall at `step`: `run --once` ends at the request deadline naming the step and
@@ -129,12 +121,12 @@ fn acme_stall_at(step: AcmeStep) {
     let (what, method) = acme_step_error(step);
 
     let w = Workdir::new();
-    let stall = AcmeStall::start(&w.path().join("stall"), &upstream, &pebble.tls_ca, step);
+    let stall = FaultProxy::acme_stall(&w.path().join("stall"), &upstream, &pebble.tls_ca, step);
     w.write_config(&acme_config(&stall, "2s", "15m"));
     let (out, took) = run_once_bounded(&w, &["--solver-listen", &solver], &[]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(stall.held() >= 1, "{step:?} was never reached:\n{err}");
+    assert!(stall.applied() >= 1, "{step:?} was never reached:\n{err}");
     let url = format!("https://127.0.0.1:{}{}", stall.port, step.path());
     assert!(
         err.lines().any(
@@ -150,11 +142,11 @@ fn acme_stall_at(step: AcmeStep) {
     assert!(!w.out().join("credentials/shop/tls.crt").exists());
 
     let w = Workdir::new();
-    let stall = AcmeStall::start(&w.path().join("stall"), &upstream, &pebble.tls_ca, step);
+    let stall = FaultProxy::acme_stall(&w.path().join("stall"), &upstream, &pebble.tls_ca, step);
     w.write_config(&acme_config(&stall, "120s", "15m"));
     let (mut daemon, _) = start_daemon(&w, &["--solver-listen", &solver, "--shutdown-grace", "1s"], &[]);
     wait_for(Duration::from_secs(20), "the daemon stuck at the step", || {
-        (stall.held() >= 1).then_some(())
+        (stall.applied() >= 1).then_some(())
     });
     let (took, code) = terminate(&mut daemon.0);
     let logs = std::fs::read_to_string(w.path().join("daemon.log")).unwrap();
@@ -212,13 +204,13 @@ fn healthz_fails_while_a_pass_makes_no_progress_past_its_deadline() {
     let pebble = pebble(&shared);
     let w = Workdir::new();
     let upstream = format!("127.0.0.1:{}", pebble.port);
-    let stall = AcmeStall::start(&w.path().join("stall"), &upstream, &pebble.tls_ca, AcmeStep::Order);
+    let stall = FaultProxy::acme_stall(&w.path().join("stall"), &upstream, &pebble.tls_ca, AcmeStep::Order);
     // The request deadline outlasts the pass deadline: the watchdog must fire first.
     w.write_config(&acme_config(&stall, "120s", "2s"));
     let solver = format!("127.0.0.1:{}", free_port());
     let (mut daemon, port) = start_daemon(&w, &["--solver-listen", &solver, "--shutdown-grace", "1s"], &[]);
     wait_for(Duration::from_secs(20), "the daemon stuck at the order", || {
-        (stall.held() >= 1).then_some(())
+        (stall.applied() >= 1).then_some(())
     });
     // Healthy until the pass has gone 2 s without progress, then failing, and saying why.
     let (code, body) = wait_for(Duration::from_secs(20), "/healthz to fail", || {
@@ -402,16 +394,12 @@ fn a_tls_failure_reaching_the_acme_server_shows_the_verdict() {
 
 /// `run --once` through a proxy before Pebble that answers the first `times` new-order
 /// requests 429 `rateLimited` with `Retry-After: retry_after`.
-fn rate_limited_run(retry_after: &'static str, times: usize) -> (Workdir, AcmeStall, Output, Duration) {
+fn rate_limited_run(retry_after: &'static str, times: usize) -> (Workdir, FaultProxy, Output, Duration) {
     let w = Workdir::new();
     let pebble = pebble(&w);
     let upstream = format!("127.0.0.1:{}", pebble.port);
-    let fault = support::fault::AcmeFault::RateLimit {
-        step: AcmeStep::Order,
-        retry_after,
-        times,
-    };
-    let proxy = AcmeStall::start_with(&w.path().join("proxy"), &upstream, &pebble.tls_ca, fault);
+    let proxy = FaultProxy::https(&w.path().join("proxy"), &upstream, &pebble.tls_ca);
+    proxy.set_on(AcmeStep::Order, Fault::RateLimited(retry_after), Some(times));
     w.write_config(&acme_config(&proxy, "10s", "15m"));
     let solver = format!("127.0.0.1:{}", free_port());
     let (out, took) = run_once_bounded(&w, &["--solver-listen", &solver], &[]);
@@ -461,6 +449,24 @@ fn a_long_retry_after_sends_nothing_more_and_says_until_when() {
     );
     assert!(w.out().join("credentials/blog/tls.crt").exists(), "{err}");
     assert!(!w.out().join("credentials/shop/tls.crt").exists());
+
+    // A new process (a restart, the next cron run) still leaves that CA alone: the
+    // hold was recorded in the state, so not even the directory is asked for.
+    let asked = proxy.arrivals(AcmeStep::Directory).len() + proxy.arrivals(AcmeStep::Order).len();
+    let solver = format!("127.0.0.1:{}", free_port());
+    let (again, _) = run_once_bounded(&w, &["--solver-listen", &solver], &[]);
+    let err = stderr(&again);
+    assert_eq!(again.status.code(), Some(1), "{err}");
+    assert_eq!(
+        proxy.arrivals(AcmeStep::Directory).len() + proxy.arrivals(AcmeStep::Order).len(),
+        asked,
+        "{err}"
+    );
+    assert!(err.contains("before a restart (Retry-After): still holding"), "{err}");
+    assert!(
+        err.contains(": not sent: the CA asked to be left alone until "),
+        "{err}"
+    );
 }
 
 /// `max_concurrent_orders`: with a CA that never finalizes (each order ends at the
@@ -473,7 +479,7 @@ fn an_issuer_keeps_at_most_its_concurrent_orders_open() {
     let upstream = format!("127.0.0.1:{}", pebble.port);
     let spread = |limit: usize| -> Vec<Duration> {
         let w = Workdir::new();
-        let stall = AcmeStall::start(&w.path().join("stall"), &upstream, &pebble.tls_ca, AcmeStep::Finalize);
+        let stall = FaultProxy::acme_stall(&w.path().join("stall"), &upstream, &pebble.tls_ca, AcmeStep::Finalize);
         let mut text = acme_config(&stall, "2s", "15m").replace(
             "solver: {http01: {}}}",
             &format!("solver: {{http01: {{}}}}, max_concurrent_orders: {limit}}}"),

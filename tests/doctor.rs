@@ -22,11 +22,7 @@ fn corpus() -> Vec<PathBuf> {
 }
 
 fn doctor(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tlsward"))
-        .arg("doctor")
-        .args(args)
-        .output()
-        .unwrap();
+    let out = support::tlsward().arg("doctor").args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8(out.stdout).unwrap(),

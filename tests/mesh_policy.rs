@@ -5,7 +5,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::{Value, json};
 use tlsward::config::MeshSpec;
@@ -84,7 +83,7 @@ fn doctor_finds_nothing_in_the_mesh_with_its_generated_policies() {
     std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
     let docs: Vec<String> = generated().iter().map(Value::to_string).collect();
     std::fs::write(dir.path().join("policies.yaml"), docs.join("\n---\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tlsward"))
+    let out = support::tlsward()
         .args(["doctor", "--format", "json", "--manifests"])
         .arg(dir.path())
         .output()

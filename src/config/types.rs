@@ -286,7 +286,7 @@ schema_as!(AddressSpec, AddressFields);
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum IssuerSpec {
     Ca(CaSpec),
-    Acme(AcmeSpec),
+    Acme(Box<AcmeSpec>),
 }
 
 // The schema of `IssuerSpec` (see `ProviderFields`).
@@ -353,6 +353,12 @@ pub struct AcmeSpec {
     #[serde(default = "default_concurrent_orders")]
     #[schemars(range(min = 1, max = 16))]
     pub max_concurrent_orders: usize,
+    /// The certificate profile to order (ACME profiles), such as `shortlived` (6-day
+    /// certificates) or `tlsserver`: asked for when the directory offers it; otherwise
+    /// the CA's default, with a warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub profile: Option<String>,
 }
 
 fn default_concurrent_orders() -> usize {

@@ -318,7 +318,7 @@ impl Runtime {
             if let Some(gateway) = named.get(&secret) {
                 report.failures.push(Failure::new(
                     Stage::Store,
-                    format!("site {site}"),
+                    format!("removed site {site}"),
                     format!(
                         "the credential of a removed site is kept: the live Gateway {gateway} still names {secret}"
                     ),
@@ -327,9 +327,11 @@ impl Runtime {
             }
             match self.store.delete_credential(site).await {
                 Ok(()) => tracing::info!(site = %site, "credential of a removed site deleted"),
-                Err(e) => report
-                    .failures
-                    .push(Failure::new(Stage::Store, format!("site {site}"), e.to_string())),
+                Err(e) => report.failures.push(Failure::new(
+                    Stage::Store,
+                    format!("removed site {site}"),
+                    e.to_string(),
+                )),
             }
         }
         wrote |= report.dns_changes > 0 || !report.issued.is_empty() || !plan.removed_credentials.is_empty();

@@ -10,10 +10,15 @@ use super::{PassReport, Runtime};
 use crate::plan;
 
 impl Runtime {
-    /// Counts a pass's failures by stage.
+    /// Logs a pass's failures, each with its whole message (a site's own were logged
+    /// as `credential not renewed` when they happened), and counts them by stage.
     pub(super) fn finish(&self, report: PassReport) -> PassReport {
         for f in &report.failures {
-            self.metrics.reconcile_error(f.stage.as_str());
+            let stage = f.stage.as_str();
+            if !f.subject.starts_with("site ") {
+                tracing::error!(subject = %f.subject, stage, error = %f.message, "pass step failed");
+            }
+            self.metrics.reconcile_error(stage);
         }
         report
     }

@@ -1,9 +1,13 @@
 //! When a certificate is due: `renew_before` as a share of its lifetime or as time
-//! left, made a little earlier by a per-site jitter so renewals spread out. Pure.
+//! left (half of it at least for short-lived certificates), made a little earlier by a
+//! per-site jitter so renewals spread out. Pure.
 
 use time::{Duration, OffsetDateTime};
 
 use crate::config::RenewBefore;
+
+/// Certificates valid this long or less renew half-way through at the latest.
+pub const SHORT_LIVED: Duration = Duration::days(10);
 
 /// The longest a renewal is moved earlier by jitter.
 const MAX_JITTER: Duration = Duration::hours(1);
@@ -22,6 +26,13 @@ pub fn renew_at(
         // A window as long as the lifetime would renew forever: fall back to the last third.
         RenewBefore::Remaining(d) if d.to_time() < lifetime => d.to_time(),
         RenewBefore::Remaining(_) => lifetime / 3,
+    };
+    // A short-lived certificate (the `shortlived` profile's 6 days) is renewed half-way
+    // at the latest: a failed renewal then has days, not hours, to be retried.
+    let window = if lifetime <= SHORT_LIVED {
+        window.max(lifetime / 2)
+    } else {
+        window
     };
     let spread: Duration = std::cmp::min(window / 10_i32, MAX_JITTER);
     let at = not_after - window - spread * jitter.clamp(0.0, 1.0);
@@ -96,11 +107,26 @@ mod tests {
         let nb = datetime!(2026-01-01 0:00 UTC);
         let na = nb + Duration::days(6);
         let at = renew_at(nb, na, RenewBefore::Percent(33.0), 0.5);
-        let window = Duration::seconds((6.0 * 86_400.0 * 0.33) as i64);
+        // Short-lived: renewed half-way, not with a third left.
+        let window = Duration::days(3);
         let spread = Duration::hours(1); // a tenth of the window is longer: capped
         let expected = na - window - spread / 2;
         let off: Duration = at - expected;
         assert!(off.abs() <= Duration::seconds(1), "{at} vs {expected}");
+    }
+
+    #[test]
+    fn short_lived_certificates_renew_half_way_at_the_latest() {
+        let nb = datetime!(2026-01-01 0:00 UTC);
+        // 6 days (the `shortlived` profile): half-way although 10 % was asked.
+        let six = renew_at(nb, nb + Duration::days(6), RenewBefore::Percent(10.0), 0.0);
+        assert_eq!(six, nb + Duration::days(3));
+        // An earlier window still wins.
+        let early = renew_at(nb, nb + Duration::days(6), RenewBefore::Percent(75.0), 0.0);
+        assert_eq!(early, nb + Duration::days(6) - Duration::days(6) * 0.75);
+        // Past ten days renew_before alone decides.
+        let eleven = renew_at(nb, nb + Duration::days(11), RenewBefore::Percent(10.0), 0.0);
+        assert_eq!(eleven, nb + Duration::days(11) - Duration::days(11) * 0.1);
     }
 
     #[test]

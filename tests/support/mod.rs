@@ -20,6 +20,35 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tlsward");
 
+/// The tlsward binary, as a command to add arguments to. With `TLSWARD_TEST_LOGS` set
+/// to a directory (scripts/test.sh sets it) everything it writes to stdout and stderr
+/// is also copied to a file there, named for the test: tests/log_scan.rs then reads
+/// every line for key material. The process is tlsward itself (bash `exec`s it), so
+/// its PID is the one to signal.
+pub fn tlsward() -> Command {
+    match std::env::var_os("TLSWARD_TEST_LOGS") {
+        Some(dir) => tlsward_copying_to(Path::new(&dir)),
+        None => Command::new(BIN),
+    }
+}
+
+/// The tlsward binary, its stdout and stderr also copied to a file in `dir`.
+pub fn tlsward_copying_to(dir: &Path) -> Command {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("main")
+        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "-");
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let file = dir.join(format!("{test}-{}-{n}.log", std::process::id()));
+    let mut c = Command::new("bash");
+    c.arg("-c")
+        .arg(r#"exec "$0" "$@" > >(exec tee -a "$TLSWARD_LOG_COPY") 2> >(exec tee -a "$TLSWARD_LOG_COPY" >&2)"#)
+        .arg(BIN)
+        .env("TLSWARD_LOG_COPY", file);
+    c
+}
+
 /// A config plus the directory it writes into, both temporary.
 pub struct Workdir {
     pub dir: tempfile::TempDir,
@@ -54,7 +83,7 @@ impl Workdir {
         std::fs::write(self.config(), text).unwrap();
     }
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
+        let mut c = tlsward();
         c.current_dir(self.path()).args(args).env("NO_COLOR", "1");
         c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
@@ -78,11 +107,16 @@ impl Workdir {
         )
     }
 
+    /// `tlsward run --once` on the config, JSON logs, with `extra` arguments.
+    pub fn once(&self, extra: &[&str]) -> Command {
+        let mut c = self.command(&["run", "--once", "--config", "tlsward.yaml", "--log-format", "json"]);
+        c.args(extra);
+        c
+    }
+
     /// `tlsward run --once` on the config.
     pub fn run_once(&self) -> Output {
-        self.command(&["run", "--once", "--config", "tlsward.yaml", "--log-format", "json"])
-            .output()
-            .unwrap()
+        self.once(&[]).output().unwrap()
     }
     pub fn read(&self, rel: &str) -> String {
         std::fs::read_to_string(self.out().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
@@ -396,7 +430,7 @@ pub fn assert_valid_objects(objects: &[serde_json::Value]) {
 
 /// `tlsward doctor --format json --manifests PATH…`: the report and the exit code.
 pub fn doctor_manifests(paths: &[&Path]) -> (serde_json::Value, Option<i32>) {
-    let out = Command::new(BIN)
+    let out = tlsward()
         .args(["doctor", "--format", "json", "--manifests"])
         .args(paths)
         .output()

@@ -58,6 +58,20 @@ impl Pebble {
         pebble
     }
 
+    /// Pebble that validates every challenge at once (`PEBBLE_VA_ALWAYS_VALID`,
+    /// `PEBBLE_VA_NOSLEEP`) and refuses no nonce, so that runs are deterministic.
+    pub fn instant(dir: &Path) -> Pebble {
+        Pebble::start(
+            dir,
+            "127.0.0.1:1",
+            &[
+                ("PEBBLE_VA_ALWAYS_VALID", "1"),
+                ("PEBBLE_VA_NOSLEEP", "1"),
+                ("PEBBLE_WFE_NONCEREJECT", "0"),
+            ],
+        )
+    }
+
     pub fn directory(&self) -> String {
         format!("https://127.0.0.1:{}/dir", self.port)
     }

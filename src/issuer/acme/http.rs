@@ -33,6 +33,15 @@ pub enum ExchangeError {
         url: String,
         until: time::OffsetDateTime,
     },
+    /// A server error or refusal to a GET or HEAD (the directory, a fresh nonce), which
+    /// instant-acme would otherwise read as a directory or look for a nonce in.
+    #[error("{method} {url}: the server answered {status}: {excerpt}")]
+    Status {
+        method: String,
+        url: String,
+        status: reqwest::StatusCode,
+        excerpt: String,
+    },
     #[error("{method} {url}: {}", crate::deadline::chain(source))]
     Transport {
         method: String,
@@ -87,6 +96,13 @@ fn origin(url: &str) -> String {
         Some((scheme, rest)) => format!("{scheme}://{}", rest.split('/').next().unwrap_or_default()),
         None => url.to_string(),
     }
+}
+
+/// Holds every request to the server at `url` until `until` (a later hold wins).
+pub fn hold(url: &str, until: time::OffsetDateTime) {
+    let mut holds = holds().lock().unwrap_or_else(|e| e.into_inner());
+    let entry = holds.entry(origin(url)).or_insert(until);
+    *entry = (*entry).max(until);
 }
 
 /// Until when the server at `url` asked to be left alone, if it still is.
@@ -152,6 +168,7 @@ impl HttpClient for DeadlineClient {
                 Ok(collected) => collected.to_bytes(),
                 Err(never) => match never {},
             };
+            let unsigned = parts.method == http::Method::GET || parts.method == http::Method::HEAD;
             let response = client
                 .request(parts.method, url.as_str())
                 .headers(parts.headers)
@@ -167,17 +184,35 @@ impl HttpClient for DeadlineClient {
                     .and_then(|v| parse_retry_after(v, time::OffsetDateTime::now_utc()))
             {
                 tracing::warn!(server = %origin(&url), until = %crate::plan::rfc3339(until), status = response.status().as_u16(), "the ACME server asked to be left alone (Retry-After)");
-                holds()
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(origin(&url), until);
+                hold(&url, until);
             }
             let mut builder = http::Response::builder().status(response.status());
             if let Some(headers) = builder.headers_mut() {
                 *headers = response.headers().clone();
             }
+            let status = response.status();
             // The body inside the same deadline (reqwest's timeout covers it).
             let bytes = response.bytes().await.map_err(fail)?;
+            if unsigned && (status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS) {
+                let text = String::from_utf8_lossy(&bytes);
+                let excerpt: String = text
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .chars()
+                    .take(200)
+                    .collect();
+                return Err(instant_acme::Error::Other(Box::new(ExchangeError::Status {
+                    method,
+                    url,
+                    status,
+                    excerpt: if excerpt.is_empty() {
+                        "(no body)".into()
+                    } else {
+                        excerpt
+                    },
+                })));
+            }
             let (parts, ()) = builder
                 .body(())
                 .map_err(|e| instant_acme::Error::Other(Box::new(e)))?

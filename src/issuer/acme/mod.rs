@@ -40,6 +40,33 @@ pub fn account_state(issuer: &str) -> String {
     format!("acme/{issuer}")
 }
 
+/// Where an issuer's CA's last long Retry-After is kept, so that a restart (or the
+/// next `run --once`) keeps leaving it alone.
+fn hold_state(issuer: &str) -> String {
+    format!("acme/{issuer}-retry-after")
+}
+
+const HOLD_FILE: &str = "until";
+
+/// Holds requests to the issuer's CA until the moment a previous process recorded,
+/// when that is still ahead.
+async fn restore_hold(name: &str, spec: &AcmeSpec, store: &dyn StateStore) {
+    let until = match store.read_state(&hold_state(name)).await {
+        Ok(files) => files
+            .and_then(|f| f.get(HOLD_FILE).cloned())
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|t| OffsetDateTime::parse(t.trim(), &time::format_description::well_known::Rfc3339).ok()),
+        Err(e) => {
+            tracing::warn!(issuer = %name, error = %e, "the recorded Retry-After cannot be read");
+            None
+        }
+    };
+    if let Some(until) = until.filter(|t| *t > OffsetDateTime::now_utc()) {
+        tracing::info!(issuer = %name, until = %crate::plan::rfc3339(until), "the ACME server asked to be left alone before a restart (Retry-After): still holding");
+        http::hold(&spec.directory, until);
+    }
+}
+
 /// Where the leader publishes its pending HTTP-01 answers so that every replica behind
 /// the solver Service can answer the CA (in a cluster: an owned ConfigMap all watch).
 #[async_trait]
@@ -224,6 +251,7 @@ impl AcmeIssuer {
         store: Arc<dyn StateStore>,
         solver: Solver,
     ) -> Result<AcmeIssuer, IssueError> {
+        restore_hold(name, spec, store.as_ref()).await;
         let account = match stored_account(name, spec, deadlines, store.as_ref()).await? {
             Some(account) => account,
             None => {
@@ -251,6 +279,7 @@ impl AcmeIssuer {
         store: Arc<dyn StateStore>,
         solver: Solver,
     ) -> Result<Option<AcmeIssuer>, IssueError> {
+        restore_hold(name, spec, store.as_ref()).await;
         Ok(stored_account(name, spec, deadlines, store.as_ref())
             .await?
             .map(|account| Self::with_account(name, spec, deadlines, store, solver, account)))
@@ -301,6 +330,17 @@ impl AcmeIssuer {
         }
     }
 
+    /// Records a hold on this issuer's CA beyond the next restart, when there is one.
+    async fn record_hold(&self) {
+        let Some(until) = http::held_until(&self.spec.directory) else {
+            return;
+        };
+        let file = StateFile::public(HOLD_FILE, &crate::plan::rfc3339(until));
+        if let Err(e) = self.store.write_state(&hold_state(&self.name), &[file]).await {
+            tracing::warn!(issuer = %self.name, error = %e, "the Retry-After is not recorded; a restart will not know it");
+        }
+    }
+
     pub async fn account_id(&self) -> String {
         self.account.read().await.id().to_string()
     }
@@ -340,6 +380,22 @@ impl AcmeIssuer {
         result
     }
 
+    /// The profile to order: the configured one when the directory offers it.
+    fn profile(&self, account: &Account) -> Option<String> {
+        let wanted = self.spec.profile.as_deref()?;
+        if account.profiles().any(|p| p.name == wanted) {
+            return Some(wanted.to_string());
+        }
+        let offered: Vec<&str> = account.profiles().map(|p| p.name).collect();
+        tracing::warn!(
+            issuer = %self.name,
+            profile = wanted,
+            offered = %if offered.is_empty() { "none".to_string() } else { offered.join(", ") },
+            "the ACME server does not offer this profile: ordering its default certificate"
+        );
+        None
+    }
+
     async fn order(
         &self,
         request: &ServerRequest,
@@ -353,6 +409,11 @@ impl AcmeIssuer {
             .map(|h| Identifier::Dns(h.as_str().to_string()))
             .collect();
         let account = self.account.read().await.clone();
+        let profile = self.profile(&account);
+        let new_order = |ids| match profile.as_deref() {
+            Some(p) => NewOrder::new(ids).profile(p),
+            None => NewOrder::new(ids),
+        };
         let replaced = request
             .previous_chain_pem
             .as_deref()
@@ -365,12 +426,12 @@ impl AcmeIssuer {
                     authority_key_identifier: aki.as_str().into(),
                     serial: serial.as_str().into(),
                 };
-                match account.new_order(&NewOrder::new(&ids).replaces(id)).await {
-                    Err(instant_acme::Error::Unsupported(_)) => account.new_order(&NewOrder::new(&ids)).await,
+                match account.new_order(&new_order(&ids).replaces(id)).await {
+                    Err(instant_acme::Error::Unsupported(_)) => account.new_order(&new_order(&ids)).await,
                     other => other,
                 }
             }
-            None => account.new_order(&NewOrder::new(&ids)).await,
+            None => account.new_order(&new_order(&ids)).await,
         };
         let mut order = match first {
             // The server forgot the account (a reset test CA, a private CA rebuilt): make a
@@ -382,7 +443,7 @@ impl AcmeIssuer {
                 let fresh = create_account(&self.name, &self.spec, self.deadlines, self.store.as_ref()).await?;
                 *self.account.write().await = fresh.clone();
                 fresh
-                    .new_order(&NewOrder::new(&ids))
+                    .new_order(&new_order(&ids))
                     .await
                     .map_err(err("create the order"))?
             }
@@ -790,7 +851,11 @@ impl Issuer for AcmeIssuer {
                     delay *= 2;
                     attempt += 1;
                 }
-                other => return other,
+                Err(e) => {
+                    self.record_hold().await;
+                    return Err(e);
+                }
+                ok => return ok,
             }
         }
     }
