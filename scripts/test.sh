@@ -105,6 +105,8 @@ for t in faults soak; do
   if [ "$(cat "$background/$t.rc")" != 0 ]; then cat "$background/$t.out"; exit 1; fi
   grep -o "^$t: .*" "$background/$t.out"
 done
-cargo bench --locked --no-run
+# The benchmarks build (in the test profile: the artifacts above serve, no second
+# optimised build of every dependency; `cargo bench` itself builds them optimised).
+cargo build --locked --benches
 # Last: every line of every run above, read for key material.
 figure 'log scan: ' cargo test --locked --test log_scan -- --nocapture

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use super::{Health, Memory, PassReport, Runtime, SetupError, backoff};
+use super::{Health, Memory, PassReport, Runtime, SetupError, Stage, backoff};
 use crate::config::Config;
 use crate::deadline::KubeUse;
 use crate::issuer::acme::Http01Challenges;
@@ -157,7 +157,10 @@ pub async fn run(
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        failures_in_row = if report.failures.is_empty() {
+        // Issuance failures (a site's, or its issuer that could not be opened) back off
+        // per site (`next_retry` below): a pass retry of its own before then would only
+        // find them still backing off.
+        failures_in_row = if report.failures.iter().all(|f| f.stage == Stage::Issue) {
             0
         } else {
             failures_in_row + 1
