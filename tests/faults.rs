@@ -19,7 +19,7 @@ use support::kube_emulator::{Emulator, Running};
 use support::pdns::Pdns;
 use support::pebble::Pebble;
 use support::*;
-use tlsward::pki::{PrivateKeyPem, facts, key_matches};
+use tlsward::pki::facts;
 
 /// Every request of the daemon ends after this (`deadlines.request`).
 const REQUEST_DEADLINE: &str = "2s";
@@ -207,23 +207,15 @@ fn head(rest: &str) -> String {
 
 /// A credential as the files store serves it: whole, its key matching, for `names`.
 fn credential_problems(dir: &Path, names: &[String]) -> Vec<String> {
-    let (crt, key) = (
-        std::fs::read_to_string(dir.join("tls.crt")),
-        std::fs::read_to_string(dir.join("tls.key")),
-    );
-    let (Ok(crt), Ok(key)) = (crt, key) else {
-        return vec![format!("{}: the credential is not whole", dir.display())];
-    };
-    let mut v = Vec::new();
-    if !key_matches(&crt, &PrivateKeyPem::new(key)).unwrap_or(false) {
-        v.push(format!("{}: the key does not match the certificate", dir.display()));
+    let (crt, key) = invariants::credential_files(dir);
+    if let Some(problem) = invariants::pair_problem(crt.as_deref(), key.as_deref()) {
+        return vec![format!("{}: {problem}", dir.display())];
     }
-    match facts(&crt) {
-        Ok(f) if f.dns_names == names => {}
-        Ok(f) => v.push(format!("{}: serves {:?}, not {names:?}", dir.display(), f.dns_names)),
-        Err(e) => v.push(format!("{}: {e}", dir.display())),
+    match facts(crt.as_deref().unwrap_or_default()) {
+        Ok(f) if f.dns_names == names => vec![],
+        Ok(f) => vec![format!("{}: serves {:?}, not {names:?}", dir.display(), f.dns_names)],
+        Err(e) => vec![format!("{}: {e}", dir.display())],
     }
-    v
 }
 
 #[test]
@@ -272,36 +264,9 @@ fn pebble_faults_keep_the_previous_credential_and_clear_within_one_backoff() {
 /// matching its key, a Gateway naming a Secret that does not exist, or site `n<i-1>`'s
 /// Secret missing (the last change that went through).
 fn cluster_problems(emu: &Emulator, i: usize) -> Vec<String> {
-    let mut v = Vec::new();
-    let secrets = emu.list("v1", "secrets", "istio-system");
-    let names: Vec<&str> = secrets.iter().filter_map(|s| s["metadata"]["name"].as_str()).collect();
-    for s in secrets.iter().filter(|s| s["type"] == "kubernetes.io/tls") {
-        let text = |k: &str| {
-            use base64::Engine;
-            let b = base64::engine::general_purpose::STANDARD
-                .decode(s["data"][k].as_str()?)
-                .ok()?;
-            String::from_utf8(b).ok()
-        };
-        match (text("tls.crt"), text("tls.key")) {
-            (Some(c), Some(k)) if key_matches(&c, &PrivateKeyPem::new(k.clone())).unwrap_or(false) => {}
-            _ => v.push(format!(
-                "Secret {}: not whole, or its key does not match",
-                s["metadata"]["name"]
-            )),
-        }
-    }
-    for g in emu.list(&support::kube_emulator::istio_api(), "gateways", "istio-system") {
-        for server in g["spec"]["servers"].as_array().into_iter().flatten() {
-            if let Some(c) = server["tls"]["credentialName"].as_str()
-                && !names.contains(&c)
-            {
-                v.push(format!("the Gateway names {c}, which does not exist"));
-            }
-        }
-    }
+    let mut v = invariants::cluster_problems(emu, None);
     let last = format!("n{}-credential", i - 1);
-    if !names.contains(&last.as_str()) {
+    if emu.get("v1", "secrets", "istio-system", &last).is_none() {
         v.push(format!("{last} is gone"));
     }
     v

@@ -12,14 +12,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use support::kube_emulator::Running;
 use support::pebble::Pebble;
 use support::*;
-use tlsward::pki::{PrivateKeyPem, key_matches};
 
 const SITES: usize = 50;
 const FOREIGN_ZONE: &str = "$ORIGIN kill.example.\n@ 3600 IN SOA ns.kill.example. h.kill.example. 1 3600 600 604800 60\n@ 3600 IN NS ns.kill.example.\n@ 300 IN A 198.51.100.1\nmail 300 IN A 198.51.100.25\ns3 300 IN TXT \"v=foreign\"\n";
@@ -86,15 +84,10 @@ fn files_violations(out: &Path) -> Vec<String> {
         for e in entries.flatten() {
             let dir = e.path();
             let site = dir.file_name().unwrap().to_string_lossy().into_owned();
-            let (crt, key) = (read(&dir.join("tls.crt")), read(&dir.join("tls.key")));
-            match (crt, key) {
+            let (crt, key) = invariants::credential_files(&dir);
+            match (crt.as_deref(), key.as_deref()) {
                 (None, None) => {}
-                (Some(c), Some(k)) => {
-                    if !key_matches(&c, &PrivateKeyPem::new(k)).unwrap_or(false) {
-                        v.push(format!("{site}: key does not match its certificate"));
-                    }
-                }
-                _ => v.push(format!("{site}: a certificate without its key, or the reverse")),
+                (crt, key) => v.extend(invariants::pair_problem(crt, key).map(|p| format!("{site}: {p}"))),
             }
         }
     }
@@ -125,40 +118,9 @@ fn files_violations(out: &Path) -> Vec<String> {
     v
 }
 
-fn secret_text(secret: &Value, key: &str) -> Option<String> {
-    let b64 = secret["data"][key].as_str()?;
-    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).ok()?).ok()
-}
-
 /// What is wrong with the cluster's state (empty when nothing is).
 fn kube_violations(emu: &Running, foreign: &Value) -> Vec<String> {
-    let mut v = Vec::new();
-    let secrets = emu.emulator.list("v1", "secrets", "istio-system");
-    let names: std::collections::BTreeSet<String> = secrets
-        .iter()
-        .filter_map(|s| s["metadata"]["name"].as_str().map(str::to_string))
-        .collect();
-    for s in &secrets {
-        let name = s["metadata"]["name"].as_str().unwrap_or_default();
-        if s["type"] == "kubernetes.io/tls" && s["metadata"]["labels"]["tlsward.io/owner"] == "kill-test" {
-            match (secret_text(s, "tls.crt"), secret_text(s, "tls.key")) {
-                (Some(c), Some(k)) if key_matches(&c, &PrivateKeyPem::new(k.clone())).unwrap_or(false) => {}
-                _ => v.push(format!("Secret {name}: incomplete, or its key does not match")),
-            }
-        }
-    }
-    for g in emu
-        .emulator
-        .list(&support::kube_emulator::istio_api(), "gateways", "istio-system")
-    {
-        for server in g["spec"]["servers"].as_array().into_iter().flatten() {
-            if let Some(c) = server["tls"]["credentialName"].as_str()
-                && !names.contains(c)
-            {
-                v.push(format!("the Gateway names {c}, which does not exist"));
-            }
-        }
-    }
+    let mut v = invariants::cluster_problems(&emu.emulator, Some("kill-test"));
     let now = emu.emulator.get("v1", "secrets", "istio-system", "s7-credential");
     if now.as_ref().map(|s| &s["data"]) != Some(&foreign["data"]) {
         v.push("the foreign Secret s7-credential changed".into());

@@ -74,6 +74,22 @@ fn sample(pid: u32, port: u16) -> Sample {
     }
 }
 
+/// The fewest threads, fds and tasks among `window`'s samples, with `rss_kib`.
+fn quietest(window: &[(Instant, Sample)], rss_kib: u64) -> Sample {
+    let most = Sample {
+        rss_kib,
+        threads: u64::MAX,
+        fds: usize::MAX,
+        tasks: f64::INFINITY,
+    };
+    window.iter().fold(most, |q, (_, s)| Sample {
+        rss_kib,
+        threads: q.threads.min(s.threads),
+        fds: q.fds.min(s.fds),
+        tasks: q.tasks.min(s.tasks),
+    })
+}
+
 /// Certificates `issuer` issued so far.
 fn issued(port: u16, issuer: &str) -> f64 {
     http_get(port, "/metrics")
@@ -147,37 +163,11 @@ fn a_daemon_renewing_without_pause_stays_flat() {
     }
     // A pass in flight holds connections and tasks for a moment: each end is the
     // quietest sample of its first and last minute (RSS: the first and the last).
-    let first = samples[0].0;
-    let window = Duration::from_secs(60).min((end - first) / 3);
-    let quiet = |pick: &dyn Fn(&Instant) -> bool| Sample {
-        rss_kib: 0,
-        threads: samples
-            .iter()
-            .filter(|(t, _)| pick(t))
-            .map(|(_, s)| s.threads)
-            .min()
-            .unwrap(),
-        fds: samples
-            .iter()
-            .filter(|(t, _)| pick(t))
-            .map(|(_, s)| s.fds)
-            .min()
-            .unwrap(),
-        tasks: samples
-            .iter()
-            .filter(|(t, _)| pick(t))
-            .map(|(_, s)| s.tasks)
-            .fold(f64::INFINITY, f64::min),
-    };
-    let last_at = samples.last().unwrap().0;
-    let start = Sample {
-        rss_kib: samples[0].1.rss_kib,
-        ..quiet(&|t| *t <= first + window)
-    };
-    let last = Sample {
-        rss_kib: samples.last().unwrap().1.rss_kib,
-        ..quiet(&|t| *t + window >= last_at)
-    };
+    let window = Duration::from_secs(60).min((end - samples[0].0) / 3);
+    let head = samples.partition_point(|(t, _)| *t <= samples[0].0 + window);
+    let tail = samples.partition_point(|(t, _)| *t + window < samples[samples.len() - 1].0);
+    let start = quietest(&samples[..head], samples[0].1.rss_kib);
+    let last = quietest(&samples[tail..], samples[samples.len() - 1].1.rss_kib);
     let peak_rss = samples.iter().map(|(_, s)| s.rss_kib).max().unwrap();
     let renewed = (
         issued(port, "internal") - at_start.0,

@@ -31,11 +31,7 @@ impl Runtime {
         issuers: &BTreeMap<String, Arc<dyn Issuer>>,
         now: OffsetDateTime,
     ) -> Result<(), Failure> {
-        let fail = |stage: Stage, message: String| Failure {
-            stage,
-            subject: format!("site {}", c.site),
-            message,
-        };
+        let fail = |stage: Stage, message: String| Failure::of_site(stage, &c.site, message);
         let site = self.config.site(&c.site).expect("planned sites are configured");
         let server = match (&c.server, stored) {
             (Action::Keep { .. }, Some(b)) => b.server.clone(),
@@ -188,9 +184,9 @@ impl Runtime {
         let mut due = Vec::new();
         for c in writes {
             match self.memory.backoff.not_before(&c.site).filter(|t| *t > now) {
-                Some(t) => report.failures.push(Failure::new(
+                Some(t) => report.failures.push(Failure::of_site(
                     Stage::Issue,
-                    format!("site {}", c.site),
+                    &c.site,
                     format!(
                         "backing off after a failed issuance; next attempt at {}",
                         crate::plan::rfc3339(t)

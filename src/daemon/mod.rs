@@ -111,6 +111,17 @@ impl Failure {
             message: message.into(),
         }
     }
+
+    /// A failure of one site's credential (subject `site <name>`); such failures are
+    /// logged as `credential not renewed` where they happen and back off per site.
+    pub fn of_site(stage: Stage, site: &str, message: impl Into<String>) -> Failure {
+        Failure::new(stage, format!("site {site}"), message)
+    }
+
+    /// Whether this is one site's credential failure (`of_site`).
+    pub fn is_site(&self) -> bool {
+        self.subject.starts_with("site ")
+    }
 }
 
 #[derive(Clone, Debug, Default)]

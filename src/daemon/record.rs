@@ -10,12 +10,13 @@ use super::{PassReport, Runtime};
 use crate::plan;
 
 impl Runtime {
-    /// Logs a pass's failures, each with its whole message (a site's own were logged
-    /// as `credential not renewed` when they happened), and counts them by stage.
+    /// Logs a pass's failures, each with its whole message (a site's own, `of_site`,
+    /// were logged as `credential not renewed` when they happened), and counts them by
+    /// stage.
     pub(super) fn finish(&self, report: PassReport) -> PassReport {
         for f in &report.failures {
             let stage = f.stage.as_str();
-            if !f.subject.starts_with("site ") {
+            if !f.is_site() {
                 tracing::error!(subject = %f.subject, stage, error = %f.message, "pass step failed");
             }
             self.metrics.reconcile_error(stage);

@@ -6,6 +6,7 @@ pub mod bind;
 pub mod cloudflare;
 pub mod dns_scenario;
 pub mod fault;
+pub mod invariants;
 pub mod kube_emulator;
 pub mod moto;
 pub mod nginx;
